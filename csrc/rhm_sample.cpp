@@ -1,0 +1,85 @@
+// Device-independent checks and allocation of the rhm_sample / rhm_decode ops (see rhm_sample.h).
+#include "rhm_sample.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/aminmax.h>
+#include <c10/util/Exception.h>
+
+namespace rhmfast {
+
+namespace {
+int64_t dtype_max(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kByte: return 255;
+    case at::kShort: return 32767;
+    case at::kInt: return 2147483647;
+    case at::kLong: return INT64_MAX;
+    default:
+      TORCH_CHECK_TYPE(false, "rhmfast: dtype must be uint8, int16, int32 or int64, got ", dtype);
+  }
+}
+}  // namespace
+
+RhmShape check_rules(const at::Tensor& rules, int64_t n_classes, at::ScalarType dtype, bool return_tree) {
+  TORCH_CHECK_TYPE(rules.scalar_type() == at::kInt, "rhmfast: rules must be int32, got ", rules.scalar_type());
+  TORCH_CHECK(rules.dim() == 4, "rhmfast: rules must have shape [L, R, m, s], got ", rules.sizes());
+  TORCH_CHECK(rules.is_contiguous(), "rhmfast: rules must be contiguous");
+  const int64_t L = rules.size(0), R = rules.size(1), m = rules.size(2), s = rules.size(3);
+  TORCH_CHECK(L >= 1 && L <= 64, "rhmfast: L must be in [1, 64], got ", L);
+  TORCH_CHECK(s >= 2, "rhmfast: s must be >= 2, got ", s);
+  TORCH_CHECK(m >= 1 && R >= 1, "rhmfast: rules must have m >= 1 and R >= 1 rows, got ", rules.sizes());
+  TORCH_CHECK(n_classes >= 1 && n_classes <= R, "rhmfast: n_classes must be in [1, R=", R, "], got ", n_classes);
+  // d = s^L tokens per sample must fit comfortably in memory indexing.
+  double d = 1;
+  for (int64_t l = 0; l < L; ++l) d *= static_cast<double>(s);
+  TORCH_CHECK(d <= static_cast<double>(1ll << 40), "rhmfast: input length s^L = ", d, " is too large");
+  const auto [lo, hi] = at::aminmax(rules);
+  const int64_t min_symbol = lo.item<int64_t>(), max_symbol = hi.item<int64_t>();
+  TORCH_CHECK(min_symbol >= 0 && max_symbol < R, "rhmfast: rules entries must be in [0, R=", R,
+              "), found values in [", min_symbol, ", ", max_symbol, "]");
+  const int64_t top = dtype_max(dtype);
+  TORCH_CHECK(max_symbol <= top, "rhmfast: symbols up to ", max_symbol, " do not fit dtype ", dtype,
+              " (max ", top, ")");
+  TORCH_CHECK(!return_tree || n_classes - 1 <= top, "rhmfast: labels up to ", n_classes - 1,
+              " do not fit dtype ", dtype, " of the latent tree");
+  RhmShape g;
+  g.L = static_cast<int32_t>(L);
+  g.R = static_cast<int32_t>(R);
+  g.m = static_cast<int32_t>(m);
+  g.s = static_cast<int32_t>(s);
+  g.n_classes = static_cast<int32_t>(n_classes);
+  g.n_internal = level_start(g.s, g.L);
+  return g;
+}
+
+SampleMode parse_mode(c10::string_view mode) {
+  if (mode == "iid") return SampleMode::kIid;
+  if (mode == "index") return SampleMode::kIndex;
+  TORCH_CHECK_VALUE(false, "rhmfast: mode must be 'iid' or 'index', got '", std::string(mode), "'");
+}
+
+uint64_t per_class_count(const RhmShape& g) {
+  const uint64_t limit = (uint64_t{1} << 63) / static_cast<uint64_t>(g.n_classes);
+  uint64_t count = 1;
+  for (int64_t t = 0; t < g.n_internal; ++t) {
+    if (count > (limit - 1) / static_cast<uint64_t>(g.m)) return 0;
+    count *= static_cast<uint64_t>(g.m);
+  }
+  return count;
+}
+
+SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
+                              const at::TensorOptions& device) {
+  TORCH_CHECK_VALUE(n >= 0, "rhmfast: n must be >= 0, got ", n);
+  const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;  // s^L
+  at::Tensor tokens = at::empty({n, d}, device.dtype(dtype));
+  at::Tensor labels = at::empty({n}, device.dtype(at::kLong));
+  std::vector<at::Tensor> tree;
+  if (return_tree) {
+    int64_t width = 1;
+    for (int32_t l = 0; l < g.L; ++l, width *= g.s) tree.push_back(at::empty({n, width}, device.dtype(dtype)));
+  }
+  return {tokens, labels, tree};
+}
+
+}  // namespace rhmfast

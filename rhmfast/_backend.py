@@ -1,0 +1,71 @@
+"""Which implementation runs: the compiled extension (rhmfast._C) or the pure-PyTorch reference.
+
+The extension registers its ops under ``torch.ops.rhmfast``. If it is missing or fails to load, every
+public function still works through the reference implementation, after one warning. Setting the
+environment variable ``RHMFAST_BACKEND=torch`` forces the reference (useful to compare or debug).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+
+_state: dict = {}
+
+
+def _load() -> dict:
+    if _state:
+        return _state
+    forced = os.environ.get("RHMFAST_BACKEND", "").strip().lower()
+    if forced not in ("", "auto", "torch", "extension"):
+        raise ValueError(f"RHMFAST_BACKEND must be 'torch', 'extension' or unset, got {forced!r}")
+    module, error = None, None
+    try:
+        module = importlib.import_module("rhmfast._C")
+    except Exception as exc:  # any failure to load means: fall back, and say why
+        error = f"{type(exc).__name__}: {exc}"
+    if forced == "extension" and module is None:
+        raise ImportError(f"RHMFAST_BACKEND=extension but rhmfast._C failed to load ({error})")
+    _state.update(module=module, error=error, forced_reference=forced == "torch")
+    if module is None and forced != "torch":
+        warnings.warn(
+            f"rhmfast: the compiled extension is not available ({error}); using the pure-PyTorch "
+            "reference implementation (correct, but much slower). Rebuild with "
+            "`pip install --no-build-isolation -e .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return _state
+
+
+def use_extension(device: torch.device | str | None = None) -> bool:
+    """True when ops on ``device`` should run through the compiled kernels."""
+    state = _load()
+    if state["module"] is None or state["forced_reference"]:
+        return False
+    if device is not None and torch.device(device).type == "cuda":
+        return bool(state["module"].with_cuda)
+    return True
+
+
+def backends() -> dict:
+    """What is available: the extension, its CUDA kernels, OpenMP, versions, and what is in use."""
+    state = _load()
+    module = state["module"]
+    from rhmfast import __version__
+
+    return {
+        "rhmfast": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": module is not None,
+        "extension_error": state["error"],
+        "extension_built_with_torch": getattr(module, "torch_version", None),
+        "cuda_kernels": bool(module is not None and module.with_cuda),
+        "cuda_device": torch.cuda.is_available(),
+        "openmp": bool(module is not None and module.openmp),
+        "threads": torch.get_num_threads(),
+        "active": "torch-reference" if (module is None or state["forced_reference"]) else "extension",
+    }

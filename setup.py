@@ -1,0 +1,52 @@
+"""Build of the rhmfast._C extension.
+
+CPU kernels always build. CUDA kernels build only when the installed torch was built with CUDA
+*and* nvcc is available; otherwise the package is CPU-only (and says so in rhmfast.backends()).
+Set RHMFAST_NO_CUDA=1 to force a CPU-only build.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+from torch.utils import cpp_extension
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("csrc")
+
+
+def _want_cuda():
+    if os.environ.get("RHMFAST_NO_CUDA") == "1" or torch.version.cuda is None:
+        return False
+    return cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+
+
+def extension():
+    with_cuda = _want_cuda()
+    cpp = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
+    # *_cuda.cpp files are the thin torch glue of CUDA kernels: only meaningful with CUDA.
+    sources = [f for f in cpp if with_cuda or not f.endswith("_cuda.cpp")]
+    # Kernels use at::parallel_for, whose OpenMP backend lives in headers: without -fopenmp they
+    # would silently run on one thread.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
+    kwargs = dict(
+        name="rhmfast._C",
+        sources=sources,
+        include_dirs=[os.path.join(HERE, CSRC, "include")],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
+    if with_cuda:
+        kwargs["sources"] += sorted(glob.glob(os.path.join(CSRC, "*.cu")))
+        kwargs["extra_compile_args"]["cxx"].append("-DRHMFAST_WITH_CUDA")
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo", "-DRHMFAST_WITH_CUDA"]
+        return cpp_extension.CUDAExtension(**kwargs)
+    return cpp_extension.CppExtension(**kwargs)
+
+
+os.environ.setdefault("MAX_JOBS", "2")
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
