@@ -2,3 +2,8 @@
 __version__ = "0.1.0"
 
 from rhmfast._backend import backends
+from rhmfast.encoding import one_hot
+from rhmfast.grammar import RHM
+from rhmfast.ops.rhm_sample import philox_uniform
+
+__all__ = ["RHM", "backends", "one_hot", "philox_uniform", "__version__"]

@@ -40,6 +40,11 @@ def _load() -> dict:
     return _state
 
 
+def extension_loaded() -> bool:
+    """True when rhmfast._C loaded, so its ops exist under torch.ops.rhmfast (even if not in use)."""
+    return _load()["module"] is not None
+
+
 def use_extension(device: torch.device | str | None = None) -> bool:
     """True when ops on ``device`` should run through the compiled kernels."""
     state = _load()
