@@ -13,42 +13,84 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "rhm_sample.h"
 
 namespace rhmfast {
 namespace {
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define RHMFAST_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RHMFAST_TARGET_CLONES
-#endif
-
-// Philox words [0, 4 * n_blocks) of sample i. Contiguous counters: vectorises over blocks.
-RHMFAST_TARGET_CLONES void fill_words(PhiloxKey key, uint64_t i, int64_t n_blocks, uint32_t* words) {
-  const uint32_t lo = static_cast<uint32_t>(i), hi = static_cast<uint32_t>(i >> 32);
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(b), lo, hi, kPurposeIid, key.k0, key.k1);
-    words[4 * b + 0] = r.v[0];
-    words[4 * b + 1] = r.v[1];
-    words[4 * b + 2] = r.v[2];
-    words[4 * b + 3] = r.v[3];
+// Philox words of a chunk of (sample, block) pairs: pair f has counter (c0[f], c1[f], c2[f], kPurposeIid)
+// and its four words land at words[4 f .. 4 f + 3]. Small trees have only a couple of blocks per
+// sample, so the pairs of several samples are processed together.
+void fill_words_scalar(PhiloxKey key, const uint32_t* c0, const uint32_t* c1, const uint32_t* c2, int64_t count,
+                       uint32_t* words) {
+  for (int64_t f = 0; f < count; ++f) {
+    const Philox4x32 r = philox4x32_10(c0[f], c1[f], c2[f], kPurposeIid, key.k0, key.k1);
+    for (int k = 0; k < 4; ++k) words[4 * f + k] = r.v[k];
   }
 }
 
-// Rule choices of the n_internal nodes from words 1.. (in place into choices), exact via
-// uniform_below: the rare rejected words are found in a second pass.
-void words_to_choices(PhiloxKey key, uint64_t i, const uint32_t* words, int64_t n_internal, uint32_t m,
-                      uint32_t* choices) {
-  uint32_t suspicious = 0;
-  for (int64_t t = 0; t < n_internal; ++t) {
-    const uint64_t x = static_cast<uint64_t>(words[t + 1]) * m;
-    choices[t] = static_cast<uint32_t>(x >> 32);
-    suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < m);
+#if defined(__x86_64__) && defined(__GNUC__)
+// Eight Philox blocks at once in AVX2 registers (lane = block). The compiler's own vectorisation of the
+// scalar loop is several times slower: it widens every 32x32->64-bit product to 64-bit lanes.
+// (hi, lo) 32-bit halves of a * b per lane: even and odd lanes multiply separately.
+__attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i a, __m256i b, __m256i* hi, __m256i* lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+__attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
+                                                      const uint32_t* c2, int64_t count, uint32_t* words) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m256i k0[10], k1[10];
+  for (uint32_t r = 0; r < 10; ++r) {
+    k0[r] = _mm256_set1_epi32(static_cast<int>(key.k0 + r * 0x9E3779B9u));
+    k1[r] = _mm256_set1_epi32(static_cast<int>(key.k1 + r * 0xBB67AE85u));
   }
-  if (suspicious == 0) return;
-  for (int64_t t = 0; t < n_internal; ++t)
-    choices[t] = iid_choice(key, i, static_cast<uint32_t>(t + 1), words[t + 1], m);
+  int64_t f = 0;
+  for (; f + 8 <= count; f += 8) {
+    __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + f));
+    __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + f));
+    __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + f));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
+    for (int r = 0; r < 10; ++r) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo_avx2(m0, x0, &hi0, &lo0);
+      mulhilo_avx2(m1, x2, &hi1, &lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0[r]);
+      x1 = lo1;
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1[r]);
+      x3 = lo0;
+    }
+    // Transpose lanes (x0..x3 of 8 blocks) into block-major order.
+    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
+    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i* out = reinterpret_cast<__m256i*>(words + 4 * f);
+    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
+    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
+    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+  }
+  fill_words_scalar(key, c0 + f, c1 + f, c2 + f, count - f, words + 4 * f);
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+void fill_words(PhiloxKey key, const uint32_t* c0, const uint32_t* c1, const uint32_t* c2, int64_t count,
+                uint32_t* words) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kHaveAvx2) return fill_words_avx2(key, c0, c1, c2, count, words);
+#endif
+  fill_words_scalar(key, c0, c1, c2, count, words);
 }
 
 struct Job {
@@ -63,50 +105,106 @@ struct Job {
   uint64_t per_class;      // index mode / decode
 };
 
-template <typename Sym>
-void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64_t* labels,
-                  Sym* const* tree) {
+// Expands one sample top-down. choice(node) gives each internal node's rule; the leaves go to `row`,
+// the internal levels to tree[l] + j * s^l when requested. S > 0 fixes the patch size at compile time.
+// Everything the loops read is copied into locals first: stores through a uint8 `row` may alias any
+// memory, which would otherwise force a reload of the grammar's fields after every token.
+template <int S, typename Sym, typename Choice>
+inline void expand_sample(const Job& job, int32_t label, Choice choice, int32_t* cur, int32_t* next, Sym* row,
+                          Sym* const* tree, int64_t j) {
+  const int32_t s = S > 0 ? S : job.g.s, L = job.g.L;
+  const int64_t m = job.g.m, level_size = static_cast<int64_t>(job.g.R) * m * s;
+  const int32_t* level_rules = job.rules;
+  cur[0] = label;
+  int64_t width = 1, node = 0;
+  for (int32_t l = 0; l < L; ++l, width *= s, level_rules += level_size) {
+    if (tree != nullptr) {
+      Sym* level_row = tree[l] + j * width;
+      for (int64_t k = 0; k < width; ++k) level_row[k] = static_cast<Sym>(cur[k]);
+    }
+    Sym* const leaves = row;
+    int32_t* const inner = next;
+    const int32_t* const cur_level = cur;
+    if (l + 1 == L) {
+      for (int64_t k = 0; k < width; ++k) {
+        const int32_t* child = level_rules + (cur_level[k] * m + choice(node + k)) * s;
+        for (int32_t c = 0; c < s; ++c) leaves[k * s + c] = static_cast<Sym>(child[c]);
+      }
+    } else {
+      for (int64_t k = 0; k < width; ++k) {
+        const int32_t* child = level_rules + (cur_level[k] * m + choice(node + k)) * s;
+        for (int32_t c = 0; c < s; ++c) inner[k * s + c] = child[c];
+      }
+      std::swap(cur, next);
+    }
+    node += width;
+  }
+}
+
+template <int S, typename Sym>
+void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64_t* labels, Sym* const* tree) {
   const RhmShape& g = job.g;
   const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;
-  const int64_t n_blocks = (g.n_internal + 1 + 3) / 4;
-  std::vector<uint32_t> words(job.decode || job.mode == SampleMode::kIndex ? 0 : 4 * n_blocks);
-  std::vector<uint32_t> choices(g.n_internal);
   std::vector<int32_t> cur(d / g.s), next(d / g.s);
-  for (int64_t j = begin; j < end; ++j) {
-    const uint64_t i = job.start + static_cast<uint64_t>(j);
-    int32_t label;
-    if (job.decode) {
-      label = decode_datum(static_cast<uint64_t>(job.datum[j]), job.per_class, g, choices.data());
-    } else if (job.mode == SampleMode::kIndex) {
-      label = decode_datum(permute_index(i, job.domain, job.key), job.per_class, g, choices.data());
-    } else {
-      fill_words(job.key, i, n_blocks, words.data());
-      label = static_cast<int32_t>(iid_choice(job.key, i, 0, words[0], static_cast<uint32_t>(g.n_classes)));
-      words_to_choices(job.key, i, words.data(), g.n_internal, static_cast<uint32_t>(g.m), choices.data());
+  if (job.decode || job.mode == SampleMode::kIndex) {
+    std::vector<uint32_t> digits(g.n_internal);
+    for (int64_t j = begin; j < end; ++j) {
+      const uint64_t u = job.decode ? static_cast<uint64_t>(job.datum[j])
+                                    : permute_index(job.start + static_cast<uint64_t>(j), job.domain, job.key);
+      const int32_t label = decode_datum(u, job.per_class, g, digits.data());
+      labels[j] = label;
+      expand_sample<S>(job, label, [&](int64_t t) { return digits[t]; }, cur.data(), next.data(), tokens + j * d,
+                       tree, j);
     }
-    labels[j] = label;
-    cur[0] = label;
-    Sym* row = tokens + j * d;
-    int64_t width = 1, node = 0;
-    for (int32_t l = 0; l < g.L; ++l, width *= g.s) {
-      if (tree != nullptr) {
-        Sym* level_row = tree[l] + j * width;
-        for (int64_t k = 0; k < width; ++k) level_row[k] = static_cast<Sym>(cur[k]);
-      }
-      const int32_t* level_rules = job.rules + static_cast<int64_t>(l) * g.R * g.m * g.s;
-      if (l + 1 == g.L) {
-        for (int64_t k = 0; k < width; ++k, ++node) {
-          const int32_t* child = level_rules + (static_cast<int64_t>(cur[k]) * g.m + choices[node]) * g.s;
-          for (int32_t c = 0; c < g.s; ++c) row[k * g.s + c] = static_cast<Sym>(child[c]);
-        }
-      } else {
-        for (int64_t k = 0; k < width; ++k, ++node) {
-          const int32_t* child = level_rules + (static_cast<int64_t>(cur[k]) * g.m + choices[node]) * g.s;
-          for (int32_t c = 0; c < g.s; ++c) next[k * g.s + c] = child[c];
-        }
-        cur.swap(next);
+    return;
+  }
+  // iid: words for a chunk of samples at a time, then expansion with the exact choice inlined as a
+  // multiply-shift; the rare words that uniform_below would reject are flagged and the sample redone
+  // through the exact (slower) path.
+  const int64_t n_blocks = (g.n_internal + 1 + 3) / 4;
+  const int64_t chunk = std::max<int64_t>(1, 1024 / n_blocks);
+  std::vector<uint32_t> c0(chunk * n_blocks), c1(chunk * n_blocks), c2(chunk * n_blocks), words(4 * chunk * n_blocks);
+  const uint32_t m = static_cast<uint32_t>(g.m);
+  for (int64_t first = begin; first < end; first += chunk) {
+    const int64_t count = std::min(chunk, end - first);
+    for (int64_t j = 0, f = 0; j < count; ++j) {
+      const uint64_t i = job.start + static_cast<uint64_t>(first + j);
+      for (int64_t b = 0; b < n_blocks; ++b, ++f) {
+        c0[f] = static_cast<uint32_t>(b);
+        c1[f] = static_cast<uint32_t>(i);
+        c2[f] = static_cast<uint32_t>(i >> 32);
       }
     }
+    fill_words(job.key, c0.data(), c1.data(), c2.data(), count * n_blocks, words.data());
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t row = first + j;
+      const uint64_t i = job.start + static_cast<uint64_t>(row);
+      const uint32_t* w = words.data() + 4 * n_blocks * j;
+      const int32_t label = static_cast<int32_t>(iid_choice(job.key, i, 0, w[0], static_cast<uint32_t>(g.n_classes)));
+      labels[row] = label;
+      uint32_t suspicious = 0;
+      const uint32_t* const node_words = w + 1;
+      expand_sample<S>(job, label, [&suspicious, node_words, m](int64_t t) {
+        const uint64_t x = static_cast<uint64_t>(node_words[t]) * m;
+        suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < m);
+        return static_cast<uint32_t>(x >> 32);
+      }, cur.data(), next.data(), tokens + row * d, tree, row);
+      if (suspicious != 0) {
+        expand_sample<S>(job, label, [&](int64_t t) {
+          return iid_choice(job.key, i, static_cast<uint32_t>(t + 1), w[t + 1], m);
+        }, cur.data(), next.data(), tokens + row * d, tree, row);
+      }
+    }
+  }
+}
+
+template <typename Sym>
+void expand_range_any(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64_t* labels, Sym* const* tree) {
+  switch (job.g.s) {
+    case 2: return expand_range<2>(job, begin, end, tokens, labels, tree);
+    case 3: return expand_range<3>(job, begin, end, tokens, labels, tree);
+    case 4: return expand_range<4>(job, begin, end, tokens, labels, tree);
+    default: return expand_range<0>(job, begin, end, tokens, labels, tree);
   }
 }
 
@@ -119,7 +217,7 @@ void run_typed(const Job& job, int64_t n, at::Tensor& tokens, at::Tensor& labels
   int64_t* out_labels = labels.data_ptr<int64_t>();
   // ~64k tokens per task keeps scheduling overhead negligible while balancing the threads.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(tokens.size(1), 1));
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { expand_range<Sym>(job, b, e, out, out_labels, tree_arg); });
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { expand_range_any<Sym>(job, b, e, out, out_labels, tree_arg); });
 }
 
 SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dtype, bool return_tree) {
