@@ -29,10 +29,10 @@ RhmShape check_rules(const at::Tensor& rules, int64_t n_classes, at::ScalarType 
   TORCH_CHECK(s >= 2, "rhmfast: s must be >= 2, got ", s);
   TORCH_CHECK(m >= 1 && R >= 1, "rhmfast: rules must have m >= 1 and R >= 1 rows, got ", rules.sizes());
   TORCH_CHECK(n_classes >= 1 && n_classes <= R, "rhmfast: n_classes must be in [1, R=", R, "], got ", n_classes);
-  // d = s^L tokens per sample must fit comfortably in memory indexing.
+  // s^L <= 2^31 keeps every word index of a sample below 2^32, as the counter layout assumes.
   double d = 1;
   for (int64_t l = 0; l < L; ++l) d *= static_cast<double>(s);
-  TORCH_CHECK(d <= static_cast<double>(1ll << 40), "rhmfast: input length s^L = ", d, " is too large");
+  TORCH_CHECK_VALUE(d <= static_cast<double>(1ll << 31), "rhmfast: input length s^L must be <= 2^31, got ", d);
   const auto [lo, hi] = at::aminmax(rules);
   const int64_t min_symbol = lo.item<int64_t>(), max_symbol = hi.item<int64_t>();
   TORCH_CHECK(min_symbol >= 0 && max_symbol < R, "rhmfast: rules entries must be in [0, R=", R,

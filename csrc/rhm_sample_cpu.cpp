@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -105,13 +106,25 @@ struct Job {
   uint64_t per_class;      // index mode / decode
 };
 
-// Expands one sample top-down. choice(node) gives each internal node's rule; the leaves go to `row`,
+// With the patch size known at compile time a rule's children move as one small memcpy (a single
+// load and store for s * sizeof(T) <= 8).
+template <int S, typename T>
+inline void copy_children(T* dst, const T* src, int32_t s) {
+  if constexpr (S > 0) {
+    std::memcpy(dst, src, S * sizeof(T));
+  } else {
+    for (int32_t c = 0; c < s; ++c) dst[c] = src[c];
+  }
+}
+
+// Expands one sample top-down. choice(node) gives each internal node's rule; the leaves go to `row`
+// (read from leaf_rules, the last level's table already in the output type),
 // the internal levels to tree[l] + j * s^l when requested. S > 0 fixes the patch size at compile time.
 // Everything the loops read is copied into locals first: stores through a uint8 `row` may alias any
 // memory, which would otherwise force a reload of the grammar's fields after every token.
 template <int S, typename Sym, typename Choice>
-inline void expand_sample(const Job& job, int32_t label, Choice choice, int32_t* cur, int32_t* next, Sym* row,
-                          Sym* const* tree, int64_t j) {
+inline void expand_sample(const Job& job, const Sym* leaf_rules, int32_t label, Choice choice, int32_t* cur,
+                          int32_t* next, Sym* row, Sym* const* tree, int64_t j) {
   const int32_t s = S > 0 ? S : job.g.s, L = job.g.L;
   const int64_t m = job.g.m, level_size = static_cast<int64_t>(job.g.R) * m * s;
   const int32_t* level_rules = job.rules;
@@ -127,13 +140,11 @@ inline void expand_sample(const Job& job, int32_t label, Choice choice, int32_t*
     const int32_t* const cur_level = cur;
     if (l + 1 == L) {
       for (int64_t k = 0; k < width; ++k) {
-        const int32_t* child = level_rules + (cur_level[k] * m + choice(node + k)) * s;
-        for (int32_t c = 0; c < s; ++c) leaves[k * s + c] = static_cast<Sym>(child[c]);
+        copy_children<S>(leaves + k * s, leaf_rules + (cur_level[k] * m + choice(node + k)) * s, s);
       }
     } else {
       for (int64_t k = 0; k < width; ++k) {
-        const int32_t* child = level_rules + (cur_level[k] * m + choice(node + k)) * s;
-        for (int32_t c = 0; c < s; ++c) inner[k * s + c] = child[c];
+        copy_children<S>(inner + k * s, level_rules + (cur_level[k] * m + choice(node + k)) * s, s);
       }
       std::swap(cur, next);
     }
@@ -142,7 +153,8 @@ inline void expand_sample(const Job& job, int32_t label, Choice choice, int32_t*
 }
 
 template <int S, typename Sym>
-void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64_t* labels, Sym* const* tree) {
+void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t end, Sym* tokens, int64_t* labels,
+                  Sym* const* tree) {
   const RhmShape& g = job.g;
   const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;
   std::vector<int32_t> cur(d / g.s), next(d / g.s);
@@ -153,7 +165,7 @@ void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64
                                     : permute_index(job.start + static_cast<uint64_t>(j), job.domain, job.key);
       const int32_t label = decode_datum(u, job.per_class, g, digits.data());
       labels[j] = label;
-      expand_sample<S>(job, label, [&](int64_t t) { return digits[t]; }, cur.data(), next.data(), tokens + j * d,
+      expand_sample<S>(job, leaf_rules, label, [&](int64_t t) { return digits[t]; }, cur.data(), next.data(), tokens + j * d,
                        tree, j);
     }
     return;
@@ -184,13 +196,13 @@ void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64
       labels[row] = label;
       uint32_t suspicious = 0;
       const uint32_t* const node_words = w + 1;
-      expand_sample<S>(job, label, [&suspicious, node_words, m](int64_t t) {
+      expand_sample<S>(job, leaf_rules, label, [&suspicious, node_words, m](int64_t t) {
         const uint64_t x = static_cast<uint64_t>(node_words[t]) * m;
         suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < m);
         return static_cast<uint32_t>(x >> 32);
       }, cur.data(), next.data(), tokens + row * d, tree, row);
       if (suspicious != 0) {
-        expand_sample<S>(job, label, [&](int64_t t) {
+        expand_sample<S>(job, leaf_rules, label, [&](int64_t t) {
           return iid_choice(job.key, i, static_cast<uint32_t>(t + 1), w[t + 1], m);
         }, cur.data(), next.data(), tokens + row * d, tree, row);
       }
@@ -199,12 +211,13 @@ void expand_range(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64
 }
 
 template <typename Sym>
-void expand_range_any(const Job& job, int64_t begin, int64_t end, Sym* tokens, int64_t* labels, Sym* const* tree) {
+void expand_range_any(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t end, Sym* tokens, int64_t* labels,
+                      Sym* const* tree) {
   switch (job.g.s) {
-    case 2: return expand_range<2>(job, begin, end, tokens, labels, tree);
-    case 3: return expand_range<3>(job, begin, end, tokens, labels, tree);
-    case 4: return expand_range<4>(job, begin, end, tokens, labels, tree);
-    default: return expand_range<0>(job, begin, end, tokens, labels, tree);
+    case 2: return expand_range<2>(job, leaf_rules, begin, end, tokens, labels, tree);
+    case 3: return expand_range<3>(job, leaf_rules, begin, end, tokens, labels, tree);
+    case 4: return expand_range<4>(job, leaf_rules, begin, end, tokens, labels, tree);
+    default: return expand_range<0>(job, leaf_rules, begin, end, tokens, labels, tree);
   }
 }
 
@@ -214,10 +227,14 @@ void run_typed(const Job& job, int64_t n, at::Tensor& tokens, at::Tensor& labels
   for (auto& level : tree) tree_ptrs.push_back(level.data_ptr<Sym>());
   Sym* const* tree_arg = tree.empty() ? nullptr : tree_ptrs.data();
   Sym* out = tokens.data_ptr<Sym>();
+  const RhmShape& g = job.g;
+  const int64_t level_size = static_cast<int64_t>(g.R) * g.m * g.s;
+  const int32_t* last = job.rules + (g.L - 1) * level_size;
+  const std::vector<Sym> leaf_rules(last, last + level_size);  // symbols fit Sym: checked in check_rules
   int64_t* out_labels = labels.data_ptr<int64_t>();
   // ~64k tokens per task keeps scheduling overhead negligible while balancing the threads.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(tokens.size(1), 1));
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { expand_range_any<Sym>(job, b, e, out, out_labels, tree_arg); });
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { expand_range_any<Sym>(job, leaf_rules.data(), b, e, out, out_labels, tree_arg); });
 }
 
 SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dtype, bool return_tree) {

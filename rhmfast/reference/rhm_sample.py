@@ -29,6 +29,8 @@ def _check(rules: torch.Tensor, n_classes: int, dtype: torch.dtype, return_tree:
     if rules.dtype != torch.int32 or rules.dim() != 4:
         raise ValueError(f"rules must be an int32 tensor [L, R, m, s], got {rules.dtype} {tuple(rules.shape)}")
     L, R, m, s = rules.shape
+    if s**L > 1 << 31:
+        raise ValueError(f"input length s^L must be <= 2^31, got {s**L}")
     if not 1 <= n_classes <= R:
         raise ValueError(f"n_classes must be in [1, R={R}], got {n_classes}")
     lo, hi = int(rules.min()), int(rules.max())
