@@ -217,6 +217,116 @@ inline void expand_sample(const Job& job, const Sym* leaf_rules, int32_t label, 
   }
 }
 
+// Sample `row` in iid mode through uniform_below itself, rejection and redraws included: the exact
+// path the fast paths fall back to when a word might be rejected (probability < m / 2^32 per word).
+template <int S, typename Sym>
+void expand_iid_exact(const Job& job, const Sym* leaf_rules, int64_t row, int32_t* cur, int32_t* next, Sym* tokens,
+                      int64_t* labels, Sym* const* tree) {
+  const RhmShape& g = job.g;
+  const uint64_t i = job.start + static_cast<uint64_t>(row);
+  const uint32_t m = static_cast<uint32_t>(g.m);
+  const int32_t label = static_cast<int32_t>(
+      iid_choice(job.key, i, 0, iid_word(job.key, i, 0, 0), static_cast<uint32_t>(g.n_classes)));
+  labels[row] = label;
+  const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;
+  expand_sample<S>(job, leaf_rules, label, [&](int64_t t) {
+    const uint32_t word = static_cast<uint32_t>(t + 1);
+    return iid_choice(job.key, i, word, iid_word(job.key, i, word, 0), m);
+  }, cur, next, tokens + row * d, tree, row);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Sixteen samples side by side, one per AVX-512 lane (iid mode, small trees, no latent tree): a
+// Philox block's four words are then word t of sixteen samples at once, and every node's rule is
+// a multiply-shift and s gathers for all sixteen. The per-sample loop's overhead dominates small
+// trees; this path removes it.
+// Beyond ~32 nodes the per-sample path is as fast: its loops are long enough, and the lanes pay a
+// transpose of every leaf.
+constexpr int64_t kLaneMaxInternal = 31;
+constexpr int kLanes = 16;
+
+// High words of w * n per lane; lanes whose low word falls below n (where uniform_below might
+// reject) are added to *suspect.
+__attribute__((target("avx512f"))) inline __m512i mulhi_bounded(__m512i w, __m512i n, __mmask16* suspect) {
+  const __m512i even = _mm512_mul_epu32(w, n);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(w, 32), n);
+  const __m512i lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *suspect |= _mm512_cmplt_epu32_mask(lo, n);
+  return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+// Expands samples first .. first + 15; returns the lanes to redo through the exact path.
+// Scratch, 16 entries (one vector) per item: words [4 * n_blocks], level_a / level_b [s^(L-1)],
+// leaves [s^L]. Plain arrays with unaligned vector access: std::vector<__m512i> drops the alignment.
+template <typename Sym>
+__attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int64_t first, Sym* tokens,
+                                                             int64_t* labels, int32_t* words, int32_t* level_a,
+                                                             int32_t* level_b, int32_t* leaves) {
+  const RhmShape& g = job.g;
+  const int32_t s = g.s, L = g.L;
+  const int64_t d = level_start(s, L + 1) - g.n_internal, n_blocks = (g.n_internal + 1 + 3) / 4;
+  const int64_t level_size = static_cast<int64_t>(g.R) * g.m * s;
+  alignas(64) uint32_t lo[kLanes], hi[kLanes];
+  for (int lane = 0; lane < kLanes; ++lane) {
+    const uint64_t i = job.start + static_cast<uint64_t>(first + lane);
+    lo[lane] = static_cast<uint32_t>(i);
+    hi[lane] = static_cast<uint32_t>(i >> 32);
+  }
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    __m512i x0 = _mm512_set1_epi32(static_cast<int>(b)), x1 = _mm512_load_si512(lo), x2 = _mm512_load_si512(hi);
+    __m512i x3 = _mm512_set1_epi32(static_cast<int>(kPurposeIid));
+    uint32_t k0 = job.key.k0, k1 = job.key.k1;
+    for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo_avx512(m0, x0, &hi0, &lo0);
+      mulhilo_avx512(m1, x2, &hi1, &lo1);
+      x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+      x1 = lo1;
+      x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      x3 = lo0;
+    }
+    _mm512_storeu_si512(words + kLanes * (4 * b), x0);
+    _mm512_storeu_si512(words + kLanes * (4 * b + 1), x1);
+    _mm512_storeu_si512(words + kLanes * (4 * b + 2), x2);
+    _mm512_storeu_si512(words + kLanes * (4 * b + 3), x3);
+  }
+  __mmask16 suspect = 0;
+  const __m512i label = mulhi_bounded(_mm512_loadu_si512(words), _mm512_set1_epi32(g.n_classes), &suspect);
+  _mm512_storeu_si512(labels + first, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(label)));
+  _mm512_storeu_si512(labels + first + 8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(label, 1)));
+  const __m512i vm = _mm512_set1_epi32(g.m), vs = _mm512_set1_epi32(s);
+  int32_t* cur = level_a;
+  int32_t* next = level_b;
+  _mm512_storeu_si512(cur, label);
+  const int32_t* level_rules = job.rules;
+  int64_t width = 1, node = 1;
+  for (int32_t l = 0; l < L; ++l, node += width, width *= s, level_rules += level_size) {
+    const bool last = l + 1 == L;
+    for (int64_t k = 0; k < width; ++k) {
+      const __m512i choice = mulhi_bounded(_mm512_loadu_si512(words + kLanes * (node + k)), vm, &suspect);
+      const __m512i symbol = _mm512_loadu_si512(cur + kLanes * k);
+      const __m512i row = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_mullo_epi32(symbol, vm), choice), vs);
+      for (int32_t c = 0; c < s; ++c) {
+        const __m512i child = _mm512_i32gather_epi32(_mm512_add_epi32(row, _mm512_set1_epi32(c)), level_rules, 4);
+        if (last) {
+          _mm512_storeu_si512(leaves + kLanes * (k * s + c), child);
+        } else {
+          _mm512_storeu_si512(next + kLanes * (k * s + c), child);
+        }
+      }
+    }
+    std::swap(cur, next);
+  }
+  for (int lane = 0; lane < kLanes; ++lane) {
+    Sym* row = tokens + (first + lane) * d;
+    for (int64_t p = 0; p < d; ++p) row[p] = static_cast<Sym>(leaves[kLanes * p + lane]);
+  }
+  return suspect;
+}
+#endif
+
 template <int S, typename Sym>
 void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t end, Sym* tokens, int64_t* labels,
                   Sym* const* tree) {
@@ -242,6 +352,20 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
   const int64_t chunk = std::max<int64_t>(1, 1024 / n_blocks);
   std::vector<uint32_t> c0(chunk * n_blocks), c1(chunk * n_blocks), c2(chunk * n_blocks), words(4 * chunk * n_blocks);
   const uint32_t m = static_cast<uint32_t>(g.m);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kSimd == Simd::kAvx512 && tree == nullptr && g.n_internal <= kLaneMaxInternal &&
+      static_cast<int64_t>(g.R) * g.m * g.s < (int64_t{1} << 31)) {
+    std::vector<int32_t> lane_words(kLanes * 4 * n_blocks), level_a(kLanes * (d / g.s)), level_b(kLanes * (d / g.s));
+    std::vector<int32_t> lane_leaves(kLanes * d);
+    for (; begin + kLanes <= end; begin += kLanes) {
+      const __mmask16 redo = expand16_avx512<Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(),
+                                                  level_b.data(), lane_leaves.data());
+      for (int lane = 0; lane < kLanes; ++lane) {
+        if (((redo >> lane) & 1u) != 0) expand_iid_exact<S>(job, leaf_rules, begin + lane, cur.data(), next.data(), tokens, labels, tree);
+      }
+    }
+  }
+#endif
   for (int64_t first = begin; first < end; first += chunk) {
     const int64_t count = std::min(chunk, end - first);
     for (int64_t j = 0, f = 0; j < count; ++j) {
@@ -266,11 +390,7 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
         suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < m);
         return static_cast<uint32_t>(x >> 32);
       }, cur.data(), next.data(), tokens + row * d, tree, row);
-      if (suspicious != 0) {
-        expand_sample<S>(job, leaf_rules, label, [&](int64_t t) {
-          return iid_choice(job.key, i, static_cast<uint32_t>(t + 1), w[t + 1], m);
-        }, cur.data(), next.data(), tokens + row * d, tree, row);
-      }
+      if (suspicious != 0) expand_iid_exact<S>(job, leaf_rules, row, cur.data(), next.data(), tokens, labels, tree);
     }
   }
 }
