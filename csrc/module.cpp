@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "rhm_sample.h"
+
 TORCH_LIBRARY(rhmfast, m) {
   // RHM generation (rhm_sample_cpu.cpp, rhm_sample_cuda.cu; reference rhmfast/reference/rhm_sample.py).
   m.def("rhm_sample(Tensor rules, int n_classes, int n, int seed, int start, str mode, ScalarType dtype, "
@@ -31,6 +33,7 @@ PYBIND11_MODULE(_C, module) {
 #endif
   module.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
                                  "." + std::to_string(TORCH_VERSION_PATCH);
+  module.def("cpu_simd", &rhmfast::rhm_sample_cpu_simd, "SIMD path of the CPU sampler");
 #if defined(__VERSION__)
   module.attr("compiler") = __VERSION__;
 #endif

@@ -3,7 +3,8 @@
 // known-answer tests and for users who want addressable random numbers.
 //   counter int64 [N, 4], entries in [0, 2^32)  ->  int64 [N, 4]
 //   bound 0: raw 32-bit words; 1 <= bound < 2^32: word k of block n mapped by uniform_below, a rejected
-//   word redrawn from the counter with c3 | attempt << 8.
+//   word redrawn from the counter with c3 ^ attempt << 8
+//   (the RHM samplers' redraw rule: their purpose word is below 2^8).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -44,7 +45,7 @@ at::Tensor philox_uniform_cpu(const at::Tensor& counter_in, int64_t seed, int64_
           continue;
         }
         o[4 * r + k] = uniform_below(w.v[k], n, [&](uint32_t attempt) {
-          return philox4x32_10(c0, c1, c2, c3 | (attempt << 8), key.k0, key.k1).v[k];
+          return philox4x32_10(c0, c1, c2, c3 ^ (attempt << 8), key.k0, key.k1).v[k];
         });
       }
     }

@@ -59,10 +59,11 @@ SampleMode parse_mode(c10::string_view mode) {
 }
 
 uint64_t per_class_count(const RhmShape& g) {
-  const uint64_t limit = (uint64_t{1} << 63) / static_cast<uint64_t>(g.n_classes);
+  // n_classes * count <= 2^63 - 1  <=>  count <= limit.
+  const uint64_t limit = static_cast<uint64_t>(INT64_MAX) / static_cast<uint64_t>(g.n_classes);
   uint64_t count = 1;
   for (int64_t t = 0; t < g.n_internal; ++t) {
-    if (count > (limit - 1) / static_cast<uint64_t>(g.m)) return 0;
+    if (count > limit / static_cast<uint64_t>(g.m)) return 0;
     count *= static_cast<uint64_t>(g.m);
   }
   return count;

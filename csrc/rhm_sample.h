@@ -29,4 +29,7 @@ uint64_t per_class_count(const RhmShape& g);
 SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
                               const at::TensorOptions& device);
 
+// The Philox path the CPU sampler runs: "avx512", "avx2" or "scalar" (RHMFAST_CPU_SIMD caps it).
+const char* rhm_sample_cpu_simd();
+
 }  // namespace rhmfast

@@ -478,6 +478,14 @@ SampleResult rhm_decode_cpu(const at::Tensor& rules, const at::Tensor& datum, in
 
 }  // namespace
 
+const char* rhm_sample_cpu_simd() {
+  switch (kSimd) {
+    case Simd::kAvx512: return "avx512";
+    case Simd::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
 TORCH_LIBRARY_IMPL(rhmfast, CPU, m) {
   m.impl("rhm_sample", &rhm_sample_cpu);
   m.impl("rhm_decode", &rhm_decode_cpu);

@@ -5,7 +5,7 @@
 //   rules   int32 [L][R][m][s]; rule c of level-l symbol a produces rules[l][a][c][0..s).
 //   nodes   internal nodes numbered breadth-first; node j of level l has children j*s .. j*s+s-1.
 //   words   sample i's word t is lane t % 4 of Philox4x32-10 at counter (t / 4, lo32(i), hi32(i),
-//           purpose | attempt << 8), key = seed halves; word 0 picks the label, word 1 + node that
+//           purpose ^ attempt << 8), key = seed halves; word 0 picks the label, word 1 + node that
 //           node's rule; a rejected word is redrawn with attempt + 1 (uniform_below).
 //   index   datum number = Feistel permutation of the sample index, decoded into label and choices.
 //   outputs tokens [n][s^L], labels int64 [n], tree level l in [0, L): [n][s^l], all row-major.

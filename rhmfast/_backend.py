@@ -71,6 +71,7 @@ def backends() -> dict:
         "cuda_kernels": bool(module is not None and module.with_cuda),
         "cuda_device": torch.cuda.is_available(),
         "openmp": bool(module is not None and module.openmp),
+        "cpu_simd": module.cpu_simd() if module is not None else None,
         "threads": torch.get_num_threads(),
         "active": "torch-reference" if (module is None or state["forced_reference"]) else "extension",
     }

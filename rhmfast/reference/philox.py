@@ -77,7 +77,7 @@ def philox_uniform(counter: torch.Tensor, seed: int, bound: int) -> torch.Tensor
     for lane in range(4):
         def redraw(attempt, mask, lane=lane):
             sel = [x[mask] for x in c]
-            return philox4x32_10(sel[0], sel[1], sel[2], sel[3] | (attempt << 8), k0, k1)[lane]
+            return philox4x32_10(sel[0], sel[1], sel[2], sel[3] ^ (attempt << 8), k0, k1)[lane]
 
         out.append(uniform_below(words[:, lane], bound, redraw))
     return torch.stack(out, dim=1)

@@ -26,21 +26,32 @@ def per_class_count(m: int, s: int, L: int) -> int:
 
 
 def _check(rules: torch.Tensor, n_classes: int, dtype: torch.dtype, return_tree: bool) -> None:
-    if rules.dtype != torch.int32 or rules.dim() != 4:
-        raise ValueError(f"rules must be an int32 tensor [L, R, m, s], got {rules.dtype} {tuple(rules.shape)}")
+    """The checks of csrc/rhm_sample.cpp, with the same words."""
+    if rules.dtype != torch.int32:
+        raise TypeError(f"rules must be int32, got {rules.dtype}")
+    if rules.dim() != 4:
+        raise ValueError(f"rules must have shape [L, R, m, s], got {tuple(rules.shape)}")
     L, R, m, s = rules.shape
-    if s**L > 1 << 31:
-        raise ValueError(f"input length s^L must be <= 2^31, got {s**L}")
+    if not 1 <= L <= 64:
+        raise ValueError(f"L must be in [1, 64], got {L}")
+    if s < 2:
+        raise ValueError(f"s must be >= 2, got {s}")
+    if m < 1 or R < 1:
+        raise ValueError(f"rules must have m >= 1 and R >= 1 rows, got {tuple(rules.shape)}")
     if not 1 <= n_classes <= R:
         raise ValueError(f"n_classes must be in [1, R={R}], got {n_classes}")
+    if s**L > 1 << 31:
+        raise ValueError(f"input length s^L must be <= 2^31, got {s**L}")
     lo, hi = int(rules.min()), int(rules.max())
     if lo < 0 or hi >= R:
         raise ValueError(f"rules entries must be in [0, R={R}), found values in [{lo}, {hi}]")
     if dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
         raise TypeError(f"dtype must be uint8, int16, int32 or int64, got {dtype}")
     top = torch.iinfo(dtype).max
-    if hi > top or (return_tree and n_classes - 1 > top):
-        raise ValueError(f"symbols do not fit dtype {dtype} (max {top})")
+    if hi > top:
+        raise ValueError(f"symbols up to {hi} do not fit dtype {dtype} (max {top})")
+    if return_tree and n_classes - 1 > top:
+        raise ValueError(f"labels up to {n_classes - 1} do not fit dtype {dtype} of the latent tree")
 
 
 def iid_words(seed: int, index: torch.Tensor, n_words: int) -> torch.Tensor:
@@ -63,7 +74,7 @@ def iid_choices(seed: int, index: torch.Tensor, n_internal: int, n_classes: int,
 
     def redraw(attempt, mask):
         tt, ii = t[mask], i[mask]
-        lanes = philox4x32_10(tt >> 2, ii & 0xFFFFFFFF, ii >> 32, PURPOSE_IID | (attempt << 8), k0, k1)
+        lanes = philox4x32_10(tt >> 2, ii & 0xFFFFFFFF, ii >> 32, PURPOSE_IID ^ (attempt << 8), k0, k1)
         return torch.stack(lanes, dim=1).gather(1, (tt & 3).unsqueeze(1)).squeeze(1)
 
     labels = uniform_below(words[:, :1], n_classes, lambda a, mask: redraw(a, _pad(mask, words, 0)))
@@ -85,23 +96,31 @@ def feistel_domain(size: int) -> tuple[int, int]:
 
 
 def permute_index(index: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """The keyed Feistel permutation of [0, size) with cycle-walking, applied to ``index``."""
+    """The keyed Feistel permutation of [0, size) with cycle-walking, applied to ``index``.
+
+    The state stays split in its (left, right) halves: for size > 2^62 the whole 64-bit state does
+    not fit int64, but only values below size < 2^63 ever leave the loop.
+    """
     half_bits, half_mask = feistel_domain(size)
+    size_left, size_right = size >> half_bits, size & half_mask
     k0, k1 = split_seed(seed)
 
-    def rounds(x):
-        left, right = x >> half_bits, x & half_mask
+    def rounds(left, right):
         for r in range(FEISTEL_ROUNDS):
             f = philox4x32_10(right, r, 0, PURPOSE_FEISTEL, k0, k1)[0]
             left, right = right, left ^ (f & half_mask)
-        return (left << half_bits) | right
+        return left, right
 
-    x = rounds(index)
-    outside = x >= size
-    while bool(outside.any()):
-        x = x.masked_scatter(outside, rounds(x[outside]))
-        outside = x >= size
-    return x
+    def outside(left, right):
+        return (left > size_left) | ((left == size_left) & (right >= size_right))
+
+    left, right = rounds(index >> half_bits, index & half_mask)
+    walk = outside(left, right)
+    while bool(walk.any()):
+        new_left, new_right = rounds(left[walk], right[walk])
+        left, right = left.masked_scatter(walk, new_left), right.masked_scatter(walk, new_right)
+        walk = outside(left, right)
+    return (left << half_bits) | right
 
 
 def decode_choices(datum: torch.Tensor, n_classes: int, m: int, s: int, L: int):
@@ -138,8 +157,12 @@ def rhm_sample(rules: torch.Tensor, n_classes: int, n: int, seed: int, start: in
     """Reference of ``torch.ops.rhmfast.rhm_sample`` (same arguments, same results)."""
     _check(rules, n_classes, dtype, return_tree)
     L, _, m, s = rules.shape
-    if n < 0 or start < 0 or start + n >= 1 << 63:
-        raise ValueError(f"need n >= 0, start >= 0 and start + n < 2^63, got n={n}, start={start}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if start + n >= 1 << 63:
+        raise ValueError(f"start + n must be < 2^63, got {start + n}")
     index = torch.arange(start, start + n, dtype=torch.int64, device=rules.device)
     if mode == "iid":
         labels, choices = iid_choices(seed, index, n_internal_nodes(s, L), n_classes, m)
@@ -151,7 +174,7 @@ def rhm_sample(rules: torch.Tensor, n_classes: int, n: int, seed: int, start: in
             raise ValueError(f"mode='index' draws without replacement, so start + n must be <= pmax = {pmax}")
         labels, choices = decode_choices(permute_index(index, pmax, seed), n_classes, m, s, L)
     else:
-        raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+        raise ValueError(f"mode must be 'iid' or 'index', got '{mode}'")
     return expand(rules, labels, choices, dtype, return_tree)
 
 

@@ -9,7 +9,7 @@
 //   nodes   the internal nodes of the tree are numbered breadth-first: level l (0 = root) starts at
 //           node (s^l - 1)/(s - 1), and node j of level l has children j*s .. j*s+s-1 of level l+1.
 //   words   sample i draws 32-bit word t from Philox4x32-10 with counter
-//           (t / 4, lo32(i), hi32(i), purpose | attempt << 8) and key (lo32(seed), hi32(seed)),
+//           (t / 4, lo32(i), hi32(i), purpose ^ attempt << 8) and key (lo32(seed), hi32(seed)),
 //           lane t % 4. Word 0 picks the label, word 1 + node picks that node's rule.
 //   choices uniform_below() maps a word to [0, n) exactly (multiply-shift with rejection; a
 //           rejected word is redrawn from the same counter with attempt + 1, probability < n/2^32).
@@ -44,7 +44,7 @@ RHMFAST_HD PhiloxKey key_from_seed(uint64_t seed) {
 // Word t of sample i's stream; attempt > 0 are the redraws of a rejected word.
 RHMFAST_HD uint32_t iid_word(PhiloxKey key, uint64_t i, uint32_t t, uint32_t attempt) {
   const Philox4x32 r = philox4x32_10(t >> 2, static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
-                                     kPurposeIid | (attempt << 8), key.k0, key.k1);
+                                     kPurposeIid ^ (attempt << 8), key.k0, key.k1);
   return r.v[t & 3u];
 }
 
