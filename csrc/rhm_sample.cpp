@@ -69,9 +69,43 @@ uint64_t per_class_count(const RhmShape& g) {
   return count;
 }
 
+StreamPlan plan_stream(const RhmShape& g, int64_t n, int64_t start, c10::string_view mode) {
+  StreamPlan plan{};
+  plan.mode = parse_mode(mode);
+  TORCH_CHECK_VALUE(n >= 0, "rhmfast: n must be >= 0, got ", n);
+  TORCH_CHECK_VALUE(start >= 0, "rhmfast: start must be >= 0, got ", start);
+  TORCH_CHECK_VALUE(n <= INT64_MAX - start, "rhmfast: start + n must be < 2^63");
+  plan.start = static_cast<uint64_t>(start);
+  if (plan.mode == SampleMode::kIndex) {
+    plan.per_class = per_class_count(g);
+    TORCH_CHECK_VALUE(plan.per_class != 0, "rhmfast: mode='index' needs pmax < 2^63");
+    const uint64_t pmax = plan.per_class * static_cast<uint64_t>(g.n_classes);
+    TORCH_CHECK_VALUE(static_cast<uint64_t>(start + n) <= pmax, "rhmfast: mode='index' draws without "
+                      "replacement, so start + n must be <= pmax = ", pmax, ", got ", start + n);
+    plan.domain = feistel_domain(pmax);
+  }
+  return plan;
+}
+
+at::Tensor check_datum(const RhmShape& g, const at::Tensor& datum, uint64_t* per_class) {
+  TORCH_CHECK_TYPE(datum.scalar_type() == at::kLong, "rhmfast: datum numbers must be int64, got ",
+                   datum.scalar_type());
+  TORCH_CHECK(datum.dim() == 1, "rhmfast: datum numbers must be 1-D, got shape ", datum.sizes());
+  *per_class = per_class_count(g);
+  TORCH_CHECK_VALUE(*per_class != 0, "rhmfast: decoding needs pmax < 2^63");
+  const uint64_t pmax = *per_class * static_cast<uint64_t>(g.n_classes);
+  at::Tensor numbers = datum.contiguous();
+  if (numbers.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(numbers);
+    const int64_t lowest = lo.item<int64_t>(), highest = hi.item<int64_t>();
+    TORCH_CHECK_VALUE(lowest >= 0 && static_cast<uint64_t>(highest) < pmax, "rhmfast: datum numbers must be in "
+                      "[0, pmax = ", pmax, "), got values in [", lowest, ", ", highest, "]");
+  }
+  return numbers;
+}
+
 SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
                               const at::TensorOptions& device) {
-  TORCH_CHECK_VALUE(n >= 0, "rhmfast: n must be >= 0, got ", n);
   const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;  // s^L
   at::Tensor tokens = at::empty({n, d}, device.dtype(dtype));
   at::Tensor labels = at::empty({n}, device.dtype(at::kLong));

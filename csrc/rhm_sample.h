@@ -25,6 +25,19 @@ SampleMode parse_mode(c10::string_view mode);
 // n_classes * m^n_internal when it is below 2^63, else 0 (index mode and decoding are impossible).
 uint64_t per_class_count(const RhmShape& g);
 
+// Where a sampling call reads its stream: samples start .. start + n - 1 of the given mode; for index
+// mode also the permutation domain [0, pmax) and pmax / n_classes. Checks start, n and pmax.
+struct StreamPlan {
+  SampleMode mode;
+  uint64_t start;
+  uint64_t per_class;     // index mode
+  FeistelDomain domain;   // index mode
+};
+StreamPlan plan_stream(const RhmShape& g, int64_t n, int64_t start, c10::string_view mode);
+
+// Checks datum numbers (int64, 1-D, in [0, pmax)); returns them contiguous and sets *per_class.
+at::Tensor check_datum(const RhmShape& g, const at::Tensor& datum, uint64_t* per_class);
+
 // tokens [n, s^L], labels [n] int64 and, if asked, the internal levels 0..L-1 ([n, s^l]).
 SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
                               const at::TensorOptions& device);

@@ -6,7 +6,6 @@
 // mapped to rule choices.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -438,19 +437,12 @@ SampleResult rhm_sample_cpu(const at::Tensor& rules, int64_t n_classes, int64_t 
                             int64_t start, c10::string_view mode, at::ScalarType dtype, bool return_tree) {
   Job job{};
   job.g = check_rules(rules, n_classes, dtype, return_tree);
-  job.mode = parse_mode(mode);
+  const StreamPlan plan = plan_stream(job.g, n, start, mode);
+  job.mode = plan.mode;
+  job.start = plan.start;
+  job.per_class = plan.per_class;
+  job.domain = plan.domain;
   job.key = key_from_seed(static_cast<uint64_t>(seed));
-  TORCH_CHECK_VALUE(start >= 0, "rhmfast: start must be >= 0, got ", start);
-  TORCH_CHECK_VALUE(n >= 0 && n <= INT64_MAX - start, "rhmfast: start + n must be < 2^63");
-  job.start = static_cast<uint64_t>(start);
-  if (job.mode == SampleMode::kIndex) {
-    job.per_class = per_class_count(job.g);
-    TORCH_CHECK_VALUE(job.per_class != 0, "rhmfast: mode='index' needs pmax < 2^63");
-    const uint64_t pmax = job.per_class * static_cast<uint64_t>(job.g.n_classes);
-    TORCH_CHECK_VALUE(static_cast<uint64_t>(start + n) <= pmax, "rhmfast: mode='index' draws without "
-                      "replacement, so start + n must be <= pmax = ", pmax, ", got ", start + n);
-    job.domain = feistel_domain(pmax);
-  }
   return run(rules, job, n, dtype, return_tree);
 }
 
@@ -459,19 +451,7 @@ SampleResult rhm_decode_cpu(const at::Tensor& rules, const at::Tensor& datum, in
   Job job{};
   job.g = check_rules(rules, n_classes, dtype, return_tree);
   job.decode = true;
-  TORCH_CHECK_TYPE(datum.scalar_type() == at::kLong, "rhmfast: datum numbers must be int64, got ",
-                   datum.scalar_type());
-  TORCH_CHECK(datum.dim() == 1, "rhmfast: datum numbers must be 1-D, got shape ", datum.sizes());
-  job.per_class = per_class_count(job.g);
-  TORCH_CHECK_VALUE(job.per_class != 0, "rhmfast: decoding needs pmax < 2^63");
-  const uint64_t pmax = job.per_class * static_cast<uint64_t>(job.g.n_classes);
-  at::Tensor numbers = datum.contiguous();
-  if (numbers.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(numbers);
-    TORCH_CHECK_VALUE(lo.item<int64_t>() >= 0 && static_cast<uint64_t>(hi.item<int64_t>()) < pmax,
-                      "rhmfast: datum numbers must be in [0, pmax = ", pmax, "), got values in [",
-                      lo.item<int64_t>(), ", ", hi.item<int64_t>(), "]");
-  }
+  const at::Tensor numbers = check_datum(job.g, datum, &job.per_class);
   job.datum = numbers.data_ptr<int64_t>();
   return run(rules, job, numbers.size(0), dtype, return_tree);
 }

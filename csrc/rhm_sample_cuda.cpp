@@ -1,7 +1,6 @@
 // Torch glue of the CUDA kernels of rhm_sample / rhm_decode (rhm_sample_cuda.cu): the same checks as
 // the CPU kernel (rhm_sample.h), outputs allocated on the rules' device, launch on the current stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/aminmax.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
@@ -50,20 +49,12 @@ SampleResult rhm_sample_cuda(const at::Tensor& rules, int64_t n_classes, int64_t
   const c10::cuda::CUDAGuard guard(rules.device());
   RhmSampleLaunch job{};
   job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);
-  const SampleMode sample_mode = parse_mode(mode);
-  job.source = sample_mode == SampleMode::kIndex ? RhmSource::kIndex : RhmSource::kIid;
+  const StreamPlan plan = plan_stream(job.shape, n, start, mode);
+  job.source = plan.mode == SampleMode::kIndex ? RhmSource::kIndex : RhmSource::kIid;
+  job.start = plan.start;
+  job.per_class = plan.per_class;
+  job.domain = plan.domain;
   job.key = key_from_seed(static_cast<uint64_t>(seed));
-  TORCH_CHECK_VALUE(start >= 0, "rhmfast: start must be >= 0, got ", start);
-  TORCH_CHECK_VALUE(n >= 0 && n <= INT64_MAX - start, "rhmfast: start + n must be < 2^63");
-  job.start = static_cast<uint64_t>(start);
-  if (sample_mode == SampleMode::kIndex) {
-    job.per_class = per_class_count(job.shape);
-    TORCH_CHECK_VALUE(job.per_class != 0, "rhmfast: mode='index' needs pmax < 2^63");
-    const uint64_t pmax = job.per_class * static_cast<uint64_t>(job.shape.n_classes);
-    TORCH_CHECK_VALUE(static_cast<uint64_t>(start + n) <= pmax, "rhmfast: mode='index' draws without "
-                      "replacement, so start + n must be <= pmax = ", pmax, ", got ", start + n);
-    job.domain = feistel_domain(pmax);
-  }
   return run(rules, job, n, dtype, return_tree);
 }
 
@@ -73,21 +64,9 @@ SampleResult rhm_decode_cuda(const at::Tensor& rules, const at::Tensor& datum, i
   RhmSampleLaunch job{};
   job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);
   job.source = RhmSource::kDecode;
-  TORCH_CHECK_TYPE(datum.scalar_type() == at::kLong, "rhmfast: datum numbers must be int64, got ",
-                   datum.scalar_type());
-  TORCH_CHECK(datum.dim() == 1, "rhmfast: datum numbers must be 1-D, got shape ", datum.sizes());
   TORCH_CHECK(datum.device() == rules.device(), "rhmfast: datum numbers must be on the rules' device ",
               rules.device(), ", got ", datum.device());
-  job.per_class = per_class_count(job.shape);
-  TORCH_CHECK_VALUE(job.per_class != 0, "rhmfast: decoding needs pmax < 2^63");
-  const uint64_t pmax = job.per_class * static_cast<uint64_t>(job.shape.n_classes);
-  const at::Tensor numbers = datum.contiguous();
-  if (numbers.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(numbers);
-    const int64_t lowest = lo.item<int64_t>(), highest = hi.item<int64_t>();
-    TORCH_CHECK_VALUE(lowest >= 0 && static_cast<uint64_t>(highest) < pmax, "rhmfast: datum numbers must be in "
-                      "[0, pmax = ", pmax, "), got values in [", lowest, ", ", highest, "]");
-  }
+  const at::Tensor numbers = check_datum(job.shape, datum, &job.per_class);
   job.datum = numbers.data_ptr<int64_t>();
   // `numbers` may be a temporary copy: the caching allocator keeps its memory for the kernel, which
   // runs on the current stream like every later use of that memory.
