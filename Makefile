@@ -34,7 +34,7 @@ test: build check-cuda
 # Compile-check every CUDA kernel with plain nvcc (no torch) for sm_80 and sm_90; fails on errors
 # and on register spills. Skipped, saying so, where nvcc is absent.
 check-cuda:
-	bash .ci/check_cuda.sh
+	PYTHON=$(PY) bash .ci/check_cuda.sh
 
 demo: build
 	$(PY) -m rhmfast demo

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile every CUDA kernel source with plain nvcc for sm_80 and sm_90, the way a user's CUDA build
 # would, so CUDA code cannot rot on machines without a GPU. Fails on compile errors and on any
-# register spill reported by ptxas.
+# register spill reported by ptxas. With PYTHON set to an interpreter whose torch ships the c10/cuda
+# headers (the CPU wheel does), also syntax-checks the torch glue (*_cuda.cpp) against them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || true)}
@@ -27,4 +28,22 @@ for arch in 80 90; do
     echo "check-cuda: $src ok for sm_$arch ($(grep -c 'Used [0-9]* registers' "$log") kernels)"
   done
 done
+
+if [[ -n "${PYTHON:-}" ]]; then
+  # Ask nvcc where its runtime headers are (it may be a wrapper script far from the toolkit).
+  header=$(echo '#include <cuda_runtime.h>' | "$NVCC" -E -x cu - 2>/dev/null | grep -o '"[^"]*/cuda_runtime.h"' | head -n 1)
+  cuda_include=$(dirname "${header//\"/}")
+  torch_includes=$("$PYTHON" -c "from torch.utils.cpp_extension import include_paths; print(' '.join(include_paths()))")
+  flags=(-std=c++20 -fsyntax-only -DRHMFAST_WITH_CUDA -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -isystem "$cuda_include"
+         -Icsrc/include -Icsrc)
+  for dir in $torch_includes; do flags+=(-isystem "$dir"); done
+  # The CPU wheel lacks only the generated c10/cuda/impl/cuda_cmake_macros.h, hence the define above.
+  for glue in csrc/*_cuda.cpp; do
+    if g++ "${flags[@]}" "$glue" 2>"$tmp/glue.log"; then
+      echo "check-cuda: $glue glue parses against torch's CUDA headers"
+    else
+      echo "check-cuda: $glue glue fails to parse:"; cat "$tmp/glue.log"; status=1
+    fi
+  done
+fi
 exit $status
