@@ -13,13 +13,14 @@ from torch.utils import cpp_extension
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("csrc")
+CSRC = "csrc"
 
 
 def _want_cuda():
     if os.environ.get("RHMFAST_NO_CUDA") == "1" or torch.version.cuda is None:
         return False
-    return cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    home = cpp_extension.CUDA_HOME
+    return shutil.which("nvcc") is not None or (home is not None and os.path.exists(os.path.join(home, "bin", "nvcc")))
 
 
 def extension():

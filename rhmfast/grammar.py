@@ -188,7 +188,8 @@ class RHM:
         """Disjoint training and test sets: ``((x_train, y_train), (x_test, y_test))``.
 
         Exact sampling without replacement (index mode, disjoint index ranges) when pmax < 2^63;
-        beyond that, iid draws, where any repeat has probability below (n_train + n_test)^2 / pmax < 2^-63·(n_train+n_test)^2.
+        beyond that, iid draws: any repeat then has probability below (n_train + n_test)^2 / pmax,
+        which is below 2^-63 (n_train + n_test)^2.
         """
         n_train = _check_int("n_train", n_train, 0)
         n_test = _check_int("n_test", n_test, 0)
