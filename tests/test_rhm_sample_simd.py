@@ -48,3 +48,47 @@ def test_capped_simd_paths_give_the_same_bits(cap, tmp_path):
     assert widest.keys() == capped.keys()
     for key in widest:
         assert torch.equal(widest[key], capped[key]), key
+
+
+def _assert_window_matches_reference(rules, n_classes, seed, hit):
+    """Samples hit - 20 .. hit + 27 without the latent tree (the 16-lane path's territory): kernel and
+    reference agree, and the reference does take the rejection branch at `hit`."""
+    from rhmfast.reference import rhm_sample as ref
+    from rhmfast.ops.rhm_sample import rhm_sample
+
+    start = hit - 20
+    a = rhm_sample(rules, n_classes, 48, seed, start, "iid", torch.uint8, False)
+    b = ref.rhm_sample(rules, n_classes, 48, seed, start, "iid", torch.uint8, False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.skipif(not rhmfast.backends()["extension"], reason="the SIMD paths belong to the extension")
+def test_lane_path_redoes_a_rejected_label():
+    """With n_classes = 244 the label word of sample 9458959 under seed 12345 is rejected by
+    uniform_below (found by a search over Philox words, checked here): the 16-lane path must hand that
+    sample to the exact path."""
+    from rhmfast.reference.philox import philox4x32_10
+
+    seed, hit, n_classes = 12345, 9458959, 244
+    word = philox4x32_10(torch.tensor([0]), hit & 0xFFFFFFFF, hit >> 32, 0, seed, 0)[0].item()
+    assert (word * n_classes) % (1 << 32) < ((1 << 32) - n_classes) % n_classes  # really rejected
+    rules = torch.randint(0, 250, (3, 250, 3, 2), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    _assert_window_matches_reference(rules, n_classes, seed, hit)
+
+
+@pytest.mark.skipif(not rhmfast.backends()["extension"], reason="the SIMD paths belong to the extension")
+def test_lane_path_redoes_a_rejected_rule_choice():
+    """m close to 10^5 with small symbols: rejected rule-choice words occur within 2^16 samples; every
+    window around one matches the reference (16-lane path, no tree)."""
+    from rhmfast.reference import rhm_sample as ref
+
+    m = max(range(100_000, 100_400), key=lambda c: ((1 << 32) - c) % c)
+    rules = torch.randint(0, 3, (2, 3, m, 2), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
+    seed = 777
+    index = torch.arange(20, 1 << 16, dtype=torch.int64)
+    words = ref.iid_words(seed, index, 4)[:, 1:]
+    threshold = ((1 << 32) - m) % m
+    hits = index[(((words * m) & 0xFFFFFFFF) < threshold).any(1)][:3].tolist()
+    assert hits, "no rejected rule-choice word in the scanned range"
+    for hit in hits:
+        _assert_window_matches_reference(rules, 3, seed, hit)
