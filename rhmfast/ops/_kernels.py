@@ -13,3 +13,13 @@ def op_registered(name: str) -> bool:
 
 def use_kernel(name: str, tensor: torch.Tensor) -> bool:
     return _backend.use_extension(tensor.device) and op_registered(name)
+
+
+def forbid_double_backward(backward_op: str) -> None:
+    """Registers an autograd kernel on a backward op that raises when differentiated, instead of the
+    dispatcher's fallback that would silently return wrong (zero) second derivatives."""
+
+    def _raise(ctx, *grads):
+        raise RuntimeError(f"rhmfast: {backward_op} is not differentiable (double backward is not supported)")
+
+    torch.library.register_autograd(backward_op, _raise, setup_context=lambda ctx, inputs, output: None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from rhmfast.ops._kernels import op_registered, use_kernel
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
 from rhmfast.reference import patch_conv as reference
 
 
@@ -56,3 +56,4 @@ if op_registered("patch_conv"):
     torch.library.register_fake("rhmfast::patch_conv")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::patch_conv", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::patch_conv_backward")

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from rhmfast.ops._kernels import op_registered, use_kernel
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
 from rhmfast.reference import patch_conv_stack as reference
 from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args
 from rhmfast.reference.token_patch_embed import check_token_patch_embed_args
@@ -91,3 +91,4 @@ if op_registered("patch_conv_stack"):
     torch.library.register_fake("rhmfast::patch_conv_stack")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_stack_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::patch_conv_stack", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::patch_conv_stack_backward")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from rhmfast.ops._kernels import op_registered, use_kernel
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
 from rhmfast.reference import token_patch_embed as reference
 from rhmfast.reference.patch_conv import check_activation
 
@@ -59,3 +59,4 @@ if op_registered("token_patch_embed"):
     torch.library.register_fake("rhmfast::token_patch_embed")(_fake)
     torch.library.register_fake("rhmfast::token_patch_embed_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::token_patch_embed", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::token_patch_embed_backward")
