@@ -15,7 +15,7 @@ TORCH_LIBRARY(rhmfast, m) {
         "-> (Tensor, Tensor, Tensor[])");
   // Counter-based random numbers (philox_uniform_cpu.cpp; reference rhmfast/reference/philox.py).
   m.def("philox_uniform(Tensor counter, int seed, int bound) -> Tensor");
-  // Patchwise layers (patch_conv*.cpp, token_patch_embed*.cpp/.cu, patch_conv_stack_cpu.cpp; reference
+  // Patchwise layers (patch_conv*.cpp/.cu, token_patch_embed*.cpp/.cu, patch_conv_stack.cpp; reference
   // rhmfast/reference/patch_conv.py etc.; layout contract in patch_conv.h). Activations channels-last.
   m.def("patch_conv(Tensor x, Tensor weight, Tensor? bias, Tensor? pos_bias, int patch_size, float scale, "
         "str activation) -> Tensor");

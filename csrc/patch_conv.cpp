@@ -97,6 +97,20 @@ PatchShape check_token_patch_embed(const at::Tensor& tokens, const at::Tensor& t
   return g;
 }
 
+void check_layer_backward(const at::Tensor& grad_out, const at::Tensor& params, const PatchShape& g, Activation act,
+                          const std::optional<at::Tensor>& out, bool has_bias, bool has_pos_bias, bool want_bias,
+                          bool want_pos_bias) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({g.B, g.T_out, g.C_out}),
+                    "rhmfast: grad_out must have the output's shape [", g.B, ", ", g.T_out, ", ", g.C_out, "], got ",
+                    grad_out.sizes());
+  check_same(grad_out, params, "grad_out", "the weights");
+  TORCH_CHECK_VALUE(act != Activation::kRelu || (out.has_value() && out->sizes() == grad_out.sizes()),
+                    "rhmfast: relu backward needs the forward output `out` of shape ", grad_out.sizes());
+  if (out.has_value() && act == Activation::kRelu) check_same(*out, params, "out", "the weights");
+  TORCH_CHECK_VALUE(!want_bias || has_bias, "rhmfast: grad of bias asked for but bias is None");
+  TORCH_CHECK_VALUE(!want_pos_bias || has_pos_bias, "rhmfast: grad of pos_bias asked for but pos_bias is None");
+}
+
 at::Tensor patch_rows(const at::Tensor& x, const PatchShape& g) {
   // reshape is a view whenever x's [T, C] part is dense row-major (channels-last contiguous, or a
   // batch slice of it); otherwise it copies, which is exactly the im2col a channels-first input needs.

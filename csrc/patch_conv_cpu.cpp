@@ -45,20 +45,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
     c10::string_view activation, std::array<bool, 4> output_mask) {
   const Activation act = parse_activation(activation);
   const PatchShape g = check_patch_conv(x, weight, bias, pos_bias, patch_size);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({g.B, g.T_out, g.C_out}),
-                    "rhmfast: grad_out must have the output's shape [", g.B, ", ", g.T_out, ", ", g.C_out, "], got ",
-                    grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), "rhmfast: grad_out must have x's dtype");
-  TORCH_CHECK_VALUE(!output_mask[2] || bias.has_value(), "rhmfast: grad of bias asked for but bias is None");
-  TORCH_CHECK_VALUE(!output_mask[3] || pos_bias.has_value(), "rhmfast: grad of pos_bias asked for but pos_bias is None");
+  check_layer_backward(grad_out, weight, g, act, out, bias.has_value(), pos_bias.has_value(), output_mask[2],
+                       output_mask[3]);
   at::Tensor saved;
-  if (act == Activation::kRelu) {
-    TORCH_CHECK_VALUE(out.has_value() && out->sizes() == grad_out.sizes(),
-                      "rhmfast: relu backward needs the forward output `out` of shape ", grad_out.sizes());
-    saved = out->contiguous();
-  } else if (act == Activation::kSquare) {
-    saved = patch_conv_cpu(x, weight, bias, pos_bias, patch_size, scale, "none");
-  }
+  if (act == Activation::kRelu) saved = out->contiguous();
+  if (act == Activation::kSquare) saved = patch_conv_cpu(x, weight, bias, pos_bias, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   at::Tensor grad_bias = output_mask[2] ? at::empty({g.C_out}, x.options()) : no_grad_placeholder(x);
   at::Tensor grad_pos = output_mask[3] ? at::empty({g.T_out, g.C_out}, x.options()) : no_grad_placeholder(x);

@@ -1,5 +1,6 @@
-// CPU implementations of the patchwise layers, callable from C++ so patch_conv_stack can chain them
-// (schemas and layout contract: module.cpp, patch_conv.h), and the fused epilogues they share.
+// CPU implementations of the patchwise layers (schemas and layout contract: module.cpp, patch_conv.h),
+// declared here so each can reuse the others (backward recomputes square's pre-activation with the
+// forward), and the fused epilogues they share.
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -123,21 +123,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
     std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const PatchShape g = check_token_patch_embed(tokens_in, table, bias, pos_bias, patch_size);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({g.B, g.T_out, g.C_out}),
-                    "rhmfast: grad_out must have the output's shape [", g.B, ", ", g.T_out, ", ", g.C_out, "], got ",
-                    grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == table.scalar_type(), "rhmfast: grad_out must have table's dtype");
-  TORCH_CHECK_VALUE(!output_mask[1] || bias.has_value(), "rhmfast: grad of bias asked for but bias is None");
-  TORCH_CHECK_VALUE(!output_mask[2] || pos_bias.has_value(), "rhmfast: grad of pos_bias asked for but pos_bias is None");
+  check_layer_backward(grad_out, table, g, act, out, bias.has_value(), pos_bias.has_value(), output_mask[1],
+                       output_mask[2]);
   const at::Tensor tokens = tokens_in.contiguous();
   at::Tensor saved;
-  if (act == Activation::kRelu) {
-    TORCH_CHECK_VALUE(out.has_value() && out->sizes() == grad_out.sizes(),
-                      "rhmfast: relu backward needs the forward output `out` of shape ", grad_out.sizes());
-    saved = out->contiguous();
-  } else if (act == Activation::kSquare) {
-    saved = token_patch_embed_cpu(tokens, table, bias, pos_bias, patch_size, scale, "none");
-  }
+  if (act == Activation::kRelu) saved = out->contiguous();
+  if (act == Activation::kSquare) saved = token_patch_embed_cpu(tokens, table, bias, pos_bias, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
