@@ -77,8 +77,13 @@ void activation_grad(const T* grad, const T* saved, T* d, int64_t B, int64_t T_o
     const T* __restrict g = grad + r * C;
     T* __restrict o = d + r * C;
     const T* __restrict sv = saved != nullptr ? saved + r * C : nullptr;
-    if (act == Activation::kRelu)
-      for (int64_t c = 0; c < C; ++c) o[c] = sv[c] > T(0) ? g[c] : T(0);
+    if (act == Activation::kRelu) {
+      // Both loads unconditional, so the select compiles to a vector blend instead of a branch.
+      for (int64_t c = 0; c < C; ++c) {
+        const T gc = g[c], yc = sv[c];
+        o[c] = yc > T(0) ? gc : T(0);
+      }
+    }
     else if (act == Activation::kSquare)
       for (int64_t c = 0; c < C; ++c) o[c] = T(2) * sv[c] * g[c];
     else

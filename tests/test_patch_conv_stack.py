@@ -23,11 +23,14 @@ def trunk(widths, vocab, s, layers, batch, dtype, seed=0, bias=False, requires_g
     return tokens, table, weights, biases
 
 
+# The kernels run layer 2 on the v^s distinct first-layer patches when 2 * v^s <= B * T / s positions
+# (csrc/patch_conv_stack.cpp); batch 3 below takes the plain path, batch 40 the shortcut (except s = 4).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("s,layers,bias", [(2, 4, False), (3, 3, True), (4, 2, True)])
-def test_equals_layer_by_layer(backend, dtype, s, layers, bias):
+@pytest.mark.parametrize("batch", [3, 40])
+def test_equals_layer_by_layer(backend, dtype, s, layers, bias, batch):
     widths = [5, 7, 3, 6][:layers]
-    tokens, table, weights, biases = trunk(widths, 4, s, layers, 3, dtype, seed=s, bias=bias)
+    tokens, table, weights, biases = trunk(widths, 4, s, layers, batch, dtype, seed=s, bias=bias)
     outs = patch_conv_stack(tokens, table, weights, biases, patch_size=s, scales="hcnn", return_all=True)
     scales = hcnn_scales(table, weights)
     b = biases or [None] * layers
@@ -36,7 +39,7 @@ def test_equals_layer_by_layer(backend, dtype, s, layers, bias):
     for l, w in enumerate(weights):
         h = patch_conv(h, w, b[l + 1], patch_size=s, scale=scales[l + 1], activation="relu")
         torch.testing.assert_close(outs[l + 1], h, **TOLERANCE[dtype])
-    assert len(outs) == layers and outs[-1].shape == (3, 1, widths[-1])
+    assert len(outs) == layers and outs[-1].shape == (batch, 1, widths[-1])
 
 
 def test_equals_conv1d_stack_on_one_hot(backend):
@@ -54,8 +57,9 @@ def test_equals_conv1d_stack_on_one_hot(backend):
 
 
 @pytest.mark.parametrize("activation", ["relu", "square", "none"])
-def test_gradcheck_with_intermediate_outputs(backend, activation):
-    tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 2, torch.float64, seed=1, bias=True,
+@pytest.mark.parametrize("vocab,batch", [(5, 2), (3, 8)])  # plain path; distinct-patch shortcut (9 <= 32 / 2)
+def test_gradcheck_with_intermediate_outputs(backend, activation, vocab, batch):
+    tokens, table, weights, biases = trunk([4, 3, 5], vocab, 2, 3, batch, torch.float64, seed=1, bias=True,
                                            requires_grad=True)
 
     def used_outputs(table, *params):
@@ -67,8 +71,9 @@ def test_gradcheck_with_intermediate_outputs(backend, activation):
     assert torch.autograd.gradcheck(lambda t, *w: patch_conv_stack(tokens, t, w, patch_size=2), (table, *weights))
 
 
-def test_backward_is_deterministic(backend):
-    tokens, table, weights, _ = trunk([32, 32, 32], 4, 2, 3, 64, torch.float32, seed=2, requires_grad=True)
+@pytest.mark.parametrize("vocab", [4, 40])  # distinct-patch shortcut; plain path
+def test_backward_is_deterministic(backend, vocab):
+    tokens, table, weights, _ = trunk([32, 32, 32], vocab, 2, 3, 64, torch.float32, seed=2, requires_grad=True)
     runs = []
     for _ in range(3):
         y = patch_conv_stack(tokens, table, weights, patch_size=2, scales="hcnn")
@@ -80,8 +85,8 @@ def test_backward_is_deterministic(backend):
 def test_opcheck():
     need_extension()
     op = torch.ops.rhmfast.patch_conv_stack.default
-    for requires_grad, bias in ((False, True), (True, False), (True, True)):
-        tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 2, torch.float32, seed=3, bias=bias,
+    for requires_grad, bias, vocab, batch in ((False, True, 5, 2), (True, False, 5, 2), (True, True, 3, 8)):
+        tokens, table, weights, biases = trunk([4, 3, 5], vocab, 2, 3, batch, torch.float32, seed=3, bias=bias,
                                                requires_grad=requires_grad)
         torch.library.opcheck(op, (tokens, table, weights, biases, 2, [0.5, 1.0, 2.0], "relu"))
     tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 2, torch.float32, seed=4, bias=True)
@@ -103,6 +108,11 @@ def test_errors(backend):
         patch_conv_stack(tokens[:, :6], table, weights, patch_size=2)
     with pytest.raises(ValueError, match="scales must be None, 'hcnn'"):
         patch_conv_stack(tokens, table, weights, patch_size=2, scales="ntk")
+    for batch in (2, 40):  # plain path and distinct-patch shortcut
+        tokens, table, weights, _ = trunk([4, 3, 5], 5, 2, 3, batch, torch.float32)
+        tokens[-1, -1] = -3
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=5\)"):
+            patch_conv_stack(tokens, table, weights, patch_size=2)
 
 
 @pytest.mark.cuda
