@@ -13,6 +13,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "patch_conv_cpu.h"
 
 namespace rhmfast {
@@ -32,8 +34,10 @@ at::Tensor patch_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const s
     scalar_t* out = y.data_ptr<scalar_t>();
     const scalar_t* b = bias ? bias->data_ptr<scalar_t>() : nullptr;
     const scalar_t* pb = pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr;
+    const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
     at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out), [&](int64_t r0, int64_t r1) {
-      cpu::forward_epilogue<scalar_t>(out, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale), b, pb, act);
+      cpu::forward_epilogue<scalar_t>(out, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale), b, pb,
+                                        zeros.data(), act);
     });
   });
   return y;

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <vector>
 
 #include "patch_conv_cpu.h"
 
@@ -106,9 +107,11 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
       scalar_t* out = y.data_ptr<scalar_t>();
       const scalar_t* b = bias ? bias->data_ptr<scalar_t>() : nullptr;
       const scalar_t* pb = pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr;
+      const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
       at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
         gather_rows<Tok, scalar_t>(tk, tab, out, g, r0, r1, bad);
-        cpu::forward_epilogue<scalar_t>(out, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale), b, pb, act);
+        cpu::forward_epilogue<scalar_t>(out, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale), b, pb,
+                                        zeros.data(), act);
       });
     });
   });
