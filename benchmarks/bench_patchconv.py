@@ -35,14 +35,16 @@ def sync(device):
 
 
 def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()) -> dict:
-    """Median seconds per call of each candidate; slow ones run in the first few rounds only."""
+    """Median seconds per call of each candidate; slow ones (seconds per call) skip the warm-up and run
+    in the first two rounds only."""
     times = {name: [] for name in candidates}
-    for fn in candidates.values():  # warm-up: allocator, MKL buffers, lazy init, compilation
-        fn()
-        sync(device)
+    for name, fn in candidates.items():  # warm-up: allocator, MKL buffers, lazy init, compilation
+        if name not in slow:
+            fn()
+            sync(device)
     for r in range(rounds):
         for name, fn in candidates.items():
-            if name in slow and r >= 3:
+            if name in slow and r >= 2:
                 continue
             sync(device)
             start = time.perf_counter()

@@ -4,7 +4,7 @@
 // + bias + pos_bias[j]), s row reads instead of a dense product over s*v inputs. Rows are independent,
 // so the forward splits them over threads. The table gradient is a scatter-add; to make its bits
 // independent of scheduling, every task owns a (patch position k, 64-column block) slice of the table
-// and adds the rows into it in the fixed order of the positions.
+// and adds the rows into it in the fixed order of the positions, applying relu's mask on the fly.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -55,22 +55,44 @@ void gather_rows(const Tok* tokens, const T* table, T* y, const PatchShape& g, i
   }
 }
 
+// Table gradient (unscaled) from d = grad * act', where relu_out (if given) masks grad on the fly so
+// d is never written out. The tasks with k == 0 also sum d into grad_bias [C] / grad_pos [T_out, C]
+// when given (zeroed by the caller), in row order.
 template <typename Tok, typename T>
-void scatter_grad(const Tok* tokens, const T* d, T* grad_table, const PatchShape& g, BadToken& bad) {
+void scatter_grad(const Tok* tokens, const T* grad, const T* relu_out, T* grad_table, T* grad_bias, T* grad_pos,
+                  const PatchShape& g, BadToken& bad) {
   const int64_t v = g.C_in, C = g.C_out;
   const int64_t n_blocks = (C + kColumnBlock - 1) / kColumnBlock;
   at::parallel_for(0, g.s * n_blocks, 1, [&](int64_t task0, int64_t task1) {
+    T d[kColumnBlock];
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t k = task / n_blocks, c0 = (task % n_blocks) * kColumnBlock;
       const int64_t width = std::min(kColumnBlock, C - c0);
+      const bool sums = k == 0 && (grad_bias != nullptr || grad_pos != nullptr);
       for (int64_t r = 0; r < g.rows(); ++r) {
+        const T* __restrict src = grad + r * C + c0;
+        if (relu_out != nullptr) {
+          const T* __restrict y = relu_out + r * C + c0;
+          for (int64_t c = 0; c < width; ++c) {
+            const T gc = src[c], yc = y[c];
+            d[c] = yc > T(0) ? gc : T(0);
+          }
+          src = d;
+        }
+        if (sums) {
+          if (grad_bias != nullptr)
+            for (int64_t c = 0; c < width; ++c) grad_bias[c0 + c] += src[c];
+          if (grad_pos != nullptr) {
+            T* __restrict pos = grad_pos + (r % g.T_out) * C + c0;
+            for (int64_t c = 0; c < width; ++c) pos[c] += src[c];
+          }
+        }
         const int64_t t = static_cast<int64_t>(tokens[r * g.s + k]);
         if (t < 0 || t >= v) {
           bad.record(t);
           continue;
         }
         T* __restrict dst = grad_table + (k * v + t) * C + c0;
-        const T* __restrict src = d + r * C + c0;
         for (int64_t c = 0; c < width; ++c) dst[c] += src[c];
       }
     }
@@ -135,23 +157,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
-  at::Tensor grad_bias = output_mask[1] ? at::empty({g.C_out}, opts) : no_grad_placeholder(table);
-  at::Tensor grad_pos = output_mask[2] ? at::empty({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
+  // relu and none fold their derivative and the bias sums into the scatter; square (and bias-only
+  // calls) materialise d = grad * act' first.
+  const bool fused = output_mask[0] && act != Activation::kSquare;
+  at::Tensor grad_bias = output_mask[1] ? at::zeros({g.C_out}, opts) : no_grad_placeholder(table);
+  at::Tensor grad_pos = output_mask[2] ? at::zeros({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_backward_cpu", [&] {
+    scalar_t* bias_sum = output_mask[1] ? grad_bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pos_sum = output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr;
     at::Tensor d = grad;
-    if (act != Activation::kNone || output_mask[1] || output_mask[2]) {
+    if (!fused && (act != Activation::kNone || bias_sum != nullptr || pos_sum != nullptr)) {
       d = at::empty_like(grad);
       cpu::activation_grad<scalar_t>(grad.data_ptr<scalar_t>(), saved.defined() ? saved.data_ptr<scalar_t>() : nullptr,
-                                     d.data_ptr<scalar_t>(), g.B, g.T_out, g.C_out, act,
-                                     output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr,
-                                     output_mask[1] ? grad_bias.data_ptr<scalar_t>() : nullptr);
+                                     d.data_ptr<scalar_t>(), g.B, g.T_out, g.C_out, act, pos_sum, bias_sum);
     }
     if (output_mask[0]) {
       dispatch_tokens(tokens.scalar_type(), [&](auto tag) {
         using Tok = decltype(tag);
         scatter_grad<Tok, scalar_t>(tokens.data_ptr<Tok>(), d.data_ptr<scalar_t>(),
-                                    grad_table.data_ptr<scalar_t>(), g, bad);
+                                    fused && act == Activation::kRelu ? saved.data_ptr<scalar_t>() : nullptr,
+                                    grad_table.data_ptr<scalar_t>(), fused ? bias_sum : nullptr,
+                                    fused ? pos_sum : nullptr, g, bad);
       });
     }
   });

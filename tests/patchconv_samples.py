@@ -96,3 +96,12 @@ def one_hot_weight(table):
     """The patch_conv weight [C_out, s*v] that the token table [s, v, C_out] stands for."""
     s, v, c_out = table.shape
     return table.reshape(s * v, c_out).t()
+
+
+def assert_within_twice_torch_error(ours, torch_same_precision, exact):
+    """Half-type check: rhmfast's error against the float64 result is at most 2x (plus a few ulps of
+    slack for zero-error cases) the error of plain PyTorch computing in the same precision."""
+    ours_err = (ours.double().cpu() - exact.cpu()).abs().max().item()
+    torch_err = (torch_same_precision.double().cpu() - exact.cpu()).abs().max().item()
+    slack = 4 * torch.finfo(ours.dtype).eps * exact.abs().max().item()
+    assert ours_err <= 2 * torch_err + slack, (ours_err, torch_err)
