@@ -259,11 +259,20 @@ def markdown(meta, rows, goal_rows):
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
              f"{meta['date']}; rounds {meta['rounds']}{' (quick)' if meta['quick'] else ''}. Median of interleaved "
              "rounds; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
+    notes = {
+        "patch_conv": "GFLOP/s: 2·rows·s·C_in·C_out per forward, 3x that for forward + backward (grad of x and W).",
+        "token_patch_embed": "GB/s: bytes of the s gathered table rows read plus the output written, per output "
+                             "position (2x for forward + backward). The one-hot Conv1d time includes building the "
+                             "one-hot input, as users pay it.",
+        "patch_conv_stack": "GFLOP/s are nominal: the per-layer FLOP count of the plain formulation for every "
+                            "candidate (rhmfast computes layer 2 on distinct patches and does fewer FLOPs). "
+                            "The 5-D broadcast formulation runs twice, without warm-up.",
+    }
     for op in ("patch_conv", "token_patch_embed", "patch_conv_stack"):
         op_rows = [r for r in rows if r["op"] == op]
         if not op_rows:
             continue
-        lines += [f"## {op}", "", "| config | mode | candidate | median ms | rate | rhmfast speedup |",
+        lines += [f"## {op}", "", notes[op], "", "| config | mode | candidate | median ms | rate | rhmfast speedup |",
                   "|---|---|---|---:|---:|---:|"]
         for r in op_rows:
             lines.append(f"| {r['config']} | {r['mode']} | {r['candidate']} | {r['median_ms']:.3f} | "
@@ -282,7 +291,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/patchconv_<device>.json)")
+    parser.add_argument("--markdown-from", default=None, metavar="JSON",
+                        help="only rewrite the markdown summary of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.markdown_from:
+        with open(args.markdown_from) as f:
+            run = json.load(f)
+        with open(os.path.splitext(args.markdown_from)[0] + ".md", "w") as f:
+            f.write(markdown(run["meta"], run["results"], run["goals"]))
+        return
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
