@@ -11,8 +11,9 @@ def op_registered(name: str) -> bool:
     return _backend._load()["module"] is not None and hasattr(torch.ops.rhmfast, name)
 
 
-def use_kernel(name: str, tensor: torch.Tensor) -> bool:
-    return _backend.use_extension(tensor.device) and op_registered(name)
+def use_kernel(registered: bool, tensor: torch.Tensor) -> bool:
+    """registered: op_registered(...) of the op, looked up once at import (it is not free per call)."""
+    return registered and _backend.use_extension(tensor.device)
 
 
 def forbid_double_backward(backward_op: str) -> None:

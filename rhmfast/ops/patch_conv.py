@@ -10,6 +10,8 @@ from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kern
 from rhmfast.reference import patch_conv as reference
 
 
+_REGISTERED = op_registered("patch_conv")
+
 def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                pos_bias: torch.Tensor | None = None, *, patch_size: int, scale: float = 1.0,
                activation: str = "none") -> torch.Tensor:
@@ -19,7 +21,7 @@ def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     weight [C_out, patch_size*C_in] in (k, c) column order, bias [C_out], pos_bias [T/s, C_out],
     activation 'none', 'relu' or 'square'. Returns a contiguous [B, T/s, C_out].
     """
-    if use_kernel("patch_conv", x):
+    if use_kernel(_REGISTERED, x):
         return torch.ops.rhmfast.patch_conv(x, weight, bias, pos_bias, patch_size, float(scale), activation)
     return reference.patch_conv(x, weight, bias, pos_bias, patch_size=patch_size, scale=scale, activation=activation)
 
@@ -52,7 +54,7 @@ def _backward(ctx, grad_out):
     return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
 
 
-if op_registered("patch_conv"):
+if _REGISTERED:
     torch.library.register_fake("rhmfast::patch_conv")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::patch_conv", _backward, setup_context=_setup_context)

@@ -14,6 +14,8 @@ from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args
 from rhmfast.reference.token_patch_embed import check_token_patch_embed_args
 
 
+_REGISTERED = op_registered("patch_conv_stack")
+
 def hcnn_scales(table: torch.Tensor, weights) -> list[float]:
     """The reference hCNN's 1/sqrt(fan_in) per layer: fan_in = s*v for the token layer, s*C_in after."""
     return [1.0 / math.sqrt(table.shape[0] * table.shape[1])] + [1.0 / math.sqrt(w.shape[1]) for w in weights]
@@ -36,7 +38,7 @@ def patch_conv_stack(tokens: torch.Tensor, table: torch.Tensor, weights, biases=
             raise ValueError(f"rhmfast: scales must be None, 'hcnn' or a list of floats, got {scales!r}")
         scales = hcnn_scales(table, weights)
     scales = [float(c) for c in scales]
-    if use_kernel("patch_conv_stack", table):
+    if use_kernel(_REGISTERED, table):
         outs = torch.ops.rhmfast.patch_conv_stack(tokens, table, weights, biases, patch_size, scales, activation)
     else:
         outs = reference.patch_conv_stack(tokens, table, weights, biases, patch_size=patch_size, scales=scales,
@@ -87,7 +89,7 @@ def _backward(ctx, grad_outs):
     return None, grad_table, list(grad_weights), list(grad_biases), None, None, None
 
 
-if op_registered("patch_conv_stack"):
+if _REGISTERED:
     torch.library.register_fake("rhmfast::patch_conv_stack")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_stack_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::patch_conv_stack", _backward, setup_context=_setup_context)

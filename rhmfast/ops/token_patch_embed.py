@@ -12,6 +12,8 @@ from rhmfast.reference import token_patch_embed as reference
 from rhmfast.reference.patch_conv import check_activation
 
 
+_REGISTERED = op_registered("token_patch_embed")
+
 def token_patch_embed(tokens: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None,
                       pos_bias: torch.Tensor | None = None, *, patch_size: int, scale: float = 1.0,
                       activation: str = "none") -> torch.Tensor:
@@ -21,7 +23,7 @@ def token_patch_embed(tokens: torch.Tensor, table: torch.Tensor, bias: torch.Ten
     bias [C_out]; pos_bias [T/s, C_out]. Returns a contiguous [B, T/s, C_out]. Out-of-range ids raise
     ValueError (in eager mode; the compiled kernels also check under torch.compile).
     """
-    if use_kernel("token_patch_embed", table):
+    if use_kernel(_REGISTERED, table):
         return torch.ops.rhmfast.token_patch_embed(tokens, table, bias, pos_bias, patch_size, float(scale), activation)
     return reference.token_patch_embed(tokens, table, bias, pos_bias, patch_size=patch_size, scale=scale,
                                        activation=activation)
@@ -55,7 +57,7 @@ def _backward(ctx, grad_out):
     return (None,) + tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
 
 
-if op_registered("token_patch_embed"):
+if _REGISTERED:
     torch.library.register_fake("rhmfast::token_patch_embed")(_fake)
     torch.library.register_fake("rhmfast::token_patch_embed_backward")(_fake_backward)
     torch.library.register_autograd("rhmfast::token_patch_embed", _backward, setup_context=_setup_context)
