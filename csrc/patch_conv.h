@@ -21,7 +21,7 @@ enum class Activation { kNone, kRelu, kSquare };
 Activation parse_activation(c10::string_view activation);
 
 struct PatchShape {
-  int64_t B, T, C_in, s, T_out, C_out;
+  int64_t B, T, C_in, s, T_out, C_out;  // for the token layer, C_in is the vocabulary size v
   int64_t rows() const { return B * T_out; }
 };
 
@@ -31,7 +31,7 @@ PatchShape check_patch_conv(const at::Tensor& x, const at::Tensor& weight, const
                             const std::optional<at::Tensor>& pos_bias, int64_t patch_size);
 
 // Checks tokens [B, T] (uint8/int16/int32/int64) and table [s, v, C_out] (+ biases as above). Token
-// values are checked by the kernels (they read them anyway).
+// values are checked where they are read (CPU kernels) or just before (CUDA glue).
 PatchShape check_token_patch_embed(const at::Tensor& tokens, const at::Tensor& table,
                                    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias,
                                    int64_t patch_size);
