@@ -12,7 +12,7 @@
 // its s tokens, one of v^s patches. When there are many more positions than patches, layer 2's GEMM is
 // done once per distinct patch, U_k = h(patch) · W2_kᵀ, and layer 2 becomes a token layer on patch ids
 // with table U (same sums, grouped differently); its backward maps back the same way. This cuts the
-// trunk's largest GEMM (and its two backward GEMMs) by the ratio of positions to patches.
+// trunk's largest GEMM (and its two backward GEMMs) by positions / (s * v^s).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/aminmax.h>
@@ -84,7 +84,7 @@ void check_stack(const std::vector<at::Tensor>& weights, const std::vector<at::T
                     scales.size());
 }
 
-// Whether layer 2 runs on distinct patches: worth it when the v^s patches are at most half the positions.
+// Whether layer 2 runs on distinct patches: when that at least halves its FLOPs, positions >= 2 s v^s.
 bool use_distinct_patches(const at::Tensor& tokens, const at::Tensor& table, const std::vector<at::Tensor>& weights) {
   if (weights.empty() || tokens.dim() != 2 || table.dim() != 3) return false;
   const int64_t s = table.size(0), v = table.size(1);
@@ -92,7 +92,7 @@ bool use_distinct_patches(const at::Tensor& tokens, const at::Tensor& table, con
   double n_patches = 1;
   for (int64_t k = 0; k < s; ++k) n_patches *= static_cast<double>(v);
   const double positions = static_cast<double>(tokens.size(0)) * static_cast<double>(tokens.size(1) / s);
-  return n_patches <= static_cast<double>(1 << 20) && 2 * n_patches <= positions;
+  return n_patches <= static_cast<double>(1 << 20) && 2 * static_cast<double>(s) * n_patches <= positions;
 }
 
 // Powers v^(s-1-k), k < s: a patch's id is sum_k token_k * v^(s-1-k).

@@ -23,8 +23,8 @@ def trunk(widths, vocab, s, layers, batch, dtype, seed=0, bias=False, requires_g
     return tokens, table, weights, biases
 
 
-# The kernels run layer 2 on the v^s distinct first-layer patches when 2 * v^s <= B * T / s positions
-# (csrc/patch_conv_stack.cpp); batch 3 below takes the plain path, batch 40 the shortcut (except s = 4).
+# The kernels run layer 2 on the v^s distinct first-layer patches when 2 * s * v^s <= B * T / s positions
+# (csrc/patch_conv_stack.cpp); batch 3 below takes the plain path, batch 40 the shortcut for s = 2.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("s,layers,bias", [(2, 4, False), (3, 3, True), (4, 2, True)])
 @pytest.mark.parametrize("batch", [3, 40])
@@ -57,7 +57,7 @@ def test_equals_conv1d_stack_on_one_hot(backend):
 
 
 @pytest.mark.parametrize("activation", ["relu", "square", "none"])
-@pytest.mark.parametrize("vocab,batch", [(5, 2), (3, 8)])  # plain path; distinct-patch shortcut (9 <= 32 / 2)
+@pytest.mark.parametrize("vocab,batch", [(5, 2), (3, 12)])  # plain path; distinct-patch shortcut (2*2*9 <= 48)
 def test_gradcheck_with_intermediate_outputs(backend, activation, vocab, batch):
     tokens, table, weights, biases = trunk([4, 3, 5], vocab, 2, 3, batch, torch.float64, seed=1, bias=True,
                                            requires_grad=True)
@@ -85,7 +85,7 @@ def test_backward_is_deterministic(backend, vocab):
 def test_opcheck():
     need_extension()
     op = torch.ops.rhmfast.patch_conv_stack.default
-    for requires_grad, bias, vocab, batch in ((False, True, 5, 2), (True, False, 5, 2), (True, True, 3, 8)):
+    for requires_grad, bias, vocab, batch in ((False, True, 5, 2), (True, False, 5, 2), (True, True, 3, 12)):
         tokens, table, weights, biases = trunk([4, 3, 5], vocab, 2, 3, batch, torch.float32, seed=3, bias=bias,
                                                requires_grad=requires_grad)
         torch.library.opcheck(op, (tokens, table, weights, biases, 2, [0.5, 1.0, 2.0], "relu"))
