@@ -2,7 +2,7 @@
 // the GEMMs in cuBLAS through at::mm (written straight into the output), and the fused epilogue
 // kernels of patch_conv_cuda.cu. Built only where torch has CUDA.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
@@ -27,7 +27,7 @@ void activation_grad_cuda(const at::Tensor& grad, const at::Tensor& saved, at::T
                                             g.C_out, cuda_act(act), grad_pos ? grad_pos->data_ptr() : nullptr,
                                             grad_bias ? grad_bias->data_ptr() : nullptr,
                                             workspace.defined() ? workspace.data_ptr() : nullptr,
-                                            at::cuda::getCurrentCUDAStream()),
+                                            c10::cuda::getCurrentCUDAStream()),
                "activation_grad");
 }
 
@@ -47,7 +47,7 @@ at::Tensor patch_conv_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   if (scale == 1.0 && !bias && !pos_bias && act == Activation::kNone) return y;
   check_launch(cuda::launch_forward_epilogue(cuda_float_type(x.scalar_type()), y.data_ptr(), g.rows(), g.C_out,
                                              g.T_out, scale, ptr_or_null(bias), ptr_or_null(pos_bias), cuda_act(act),
-                                             at::cuda::getCurrentCUDAStream()),
+                                             c10::cuda::getCurrentCUDAStream()),
                "forward_epilogue");
   return y;
 }

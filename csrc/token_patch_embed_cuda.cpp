@@ -3,7 +3,7 @@
 // (row, k) pairs are stable-sorted by table row k*v + t here, and the kernel sums each run of equal
 // keys in that order. Built only where torch has CUDA.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cumsum.h>
@@ -55,7 +55,7 @@ at::Tensor token_patch_embed_cuda(const at::Tensor& tokens_in, const at::Tensor&
   check_launch(cuda::launch_token_gather(cuda_float_type(table.scalar_type()), cuda_token_type(tokens.scalar_type()),
                                          tokens.data_ptr(), table.data_ptr(), y.data_ptr(), g.rows(), g.s, g.C_in,
                                          g.C_out, g.T_out, scale, ptr_or_null(bias), ptr_or_null(pos_bias),
-                                         cuda_act(act), at::cuda::getCurrentCUDAStream()),
+                                         cuda_act(act), c10::cuda::getCurrentCUDAStream()),
                "token_gather");
   return y;
 }
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
     check_launch(cuda::launch_token_segment_sum(cuda_float_type(table.scalar_type()), rows.data_ptr<int64_t>(),
                                                 starts.data_ptr<int64_t>(), unique_keys.data_ptr<int64_t>(),
                                                 unique_keys.size(0), d.data_ptr(), grad_table.data_ptr(), g.C_out,
-                                                scale, at::cuda::getCurrentCUDAStream()),
+                                                scale, c10::cuda::getCurrentCUDAStream()),
                  "token_segment_sum");
   }
   return {grad_table, grad_bias, grad_pos};
