@@ -17,6 +17,21 @@ TORCH_LIBRARY(rhmfast, m) {
         "-> (Tensor, Tensor, Tensor[])");
   // Counter-based random numbers (philox_uniform_cpu.cpp; reference rhmfast/reference/philox.py).
   m.def("philox_uniform(Tensor counter, int seed, int bound) -> Tensor");
+  // Patchwise layers (patch_conv*.cpp/.cu, token_patch_embed*.cpp/.cu, patch_conv_stack.cpp; reference
+  // rhmfast/reference/patch_conv.py etc.; layout contract in patch_conv.h). Activations channels-last.
+  m.def("patch_conv(Tensor x, Tensor weight, Tensor? bias, Tensor? pos_bias, int patch_size, float scale, "
+        "str activation) -> Tensor");
+  m.def("patch_conv_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? pos_bias, Tensor? out, "
+        "int patch_size, float scale, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("token_patch_embed(Tensor tokens, Tensor table, Tensor? bias, Tensor? pos_bias, int patch_size, "
+        "float scale, str activation) -> Tensor");
+  m.def("token_patch_embed_backward(Tensor grad_out, Tensor tokens, Tensor table, Tensor? bias, Tensor? pos_bias, "
+        "Tensor? out, int patch_size, float scale, str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("patch_conv_stack(Tensor tokens, Tensor table, Tensor[] weights, Tensor[] biases, int patch_size, "
+        "float[] scales, str activation) -> Tensor[]");
+  m.def("patch_conv_stack_backward(Tensor?[] grad_outs, Tensor tokens, Tensor table, Tensor[] weights, "
+        "Tensor[] biases, Tensor[] outs, int patch_size, float[] scales, str activation) "
+        "-> (Tensor, Tensor[], Tensor[])");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -1,0 +1,323 @@
+"""Benchmark of the patchwise layers: patch_conv, token_patch_embed and patch_conv_stack against the
+PyTorch ways of computing the same layers, forward and forward + backward.
+
+Candidates are timed in interleaved rounds (every candidate once per round, median over rounds), so a
+machine whose load changes during the run biases no candidate. Writes a JSON file with every
+measurement and a markdown summary (one table per op, machine, torch version, date).
+
+    python benchmarks/bench_patchconv.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/bench_patchconv.py --quick    # small batches, few rounds
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rhmfast
+from rhmfast.nn import PatchConv1d, TokenPatchEmbedding
+from rhmfast.ops.patch_conv_stack import patch_conv_stack
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()) -> dict:
+    """Median seconds per call of each candidate; slow ones run in the first few rounds only."""
+    times = {name: [] for name in candidates}
+    for fn in candidates.values():  # warm-up: allocator, MKL buffers, lazy init, compilation
+        fn()
+        sync(device)
+    for r in range(rounds):
+        for name, fn in candidates.items():
+            if name in slow and r >= 3:
+                continue
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step(forward):
+    """forward() + backward with a dense random output gradient (what a layer inside a network gets;
+    the expanded gradient of .sum() would favour kernels that can read stride-0 gradients)."""
+    grads = {}
+
+    def step():
+        out = forward()
+        if out.shape not in grads:
+            grads[out.shape] = torch.randn(out.shape, device=out.device, dtype=out.dtype)
+        out.backward(grads[out.shape])
+    return step
+
+
+def no_grad(forward):
+    def run():
+        with torch.no_grad():
+            forward()
+    return run
+
+
+def compile_best(eager_forwards: dict, medians: dict):
+    name = min(eager_forwards, key=lambda n: medians[n])
+    return f"torch.compile({name})", torch.compile(eager_forwards[name])
+
+
+def rows_for(op, config, mode, medians, work, unit, reference_name):
+    """Table rows: time, rate (work / time) and speedup of `reference_name` over each candidate."""
+    rows = []
+    for name, t in medians.items():
+        rows.append(dict(op=op, config=config, mode=mode, candidate=name, median_ms=t * 1e3,
+                         rate=work / t / 1e9, unit=unit, rhmfast_speedup=t / medians[reference_name]))
+    return rows
+
+
+def bench_patch_conv(args, device):
+    rows = []
+    for width in args.widths:
+        for s in (2, 3):
+            batch, t_out = args.batch, 16
+            torch.manual_seed(0)
+            conv = nn.Conv1d(width, width, s, stride=s, device=device, dtype=args.dtype)
+            layer_nlc = PatchConv1d.from_conv1d(conv, activation="relu", layout="nlc")
+            layer_ncl = PatchConv1d.from_conv1d(conv, activation="relu")
+            w2 = conv.weight.detach().permute(0, 2, 1).reshape(width, s * width).contiguous().requires_grad_()
+            x_ncl = torch.randn(batch, width, t_out * s, device=device, dtype=args.dtype)
+            x_nlc = x_ncl.transpose(1, 2).contiguous()
+            bias = conv.bias
+
+            def unfold_matmul(x=x_ncl):
+                patches = x.unfold(2, s, s).permute(0, 2, 3, 1).reshape(batch, t_out, s * width)
+                return torch.relu(patches @ w2.t() + bias)
+
+            eager = {
+                "nn.Conv1d (ncl)": lambda: torch.relu(conv(x_ncl)),
+                "unfold+matmul (ncl)": unfold_matmul,
+                "nn.Linear on view (nlc)": lambda: torch.relu(F.linear(x_nlc.view(batch, t_out, s * width), w2, bias)),
+            }
+            if device.type == "cuda":
+                eager["_addmm_activation (nlc)"] = lambda: torch._addmm_activation(
+                    bias, x_nlc.view(batch * t_out, s * width), w2.t())
+            ours = {"rhmfast PatchConv1d (nlc)": lambda: layer_nlc(x_nlc),
+                    "rhmfast PatchConv1d (ncl)": lambda: layer_ncl(x_ncl)}
+            flops = 2 * batch * t_out * s * width * width
+            config = f"C={width} s={s} B={batch} T={t_out * s}"
+            for mode in ("fwd", "fwd+bwd"):
+                x_nlc.requires_grad_(mode == "fwd+bwd")
+                x_ncl.requires_grad_(mode == "fwd+bwd")
+                wrap = no_grad if mode == "fwd" else train_step
+                pilot = measure({n: wrap(f) for n, f in eager.items()}, 2, device)
+                compiled_name, compiled = compile_best(eager, pilot)
+                cands = {n: wrap(f) for n, f in {**ours, **eager, compiled_name: compiled}.items()}
+                medians = measure(cands, args.rounds, device)
+                work = flops * (1 if mode == "fwd" else 3)
+                rows += rows_for("patch_conv", config, mode, medians, work, "GFLOP/s", "rhmfast PatchConv1d (nlc)")
+                log(rows[-len(medians):])
+    return rows
+
+
+def bench_token(args, device):
+    rows = []
+    vocab = 32
+    for width in args.widths:
+        for s in (2, 3):
+            batch, t_out = args.batch, 16
+            torch.manual_seed(0)
+            conv = nn.Conv1d(vocab, width, s, stride=s, device=device, dtype=args.dtype)
+            emb = TokenPatchEmbedding.from_patch_conv(conv, activation="relu", layout="nlc")
+            bag = nn.EmbeddingBag(s * vocab, width, mode="sum", device=device, dtype=args.dtype)
+            with torch.no_grad():
+                bag.weight.copy_(emb.weight.reshape(s * vocab, width))
+            tokens = torch.randint(0, vocab, (batch, t_out * s), device=device)
+            offsets = torch.arange(s, device=device) * vocab
+            cands = {
+                "rhmfast TokenPatchEmbedding": lambda: emb(tokens),
+                "nn.Conv1d on one-hot": lambda: torch.relu(conv(F.one_hot(tokens, vocab).to(args.dtype).transpose(1, 2))),
+                "nn.EmbeddingBag (sum)": lambda: torch.relu(
+                    bag((tokens.view(batch * t_out, s) + offsets)) + conv.bias).view(batch, t_out, width),
+            }
+            elem = torch.tensor([], dtype=args.dtype).element_size()
+            moved = batch * t_out * width * elem * (s + 1)  # s gathered rows read + 1 output row written
+            config = f"v={vocab} C={width} s={s} B={batch} T={t_out * s}"
+            for mode in ("fwd", "fwd+bwd"):
+                wrap = no_grad if mode == "fwd" else train_step
+                medians = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device)
+                work = moved * (1 if mode == "fwd" else 2)
+                rows += rows_for("token_patch_embed", config, mode, medians, work, "GB/s", "rhmfast TokenPatchEmbedding")
+                log(rows[-len(medians):])
+    return rows
+
+
+def bench_trunk(args, device):
+    rows = []
+    vocab, s, layers = 32, 2, 6
+    for width in args.trunk_widths:
+        batch = args.trunk_batch
+        torch.manual_seed(0)
+        tokens = torch.randint(0, vocab, (batch, s ** layers), device=device)
+        fan_in = [s * vocab] + [s * width] * (layers - 1)
+        # The reference hCNN: N(0, 1) weights [C_out, C_in, 1, s], each layer divided by sqrt(C_in*s).
+        filters = [torch.randn(width, c // s, 1, s, device=device, dtype=args.dtype, requires_grad=True)
+                   for c in fan_in]
+        table = filters[0].detach().squeeze(2).permute(2, 1, 0).contiguous().requires_grad_()
+        weights = [f.detach().squeeze(2).permute(0, 2, 1).reshape(width, -1).contiguous().requires_grad_()
+                   for f in filters[1:]]
+        convs = nn.Sequential(*[m for l in range(layers) for m in (
+            nn.Conv1d(fan_in[l] // s, width, s, stride=s, bias=False, device=device, dtype=args.dtype), nn.ReLU())])
+
+        def one_hot():
+            return F.one_hot(tokens, vocab).to(args.dtype).transpose(1, 2)
+
+        def broadcast_hcnn():
+            x = one_hot()
+            for f in filters:
+                b, c, t = x.shape
+                patches = x.reshape(b, 1, c, t // s, s)            # [B, 1, C_in, T/s, s]
+                x = torch.relu((patches * f.unsqueeze(0)).sum(dim=(2, 4)) / math.sqrt(c * s))  # 5-D product
+            return x
+
+        def linear_layers():  # best per-layer PyTorch formulation: channels-last Linear on views
+            x = F.one_hot(tokens, vocab).to(args.dtype)  # [B, T, v]
+            for w in [table.detach().reshape(s * vocab, width).t()] + weights:
+                b, t, c = x.shape
+                x = torch.relu(F.linear(x.reshape(b, t // s, s * c), w) / math.sqrt(s * c))
+            return x
+
+        cands = {
+            "rhmfast patch_conv_stack": lambda: patch_conv_stack(tokens, table, weights, patch_size=s, scales="hcnn"),
+            "nn.Conv1d stack on one-hot": lambda: convs(one_hot()),
+            "nn.Linear per layer on one-hot (nlc)": linear_layers,
+            "reference hCNN (5-D broadcast)": broadcast_hcnn,
+        }
+        flops = sum(2 * batch * (s ** layers // s ** (l + 1)) * fan_in[l] * width for l in range(layers))
+        config = f"v={vocab} s={s} L={layers} C={width} B={batch}"
+        for mode in ("fwd", "fwd+bwd"):
+            wrap = no_grad if mode == "fwd" else train_step
+            slow = frozenset({"reference hCNN (5-D broadcast)"})
+            medians = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device, slow)
+            rows += rows_for("patch_conv_stack", config, mode, medians, flops * (1 if mode == "fwd" else 3),
+                             "GFLOP/s", "rhmfast patch_conv_stack")
+            log(rows[-len(medians):])
+    return rows
+
+
+def log(rows):
+    for r in rows:
+        print(f"  {r['op']:18s} {r['config']:28s} {r['mode']:8s} {r['candidate']:38s} {r['median_ms']:10.3f} ms "
+              f"{r['rate']:8.2f} {r['unit']:8s} x{r['rhmfast_speedup']:.2f}", flush=True)
+
+
+def goals(rows, device):
+    """The issue's speed goals, evaluated on this run's medians."""
+    def t(op, config_part, mode, cand):
+        return [r["median_ms"] for r in rows if r["op"] == op and config_part in r["config"] and r["mode"] == mode
+                and r["candidate"] == cand]
+
+    out = []
+    trunk = t("patch_conv_stack", "C=256", "fwd+bwd", "rhmfast patch_conv_stack")
+    conv = t("patch_conv_stack", "C=256", "fwd+bwd", "nn.Conv1d stack on one-hot")
+    if trunk and conv:
+        ratio = conv[0] / trunk[0]
+        out.append(dict(goal="trunk fwd+bwd >= 1.5x nn.Conv1d stack on one-hot (v=32 s=2 L=6 C=256)",
+                        value=ratio, met=ratio >= 1.5))
+    token_ratios = [r["rhmfast_speedup"] for r in rows if r["op"] == "token_patch_embed" and r["mode"] == "fwd+bwd"
+                    and r["candidate"] == "nn.Conv1d on one-hot"]
+    if token_ratios:
+        out.append(dict(goal="token layer fwd+bwd >= 10x nn.Conv1d on one-hot (worst config)",
+                        value=min(token_ratios), met=min(token_ratios) >= 10))
+    worst = None
+    for r in rows:
+        if r["op"] != "patch_conv" or r["candidate"].startswith("rhmfast"):
+            continue
+        if worst is None or r["rhmfast_speedup"] < worst["rhmfast_speedup"]:
+            worst = r
+    if worst:
+        out.append(dict(goal="patch_conv (nlc) never slower than the best PyTorch formulation (worst case: "
+                        f"{worst['candidate']}, {worst['config']}, {worst['mode']})",
+                        value=worst["rhmfast_speedup"], met=worst["rhmfast_speedup"] >= 1.0))
+    return out
+
+
+def markdown(meta, rows, goal_rows):
+    lines = [f"# Patchwise layers benchmark ({meta['device']})", "",
+             f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
+             f"{meta['date']}; rounds {meta['rounds']}{' (quick)' if meta['quick'] else ''}. Median of interleaved "
+             "rounds; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
+    for op in ("patch_conv", "token_patch_embed", "patch_conv_stack"):
+        op_rows = [r for r in rows if r["op"] == op]
+        if not op_rows:
+            continue
+        lines += [f"## {op}", "", "| config | mode | candidate | median ms | rate | rhmfast speedup |",
+                  "|---|---|---|---:|---:|---:|"]
+        for r in op_rows:
+            lines.append(f"| {r['config']} | {r['mode']} | {r['candidate']} | {r['median_ms']:.3f} | "
+                         f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} |")
+        lines.append("")
+    lines += ["## Goals", "", "| goal | measured | met |", "|---|---:|---|"]
+    lines += [f"| {g['goal']} | {g['value']:.2f}x | {'yes' if g['met'] else 'NO'} |" for g in goal_rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batches and few rounds")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", default="patch_conv,token_patch_embed,patch_conv_stack")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/patchconv_<device>.json)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dtype = torch.float32
+    args.widths = (64, 128, 256, 512)
+    args.batch = 128 if args.quick else 512
+    args.trunk_batch = 64 if args.quick else 256
+    args.trunk_widths = (64, 128, 256)
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    print(rhmfast.backends(), flush=True)
+    rows = []
+    ops = args.ops.split(",")
+    if "patch_conv" in ops:
+        rows += bench_patch_conv(args, device)
+    if "token_patch_embed" in ops:
+        rows += bench_token(args, device)
+    if "patch_conv_stack" in ops:
+        rows += bench_trunk(args, device)
+    goal_rows = goals(rows, device)
+    for g in goal_rows:
+        print(f"goal: {g['goal']}: {g['value']:.2f}x -> {'met' if g['met'] else 'NOT met'}")
+    cpu_name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {cpu_name}",
+                machine=f"{platform.machine()} {cpu_name}, {os.cpu_count()} cores", torch=torch.__version__,
+                threads=torch.get_num_threads(), dtype=str(args.dtype), quick=args.quick, rounds=args.rounds,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                python=sys.version.split()[0], backends=rhmfast.backends())
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"patchconv_{device.type}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(meta=meta, results=rows, goals=goal_rows), f, indent=1)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown(meta, rows, goal_rows))
+    print(f"wrote {out} and {os.path.splitext(out)[0]}.md")
+
+
+if __name__ == "__main__":
+    main()

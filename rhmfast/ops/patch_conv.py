@@ -1,0 +1,59 @@
+"""``patch_conv``: a Conv1d with kernel = stride = patch_size on channels-last activations, as one GEMM
+with a fused epilogue. Dispatcher op ``torch.ops.rhmfast.patch_conv`` with fake kernel and autograd
+(its backward is the op ``patch_conv_backward``), or the pure-PyTorch reference without the extension.
+"""
+from __future__ import annotations
+
+import torch
+
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.reference import patch_conv as reference
+
+
+def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               pos_bias: torch.Tensor | None = None, *, patch_size: int, scale: float = 1.0,
+               activation: str = "none") -> torch.Tensor:
+    """y = act(scale * patches(x) @ weight.T + bias + pos_bias).
+
+    x [B, T, C_in] channels-last (any strides; a copy is made only when [T, C_in] is not dense),
+    weight [C_out, patch_size*C_in] in (k, c) column order, bias [C_out], pos_bias [T/s, C_out],
+    activation 'none', 'relu' or 'square'. Returns a contiguous [B, T/s, C_out].
+    """
+    if use_kernel("patch_conv", x):
+        return torch.ops.rhmfast.patch_conv(x, weight, bias, pos_bias, patch_size, float(scale), activation)
+    return reference.patch_conv(x, weight, bias, pos_bias, patch_size=patch_size, scale=scale, activation=activation)
+
+
+def _fake(x, weight, bias, pos_bias, patch_size, scale, activation):
+    reference.check_activation(activation)
+    batch, _, _, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size)
+    return x.new_empty((batch, t_out, c_out))
+
+
+def _fake_backward(grad_out, x, weight, bias, pos_bias, out, patch_size, scale, activation, output_mask):
+    batch, length, c_in, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size)
+    shapes = ((batch, length, c_in), (c_out, patch_size * c_in), (c_out,), (t_out, c_out))
+    return tuple(x.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, pos_bias, patch_size, scale, activation = inputs
+    # relu's derivative is read off the output; square recomputes its pre-activation from x.
+    ctx.save_for_backward(x, weight, bias, pos_bias, output if activation == "relu" else None)
+    ctx.config = (patch_size, scale, activation)
+
+
+def _backward(ctx, grad_out):
+    x, weight, bias, pos_bias, out = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    grads = (None,) * 4
+    if any(mask):
+        grads = torch.ops.rhmfast.patch_conv_backward(grad_out, x, weight, bias, pos_bias, out, *ctx.config, mask)
+    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
+
+
+if op_registered("patch_conv"):
+    torch.library.register_fake("rhmfast::patch_conv")(_fake)
+    torch.library.register_fake("rhmfast::patch_conv_backward")(_fake_backward)
+    torch.library.register_autograd("rhmfast::patch_conv", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::patch_conv_backward")

@@ -1,0 +1,94 @@
+"""``patch_conv_stack``: a whole hCNN trunk (token layer + L-1 patch layers, one activation, per-layer
+scales) under one autograd boundary that saves only the layer outputs. Dispatcher op with fake kernel and
+autograd (backward op ``patch_conv_stack_backward``), or the pure-PyTorch reference without the extension.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.reference import patch_conv_stack as reference
+from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args
+from rhmfast.reference.token_patch_embed import check_token_patch_embed_args
+
+
+def hcnn_scales(table: torch.Tensor, weights) -> list[float]:
+    """The reference hCNN's 1/sqrt(fan_in) per layer: fan_in = s*v for the token layer, s*C_in after."""
+    return [1.0 / math.sqrt(table.shape[0] * table.shape[1])] + [1.0 / math.sqrt(w.shape[1]) for w in weights]
+
+
+def patch_conv_stack(tokens: torch.Tensor, table: torch.Tensor, weights, biases=None, *, patch_size: int,
+                     scales=None, activation: str = "relu", return_all: bool = False):
+    """Runs token_patch_embed then patch_conv for each weight, channels-last throughout.
+
+    table [s, v, C_0]; weights[l] [C_{l+1}, s*C_l]; biases None or one [C_l] per layer; scales None (all
+    1), "hcnn" (1/sqrt(fan_in), see hcnn_scales) or one float per layer. Returns the last output
+    [B, T/s^L, C_L], or every layer's output when return_all (their gradients are all honoured).
+    """
+    weights = list(weights)
+    biases = list(biases) if biases is not None else []
+    if scales is None:
+        scales = [1.0] * (len(weights) + 1)
+    elif isinstance(scales, str):
+        if scales != "hcnn":
+            raise ValueError(f"rhmfast: scales must be None, 'hcnn' or a list of floats, got {scales!r}")
+        scales = hcnn_scales(table, weights)
+    scales = [float(c) for c in scales]
+    if use_kernel("patch_conv_stack", table):
+        outs = torch.ops.rhmfast.patch_conv_stack(tokens, table, weights, biases, patch_size, scales, activation)
+    else:
+        outs = reference.patch_conv_stack(tokens, table, weights, biases, patch_size=patch_size, scales=scales,
+                                          activation=activation)
+    return list(outs) if return_all else outs[-1]
+
+
+def _shapes(tokens, table, weights, biases, patch_size, scales, activation):
+    """Output shapes [B, T_l, C_l] of every layer, validating the arguments on the way."""
+    check_activation(activation)
+    reference.check_stack_args(weights, biases, scales)
+    bias = list(biases) if biases else [None] * (len(weights) + 1)
+    batch, _, _, t_out, c_out = check_token_patch_embed_args(tokens, table, bias[0], None, patch_size)
+    shapes = [(batch, t_out, c_out)]
+    for l, weight in enumerate(weights):
+        probe = table.new_empty(shapes[-1])  # only ever runs on fake tensors: costs no memory
+        batch, _, _, t_out, c_out = check_patch_conv_args(probe, weight, bias[l + 1], None, patch_size)
+        shapes.append((batch, t_out, c_out))
+    return shapes
+
+
+def _fake(tokens, table, weights, biases, patch_size, scales, activation):
+    return [table.new_empty(shape) for shape in _shapes(tokens, table, weights, biases, patch_size, scales,
+                                                          activation)]
+
+
+def _fake_backward(grad_outs, tokens, table, weights, biases, outs, patch_size, scales, activation):
+    return (table.new_empty(table.shape), [w.new_empty(w.shape) for w in weights],
+            [b.new_empty(b.shape) for b in biases])
+
+
+def _setup_context(ctx, inputs, output):
+    tokens, table, weights, biases, patch_size, scales, activation = inputs
+    ctx.save_for_backward(tokens, table, *weights, *biases, *output)
+    ctx.counts = (len(weights), len(biases))
+    ctx.config = (patch_size, scales, activation)
+    # Outputs nobody used get None instead of a zero tensor that backward would have to add.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_outs):
+    saved = ctx.saved_tensors
+    n_w, n_b = ctx.counts
+    tokens, table = saved[:2]
+    weights, biases, outs = saved[2:2 + n_w], saved[2 + n_w:2 + n_w + n_b], saved[2 + n_w + n_b:]
+    grad_table, grad_weights, grad_biases = torch.ops.rhmfast.patch_conv_stack_backward(
+        list(grad_outs), tokens, table, list(weights), list(biases), list(outs), *ctx.config)
+    return None, grad_table, list(grad_weights), list(grad_biases), None, None, None
+
+
+if op_registered("patch_conv_stack"):
+    torch.library.register_fake("rhmfast::patch_conv_stack")(_fake)
+    torch.library.register_fake("rhmfast::patch_conv_stack_backward")(_fake_backward)
+    torch.library.register_autograd("rhmfast::patch_conv_stack", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::patch_conv_stack_backward")

@@ -1,0 +1,62 @@
+"""``token_patch_embed``: the first patchwise layer straight from token ids, as a gather-sum of s table
+rows per output position (equal to ``patch_conv`` on the one-hot input). Dispatcher op with fake kernel
+and autograd (backward op ``token_patch_embed_backward``, deterministic table gradient), or the
+pure-PyTorch reference without the extension.
+"""
+from __future__ import annotations
+
+import torch
+
+from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.reference import token_patch_embed as reference
+from rhmfast.reference.patch_conv import check_activation
+
+
+def token_patch_embed(tokens: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None,
+                      pos_bias: torch.Tensor | None = None, *, patch_size: int, scale: float = 1.0,
+                      activation: str = "none") -> torch.Tensor:
+    """y[b, j] = act(scale * sum_k table[k, tokens[b, j*s + k]] + bias + pos_bias[j]).
+
+    tokens [B, T] uint8/int16/int32/int64 with values in [0, v); table [patch_size, v, C_out];
+    bias [C_out]; pos_bias [T/s, C_out]. Returns a contiguous [B, T/s, C_out]. Out-of-range ids raise
+    ValueError (in eager mode; the compiled kernels also check under torch.compile).
+    """
+    if use_kernel("token_patch_embed", table):
+        return torch.ops.rhmfast.token_patch_embed(tokens, table, bias, pos_bias, patch_size, float(scale), activation)
+    return reference.token_patch_embed(tokens, table, bias, pos_bias, patch_size=patch_size, scale=scale,
+                                       activation=activation)
+
+
+def _fake(tokens, table, bias, pos_bias, patch_size, scale, activation):
+    check_activation(activation)
+    batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
+    return table.new_empty((batch, t_out, c_out))
+
+
+def _fake_backward(grad_out, tokens, table, bias, pos_bias, out, patch_size, scale, activation, output_mask):
+    _, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
+    shapes = (tuple(table.shape), (c_out,), (t_out, c_out))
+    return tuple(table.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    tokens, table, bias, pos_bias, patch_size, scale, activation = inputs
+    ctx.save_for_backward(tokens, table, bias, pos_bias, output if activation == "relu" else None)
+    ctx.config = (patch_size, scale, activation)
+
+
+def _backward(ctx, grad_out):
+    tokens, table, bias, pos_bias, out = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[1:4])
+    grads = (None,) * 3
+    if any(mask):
+        grads = torch.ops.rhmfast.token_patch_embed_backward(grad_out, tokens, table, bias, pos_bias, out,
+                                                             *ctx.config, mask)
+    return (None,) + tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
+
+
+if op_registered("token_patch_embed"):
+    torch.library.register_fake("rhmfast::token_patch_embed")(_fake)
+    torch.library.register_fake("rhmfast::token_patch_embed_backward")(_fake_backward)
+    torch.library.register_autograd("rhmfast::token_patch_embed", _backward, setup_context=_setup_context)
+    forbid_double_backward("rhmfast::token_patch_embed_backward")

@@ -1,0 +1,55 @@
+"""Pure-PyTorch reference of ``token_patch_embed``: the first patchwise layer straight from token ids.
+
+tokens [B, T] (uint8/int16/int32/int64, values in [0, v)); table [s, v, C_out], table[k, t] being
+what token t at patch position k contributes (= column k*v + t of the patch_conv weight on one-hot
+input). Output [B, T/s, C_out] = act(scale * sum_k table[k, tokens[b, j*s + k]] + bias + pos_bias[j]).
+"""
+from __future__ import annotations
+
+import torch
+
+from rhmfast.reference.patch_conv import check_activation, check_biases, check_float, check_patch_size, finish
+
+TOKEN_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size) -> tuple[int, int, int, int, int]:
+    """Validates the arguments (not the token values); returns (B, T, v, T_out, C_out)."""
+    if tokens.dtype not in TOKEN_DTYPES:
+        raise TypeError(f"rhmfast: tokens must be uint8, int16, int32 or int64, got {tokens.dtype}")
+    check_float(table, "table")
+    if tokens.device != table.device:
+        raise ValueError(f"rhmfast: tokens are on {tokens.device} but table is on {table.device}")
+    if tokens.dim() != 2:
+        raise ValueError(f"rhmfast: tokens must have shape [B, T], got {list(tokens.shape)}")
+    if table.dim() != 3:
+        raise ValueError(f"rhmfast: table must have shape [patch_size, vocab_size, C_out], got {list(table.shape)}")
+    if table.shape[0] != patch_size:
+        raise ValueError(f"rhmfast: table has {table.shape[0]} patch positions but patch_size is {patch_size}")
+    if table.shape[1] < 1:
+        raise ValueError("rhmfast: table must have vocab_size >= 1")
+    batch, length = tokens.shape
+    t_out = check_patch_size(patch_size, length)
+    check_biases(bias, pos_bias, table, t_out, table.shape[2])
+    return batch, length, table.shape[1], t_out, table.shape[2]
+
+
+def check_token_values(tokens: torch.Tensor, vocab_size: int) -> None:
+    """Eager-mode range check (data-dependent, so skipped while torch.compile traces)."""
+    if tokens.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"rhmfast: token ids must be in [0, vocab_size={vocab_size}), got {bad}")
+
+
+def token_patch_embed(tokens, table, bias=None, pos_bias=None, *, patch_size: int, scale: float = 1.0,
+                      activation: str = "none") -> torch.Tensor:
+    check_activation(activation)
+    batch, _, vocab, t_out, _ = check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
+    check_token_values(tokens, vocab)
+    ids = tokens.long().reshape(batch, t_out, patch_size)
+    position = torch.arange(patch_size, device=tokens.device)
+    gathered = table[position, ids]  # [B, T_out, s, C_out]
+    return finish(gathered.sum(dim=2), bias, pos_bias, scale, activation)

@@ -1,0 +1,98 @@
+"""Shared sample inputs, tables and fixtures of the patchwise-layer tests (test_patch_conv.py,
+test_token_patch_embed.py, test_patch_conv_stack.py, test_nn.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rhmfast import _backend
+from rhmfast.ops._kernels import op_registered
+
+HAVE_CUDA = torch.cuda.is_available() and _backend.use_extension("cuda")
+
+# Table of what every op must accept, per device (CPU: float32/float64; CUDA adds the half types).
+FLOAT_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+TOKEN_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+# Agreement with an independent float computation (sums of up to a few hundred products).
+TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+ACTIVATIONS = ("none", "relu", "square")
+PATCH_SIZES = (2, 3, 4)
+
+cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and rhmfast's CUDA kernels")
+
+DEVICE_DTYPES = [pytest.param("cpu", d, id=f"cpu-{str(d)[6:]}") for d in FLOAT_DTYPES["cpu"]] + [
+    pytest.param("cuda", d, id=f"cuda-{str(d)[6:]}", marks=[pytest.mark.cuda, cuda]) for d in FLOAT_DTYPES["cuda"]]
+
+# Odd sizes on purpose: batch 1 and primes, channel counts that are not SIMD multiples, one patch.
+SHAPES = [  # (batch, patches per row, C_in, C_out)
+    (1, 1, 1, 1), (3, 5, 7, 11), (2, 4, 16, 9), (5, 3, 33, 17),
+]
+
+
+@pytest.fixture(params=["extension", "reference"])
+def backend(request, monkeypatch):
+    """Runs a test through the compiled ops and through the pure-PyTorch reference."""
+    state = _backend._load()
+    if request.param == "extension":
+        if state["module"] is None or not op_registered("patch_conv"):
+            pytest.skip("rhmfast._C not built")
+        monkeypatch.setitem(state, "forced_reference", False)
+    else:
+        monkeypatch.setitem(state, "forced_reference", True)
+    return request.param
+
+
+def need_extension():
+    if not op_registered("patch_conv"):
+        pytest.skip("rhmfast._C not built")
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, device, gen, requires_grad=False):
+    t = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
+
+
+def conv_sample(batch, n_patches, c_in, c_out, s, dtype, device="cpu", seed=0, requires_grad=False,
+                bias=True, pos_bias=True):
+    """x [B, T, C_in] channels-last, weight [C_out, s*C_in] (k, c order), bias, pos_bias."""
+    gen = generator(seed)
+    x = randn((batch, n_patches * s, c_in), dtype, device, gen, requires_grad)
+    weight = randn((c_out, s * c_in), dtype, device, gen, requires_grad)
+    b = randn((c_out,), dtype, device, gen, requires_grad) if bias else None
+    pb = randn((n_patches, c_out), dtype, device, gen, requires_grad) if pos_bias else None
+    return x, weight, b, pb
+
+
+def token_sample(batch, n_patches, vocab, c_out, s, token_dtype, dtype, device="cpu", seed=0, requires_grad=False):
+    """tokens [B, T] with every value in [0, vocab), table [s, vocab, C_out], bias, pos_bias."""
+    gen = generator(seed)
+    tokens = torch.randint(0, vocab, (batch, n_patches * s), generator=gen).to(dtype=token_dtype, device=device)
+    table = randn((s, vocab, c_out), dtype, device, gen, requires_grad)
+    b = randn((c_out,), dtype, device, gen, requires_grad)
+    pb = randn((n_patches, c_out), dtype, device, gen, requires_grad)
+    return tokens, table, b, pb
+
+
+def conv1d_reference(x, weight, bias, pos_bias, s, scale, activation):
+    """What patch_conv must compute, written with F.conv1d in float64 on channels-first data (differentiable)."""
+    c_out = weight.shape[0]
+    w = weight.double().reshape(c_out, s, -1).permute(0, 2, 1)  # (k, c) columns -> [C_out, C_in, s]
+    z = torch.nn.functional.conv1d(x.double().transpose(1, 2), w, stride=s).transpose(1, 2) * scale
+    if bias is not None:
+        z = z + bias.double()
+    if pos_bias is not None:
+        z = z + pos_bias.double()
+    return {"none": z, "relu": torch.relu(z), "square": z * z}[activation]
+
+
+def one_hot_weight(table):
+    """The patch_conv weight [C_out, s*v] that the token table [s, v, C_out] stands for."""
+    s, v, c_out = table.shape
+    return table.reshape(s * v, c_out).t()

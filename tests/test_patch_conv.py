@@ -1,0 +1,140 @@
+"""patch_conv: agreement with F.conv1d, gradients, opcheck, input handling and errors."""
+import pytest
+import torch
+
+from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, SHAPES, TOLERANCE, backend, conv1d_reference,
+                               conv_sample, cuda, need_extension)
+from rhmfast.ops.patch_conv import patch_conv
+
+assert backend  # fixture, used by name
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("s", PATCH_SIZES)
+def test_matches_conv1d(backend, device, dtype, s):
+    for seed, shape in enumerate(SHAPES):
+        for activation in ACTIVATIONS:
+            use_bias = seed % 2 == 0
+            x, w, b, pb = conv_sample(*shape, s, dtype, device, seed=seed, bias=use_bias, pos_bias=not use_bias)
+            y = patch_conv(x, w, b, pb, patch_size=s, scale=0.7, activation=activation)
+            assert y.shape == (shape[0], shape[1], shape[3]) and y.dtype == dtype and y.is_contiguous()
+            expected = conv1d_reference(x, w, b, pb, s, 0.7, activation)
+            torch.testing.assert_close(y.double().cpu(), expected.cpu(), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("wanted", ["all", "x", "weight", "biases"])
+def test_backward_matches_autograd_of_conv1d(backend, activation, wanted):
+    x, w, b, pb = conv_sample(4, 6, 9, 13, 3, torch.float32, seed=11)
+    flags = {"all": (1, 1, 1, 1), "x": (1, 0, 0, 0), "weight": (0, 1, 0, 0), "biases": (0, 0, 1, 1)}[wanted]
+    for t, flag in zip((x, w, b, pb), flags):
+        t.requires_grad_(bool(flag))
+    y = patch_conv(x, w, b, pb, patch_size=3, scale=0.5, activation=activation)
+    grad_out = torch.randn_like(y)
+    inputs = [t for t in (x, w, b, pb) if t.requires_grad]
+    grads = torch.autograd.grad(y, inputs, grad_out)
+    doubles = [t.detach().double().requires_grad_(t.requires_grad) for t in (x, w, b, pb)]
+    expected = conv1d_reference(*doubles, 3, 0.5, activation)
+    expected_grads = torch.autograd.grad(expected, [t for t in doubles if t.requires_grad], grad_out.double())
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck(backend, activation):
+    x, w, b, pb = conv_sample(2, 3, 4, 5, 2, torch.float64, seed=3, requires_grad=True)
+    fn = lambda *a: patch_conv(*a, patch_size=2, scale=0.8, activation=activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b, pb))
+    assert torch.autograd.gradcheck(lambda x_, w_: patch_conv(x_, w_, patch_size=2, activation=activation), (x, w))
+
+
+@pytest.mark.parametrize("activation", ["relu", "square"])
+def test_opcheck(activation):
+    need_extension()
+    op = torch.ops.rhmfast.patch_conv.default
+    for requires_grad in (False, True):
+        x, w, b, pb = conv_sample(3, 4, 5, 6, 2, torch.float32, seed=5, requires_grad=requires_grad)
+        torch.library.opcheck(op, (x, w, b, pb, 2, 0.5, activation))
+        torch.library.opcheck(op, (x, w, None, None, 2, 1.0, "none"))
+    x, w, b, pb = conv_sample(3, 4, 5, 6, 2, torch.float32, seed=6)
+    y = torch.ops.rhmfast.patch_conv(x, w, b, pb, 2, 0.5, activation)
+    torch.library.opcheck(torch.ops.rhmfast.patch_conv_backward.default,
+                          (torch.randn_like(y), x, w, b, pb, y, 2, 0.5, activation, [True, False, True, True]))
+
+
+def test_non_contiguous_inputs(backend):
+    x, w, b, pb = conv_sample(4, 5, 6, 7, 2, torch.float64, seed=8)
+    expected = conv1d_reference(x, w, b, pb, 2, 1.0, "relu")
+    channels_first = x.transpose(1, 2).contiguous().transpose(1, 2)  # [B, T, C] view of [B, C, T] memory
+    batch_strided = torch.stack([x, torch.zeros_like(x)], dim=1).flatten(0, 1)[::2]  # every other sample
+    w_t = w.t().contiguous().t()
+    for xi in (channels_first, batch_strided):
+        torch.testing.assert_close(patch_conv(xi, w_t, b, pb, patch_size=2, activation="relu"), expected)
+    x.requires_grad_(True)
+    patch_conv(channels_first.requires_grad_(), w, b, pb, patch_size=2, activation="relu").sum().backward()
+    assert channels_first.grad is not None and channels_first.grad.shape == x.shape
+
+
+def test_errors(backend):
+    x, w, b, pb = conv_sample(2, 3, 4, 5, 2, torch.float32)
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        patch_conv(x[:, :5], w, patch_size=2)
+    with pytest.raises(ValueError, match="columns but patch_size"):
+        patch_conv(x[..., :3], w, patch_size=2)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        patch_conv(x, w, b[:4], patch_size=2)
+    with pytest.raises(ValueError, match="pos_bias must have shape"):
+        patch_conv(x, w, None, pb[:2], patch_size=2)
+    with pytest.raises(ValueError, match="activation must be"):
+        patch_conv(x, w, patch_size=2, activation="gelu")
+    with pytest.raises(ValueError, match="x must have shape"):
+        patch_conv(x[0], w, patch_size=2)
+    with pytest.raises(TypeError, match="x must be"):
+        patch_conv(x.to(torch.bfloat16), w.to(torch.bfloat16), patch_size=2)
+    with pytest.raises(TypeError, match="weight"):
+        patch_conv(x, w.double(), patch_size=2)
+
+
+def test_double_backward_raises():
+    need_extension()
+    x, w, b, pb = conv_sample(2, 3, 4, 5, 2, torch.float64, requires_grad=True)
+    y = patch_conv(x, w, b, pb, patch_size=2, activation="square")
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        gx.sum().backward()
+
+
+def test_backward_is_deterministic(backend):
+    x, w, b, pb = conv_sample(8, 16, 32, 24, 2, torch.float32, seed=21, requires_grad=True)
+    runs = []
+    for _ in range(3):
+        y = patch_conv(x, w, b, pb, patch_size=2, activation="relu")
+        runs.append(torch.autograd.grad(y, (x, w, b, pb), torch.ones_like(y)))
+    for run in runs[1:]:
+        for g, g0 in zip(run, runs[0]):
+            assert torch.equal(g, g0)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda_matches_cpu(dtype, activation):
+    x, w, b, pb = conv_sample(16, 32, 64, 48, 2, torch.float64, seed=4, requires_grad=True)
+    y64 = patch_conv(x, w, b, pb, patch_size=2, activation=activation)
+    grads64 = torch.autograd.grad(y64, (x, w, b, pb), torch.ones_like(y64))
+    args = [t.detach().to("cuda", dtype).requires_grad_() for t in (x, w, b, pb)]
+    y = patch_conv(*args, patch_size=2, activation=activation)
+    grads = torch.autograd.grad(y, args, torch.ones_like(y))
+    if dtype == torch.float32:
+        torch.testing.assert_close(y.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-5)
+        for g, g64 in zip(grads, grads64):
+            torch.testing.assert_close(g.double().cpu(), g64, rtol=1e-5, atol=1e-4)
+        return
+    # Half types: within 2x the error of the same computation done by plain PyTorch in that dtype.
+    ref_args = [t.detach().to("cuda", dtype) for t in (x, w, b, pb)]
+    z = conv1d_reference(*[a.double() for a in ref_args], 2, 1.0, activation)  # exact on rounded inputs
+    torch_y = torch.nn.functional.linear(ref_args[0].reshape(16, 32, -1), ref_args[1]) + ref_args[2] + ref_args[3]
+    torch_y = {"none": torch_y, "relu": torch.relu(torch_y), "square": torch_y * torch_y}[activation]
+    torch_err = (torch_y.double() - z).abs().max().item()
+    assert (y.double() - z).abs().max().item() <= 2 * torch_err + 1e-6

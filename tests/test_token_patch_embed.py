@@ -1,0 +1,140 @@
+"""token_patch_embed: equal to patch_conv on the one-hot input, gradients, determinism, opcheck, errors."""
+import pytest
+import torch
+
+from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, TOKEN_DTYPES, TOLERANCE, backend, cuda,
+                               need_extension, one_hot_weight, token_sample)
+from rhmfast.ops.patch_conv import patch_conv
+from rhmfast.ops.token_patch_embed import token_patch_embed
+
+assert backend  # fixture, used by name
+
+CASES = [(1, 1, 2, 1), (3, 5, 7, 11), (4, 6, 32, 19)]  # (batch, patches per row, vocab, C_out)
+
+
+def one_hot(tokens, vocab, dtype):
+    return torch.nn.functional.one_hot(tokens.long(), vocab).to(dtype)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("s", PATCH_SIZES)
+@pytest.mark.parametrize("token_dtype", TOKEN_DTYPES)
+def test_equals_patch_conv_on_one_hot(backend, device, dtype, s, token_dtype):
+    for seed, (batch, n, vocab, c_out) in enumerate(CASES):
+        activation = ACTIVATIONS[seed % 3]
+        tokens, table, b, pb = token_sample(batch, n, vocab, c_out, s, token_dtype, dtype, device, seed=seed)
+        y = token_patch_embed(tokens, table, b, pb, patch_size=s, scale=0.6, activation=activation)
+        expected = patch_conv(one_hot(tokens, vocab, torch.float64), one_hot_weight(table).double(), b.double(),
+                              pb.double(), patch_size=s, scale=0.6, activation=activation)
+        assert y.shape == (batch, n, c_out) and y.dtype == dtype and y.is_contiguous()
+        torch.testing.assert_close(y.double(), expected, **TOLERANCE.get(dtype, dict(rtol=1e-2, atol=1e-2)))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradients_equal_one_hot_patch_conv(backend, activation):
+    tokens, table, b, pb = token_sample(5, 4, 6, 7, 3, torch.int64, torch.float64, seed=2, requires_grad=True)
+    y = token_patch_embed(tokens, table, b, pb, patch_size=3, scale=0.5, activation=activation)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (table, b, pb), grad_out)
+    expected = patch_conv(one_hot(tokens, 6, torch.float64), one_hot_weight(table), b, pb, patch_size=3, scale=0.5,
+                          activation=activation)
+    for g, e in zip(grads, torch.autograd.grad(expected, (table, b, pb), grad_out)):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck(backend, activation):
+    tokens, table, b, pb = token_sample(3, 4, 5, 6, 2, torch.uint8, torch.float64, seed=4, requires_grad=True)
+    fn = lambda *a: token_patch_embed(tokens, *a, patch_size=2, scale=0.7, activation=activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (table, b, pb))
+    assert torch.autograd.gradcheck(lambda t: token_patch_embed(tokens, t, patch_size=2, activation=activation),
+                                    (table,))
+
+
+def test_opcheck():
+    need_extension()
+    for requires_grad in (False, True):
+        tokens, table, b, pb = token_sample(3, 4, 5, 6, 2, torch.int32, torch.float32, seed=5,
+                                            requires_grad=requires_grad)
+        torch.library.opcheck(torch.ops.rhmfast.token_patch_embed.default, (tokens, table, b, pb, 2, 0.5, "relu"))
+        torch.library.opcheck(torch.ops.rhmfast.token_patch_embed.default, (tokens, table, None, None, 2, 1.0, "square"))
+    table, b, pb = table.detach(), b.detach(), pb.detach()
+    y = torch.ops.rhmfast.token_patch_embed(tokens, table, b, pb, 2, 0.5, "relu")
+    torch.library.opcheck(torch.ops.rhmfast.token_patch_embed_backward.default,
+                          (torch.randn_like(y), tokens, table, b, pb, y, 2, 0.5, "relu", [True, True, False]))
+
+
+def test_table_gradient_is_deterministic(backend):
+    # Few distinct tokens, many positions: every table row receives hundreds of additions.
+    tokens, table, b, pb = token_sample(64, 32, 3, 80, 2, torch.int64, torch.float32, seed=9, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n_threads in (threads, 1, threads):
+            torch.set_num_threads(n_threads)
+            y = token_patch_embed(tokens, table, b, pb, patch_size=2, activation="relu")
+            runs.append(torch.autograd.grad(y, (table, b, pb), torch.full_like(y, 0.1)))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for g, g0 in zip(run, runs[0]):
+            assert torch.equal(g, g0)
+
+
+def test_non_contiguous_tokens(backend):
+    tokens, table, b, pb = token_sample(4, 3, 5, 6, 2, torch.int64, torch.float64, seed=1)
+    strided = tokens.t().contiguous().t()
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(token_patch_embed(strided, table, b, pb, patch_size=2),
+                               token_patch_embed(tokens, table, b, pb, patch_size=2))
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 200])
+def test_out_of_range_tokens_raise(backend, bad):
+    tokens, table, b, pb = token_sample(2, 3, 5, 4, 2, torch.int16, torch.float32, seed=0)
+    tokens[1, 3] = bad
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=5\)"):
+        token_patch_embed(tokens, table, b, pb, patch_size=2)
+
+
+def test_backward_op_rejects_out_of_range_tokens():
+    need_extension()
+    tokens, table, b, pb = token_sample(2, 3, 5, 4, 2, torch.int64, torch.float32, seed=0)
+    tokens[0, 0] = 1 << 40
+    with pytest.raises(ValueError, match="token ids must be in"):
+        torch.ops.rhmfast.token_patch_embed_backward(torch.ones(2, 3, 4), tokens, table, None, None, None, 2, 1.0,
+                                                     "none", [True, False, False])
+
+
+def test_errors(backend):
+    tokens, table, b, pb = token_sample(2, 3, 5, 4, 2, torch.int64, torch.float32)
+    with pytest.raises(TypeError, match="tokens must be"):
+        token_patch_embed(tokens.float(), table, patch_size=2)
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        token_patch_embed(tokens[:, :5], table, patch_size=2)
+    with pytest.raises(ValueError, match="patch positions but patch_size"):
+        token_patch_embed(tokens, table, patch_size=3)
+    with pytest.raises(ValueError, match="pos_bias must have shape"):
+        token_patch_embed(tokens, table, b, pb[:1], patch_size=2)
+    with pytest.raises(TypeError, match="table must be"):
+        token_patch_embed(tokens, table.half(), patch_size=2)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    tokens, table, b, pb = token_sample(32, 16, 32, 64, 2, torch.uint8, torch.float64, seed=3, requires_grad=True)
+    y64 = token_patch_embed(tokens, table, b, pb, patch_size=2, activation="relu")
+    grads64 = torch.autograd.grad(y64, (table, b, pb), torch.ones_like(y64))
+    args = [t.detach().to("cuda", dtype).requires_grad_() for t in (table, b, pb)]
+    y = token_patch_embed(tokens.cuda(), *args, patch_size=2, activation="relu")
+    grads = torch.autograd.grad(y, args, torch.ones_like(y))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(y.double().cpu(), y64.detach(), **tol)
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double().cpu(), g64, rtol=tol["rtol"], atol=tol["atol"] * 40)
+    # Deterministic table gradient on the GPU too.
+    again = torch.autograd.grad(token_patch_embed(tokens.cuda(), *args, patch_size=2, activation="relu"), args,
+                                torch.ones_like(y))
+    assert all(torch.equal(g, h) for g, h in zip(grads, again))
