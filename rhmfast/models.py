@@ -15,7 +15,7 @@ from rhmfast.ops.token_patch_embed import token_patch_embed
 from rhmfast.reference.patch_conv import ACTIVATIONS
 
 NORMS = ("std", "mf")
-FEATURES = ("tensor", "rff")
+FEATURES = ("tensor", "rff", "tensor+rff")
 
 
 def check_positive_int(name: str, value) -> int:
@@ -187,7 +187,8 @@ class RenLayerwiseLearner(nn.Module):
 
     features="tensor": x = h_1 ⊗ ... ⊗ h_s (exact at the input level, dimension e^s);
     features="rff": x = M^(-1/2) (cos(ω_j·h), sin(ω_j·h))_j, ω_j ~ N(0, σ^-2 I), frozen (dimension 2M);
-    sigma is one bandwidth or one per level (index l-1 for level l).
+    sigma is one bandwidth or one per level (index l-1 for level l). features="tensor+rff": the exact
+    tensor product at the input level (level L), random Fourier features above.
 
     The normaliser <1, W x> is guarded: where |<1, W x>| < eps it is replaced by eps with its sign (+eps at
     zero), so an untrained or degenerate W gives large but finite outputs instead of inf/NaN.
@@ -209,9 +210,11 @@ class RenLayerwiseLearner(nn.Module):
         self.sigmas, self.eps, self.seed = sigmas, eps, seed
         gen = _generator(seed)
         self.W = nn.ParameterList()
+        self.level_features = {level: "tensor" if features == "tensor" or (features == "tensor+rff" and level == L)
+                               else "rff" for level in range(1, L + 1)}
         for level in range(1, L + 1):
             dim_in = v if level == L else n_classes
-            if features == "tensor":
+            if self.level_features[level] == "tensor":
                 dim = dim_in**s
             else:
                 dim = 2 * n_features
@@ -226,7 +229,7 @@ class RenLayerwiseLearner(nn.Module):
         """Phi^(level) of every patch of embeddings h [B, T, e] -> [B, T/s, feature_dim]."""
         b, t, e = h.shape
         patches = h.reshape(b, t // self.s, self.s, e)
-        if self.features == "tensor":
+        if self.level_features[level] == "tensor":
             x = patches[:, :, 0]
             for k in range(1, self.s):
                 x = (x.unsqueeze(-1) * patches[:, :, k].unsqueeze(-2)).flatten(-2)

@@ -112,6 +112,9 @@ def test_ren_rff_features_and_guarded_normaliser():
     torch.testing.assert_close(phi.norm(dim=-1), torch.ones(3, 2, dtype=torch.float64))  # M^-1/2 (cos, sin)
     # omega ~ N(0, sigma^-2 I): level 1 uses sigma 0.5, level 2 sigma 1.
     assert 1.5 < learner.omega_1.std().item() < 2.5 and 0.75 < learner.omega_2.std().item() < 1.25
+    mixed = RenLayerwiseLearner(4, 2, 2, features="tensor+rff", n_features=8, seed=0)
+    assert mixed.level_features == {1: "rff", 2: "tensor"}  # exact at the input level
+    assert mixed.W[1].shape == (4, 16) and mixed.W[0].shape == (4, 16) and not hasattr(mixed, "omega_2")
     z = torch.tensor([[0.0, 0.0], [1e-9, 0.0], [-1e-9, 0.0], [1.0, 3.0]], dtype=torch.float64)
     out = learner.normalise(z)
     assert torch.isfinite(out).all()
