@@ -151,6 +151,8 @@ class FullyConnected(nn.Module):
     """The shallow baseline: an MLP on the flattened one-hot input [B, d*v] (built on the fly from token
     ids, never stored), depth hidden layers of the given width with ReLU, then a linear readout."""
 
+    lr_scale = 1.0  # no mean-field learning-rate scaling
+
     def __init__(self, v: int, d: int, width: int, depth: int, n_classes: int, seed: int | None = None):
         super().__init__()
         for name, value in (("v", v), ("d", d), ("width", width), ("depth", depth), ("n_classes", n_classes)):
@@ -166,8 +168,6 @@ class FullyConnected(nn.Module):
                     bound = 1.0 / math.sqrt(layer.in_features)
                     layer.weight.uniform_(-bound, bound, generator=gen)
                     layer.bias.uniform_(-bound, bound, generator=gen)
-
-    lr_scale = 1.0
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.shape[1] != self.d:

@@ -33,12 +33,13 @@ def synonymic_sensitivity(model, grammar, n: int = 2048, seed: int = 0) -> torch
     f_k the flattened output of layer k, x^(l) the input x with its levels <= l kept and everything below
     re-expanded with fresh rule choices (so l = 0 keeps only the label), y an independent input. 0 means
     layer k is invariant to those synonymic exchanges, about 1 that it is as sensitive to them as to a new
-    input. Inputs are iid samples of seeds (seed, seed + 1); the redraws come from a generator seeded seed.
+    input. x and y are the iid samples 0..n-1 and n..2n-1 of stream seed; the redraws come from a
+    generator seeded seed.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"rhmfast: n must be an int >= 1, got {n!r}")
     x, _, tree = grammar.sample(n, seed=seed, return_tree=True)
-    y, _ = grammar.sample(n, seed=seed + 1)
+    y, _ = grammar.sample(n, seed=seed, start=n)
     x, y = x.long(), y.long()
     gen = torch.Generator().manual_seed(seed)
     reps_x = [f.flatten(1) for f in model.layer_outputs(x)]
@@ -62,12 +63,13 @@ def first_patch_posterior(grammar, tree: list[torch.Tensor], level: int) -> torc
 
 
 @torch.no_grad()
-def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 0) -> float:
-    """Mean ‖h^(level-1)_1(x) − q^(level)_{μ(x)}‖₂ over n iid samples (seed): the learner's normalised
-    output on the first level-``level`` patch against the exact label posterior of that patch."""
+def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 0, start: int = 0) -> float:
+    """Mean ‖h^(level-1)_1(x) − q^(level)_{μ(x)}‖₂ over the iid samples start .. start+n-1 of stream seed:
+    the learner's normalised output on the first level-``level`` patch against the exact label posterior
+    of that patch."""
     if not 1 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
-    x, _, tree = grammar.sample(n, seed=seed, return_tree=True)
+    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True)
     width = grammar.s ** (grammar.L - level + 1)
     output = learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0]
     return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()

@@ -79,48 +79,44 @@ def _finish(record: RunRecord, started: float) -> RunRecord:
     return record
 
 
-def _optimizer(params, lr, momentum, weight_decay):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
 def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, cosine, max_epochs,
             loss_threshold, evaluate, record, eval_every, progress, desc, callback):
     """The SGD loop shared by the trainers: epochs of minibatches, cosine schedule, stop on the mean train
     loss of an epoch falling below loss_threshold or on max_epochs; evaluate() every eval_every epochs.
     Appends to record.curve; returns the last curve point. KeyboardInterrupt propagates to the caller."""
-    optimizer = _optimizer(params, lr, momentum, weight_decay)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_epochs) if cosine else None
-    bar = tqdm(range(1, max_epochs + 1), desc=desc, disable=not progress, leave=False)
     point = None
-    for epoch in bar:
-        total, count = 0.0, 0
-        for inputs, targets in batches_of_epoch():
-            loss = loss_fn(inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = inputs.shape[0]
-            total += loss.item() * n
-            count += n
-            record.samples_seen += n
-        if scheduler is not None:
-            scheduler.step()
-        train_loss = total / count
-        if not math.isfinite(train_loss):
-            record.stopped_by = "diverged"
-        elif train_loss < loss_threshold:
-            record.stopped_by = "loss_threshold"
-        elif epoch == max_epochs:
-            record.stopped_by = "budget"
-        if epoch % eval_every == 0 or record.stopped_by:
-            point = dict(epoch=epoch, samples_seen=record.samples_seen, train_loss=train_loss,
-                         test_error=evaluate())
-            record.curve.append(point)
-            bar.set_postfix(loss=f"{train_loss:.2e}", err=f"{point['test_error']:.3f}")
-            if callback is not None:
-                callback(point)
-        if record.stopped_by:
-            break
+    with tqdm(range(1, max_epochs + 1), desc=desc, disable=not progress, leave=False) as bar:  # closed on Ctrl-C too
+        for epoch in bar:
+            total, count = 0.0, 0
+            for inputs, targets in batches_of_epoch():
+                loss = loss_fn(inputs, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = inputs.shape[0]
+                total += loss.item() * n
+                count += n
+                record.samples_seen += n
+            if scheduler is not None:
+                scheduler.step()
+            train_loss = total / count
+            if not math.isfinite(train_loss):
+                record.stopped_by = "diverged"
+            elif train_loss < loss_threshold:
+                record.stopped_by = "loss_threshold"
+            elif epoch == max_epochs:
+                record.stopped_by = "budget"
+            if epoch % eval_every == 0 or record.stopped_by:
+                point = dict(epoch=epoch, samples_seen=record.samples_seen, train_loss=train_loss,
+                             test_error=evaluate())
+                record.curve.append(point)
+                bar.set_postfix(loss=f"{train_loss:.2e}", err=f"{point['test_error']:.3f}")
+                if callback is not None:
+                    callback(point)
+            if record.stopped_by:
+                break
     return point
 
 
@@ -133,8 +129,8 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
 
     Offline (default): a fixed training set of n_train samples and a disjoint test set of n_test, drawn
     without replacement with ``grammar.split(seed=seed_data)``; minibatches in an order drawn from seed_order.
-    online=True: every epoch is n_train fresh samples from ``grammar.batches`` (the infinite-data limit),
-    with the test set drawn from another seed. Stops when an epoch's mean train loss < loss_threshold or
+    online=True: every epoch is n_train fresh samples from ``grammar.batches`` (the infinite-data limit);
+    the test set is the first n_test samples of the iid stream seed_data, training samples follow them. Stops when an epoch's mean train loss < loss_threshold or
     after max_epochs; test error every eval_every epochs. callback(point) is called at each evaluation.
     """
     _check_budget(n_train=n_train, n_test=n_test, batch_size=batch_size, max_epochs=max_epochs,
@@ -146,8 +142,9 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
                                          width=getattr(model, "width", None), norm=getattr(model, "norm", None)),
                        dict(rules=grammar.seed, data=seed_data, order=seed_order, model=getattr(model, "seed", None)))
     if online:
-        x_test, y_test = grammar.sample(n_test, seed=seed_data + 1)
-        stream = grammar.batches(batch_size, seed=seed_data)
+        # One iid stream per seed_data: the test set is its first n_test samples, training reads on from there.
+        x_test, y_test = grammar.sample(n_test, seed=seed_data)
+        stream = grammar.batches(batch_size, seed=seed_data, start=n_test)
 
         def batches_of_epoch():
             for _ in range(math.ceil(n_train / batch_size)):
@@ -295,11 +292,12 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                         lam: float | None = None, gd_steps: int = 0, gd_lr: float = 1.0, seed_data: int = 0,
                         n_diagnostic: int = 4096, progress: bool = True) -> RunRecord:
     """Ren et al.'s layerwise algorithm (SPEC §4): for l = L, ..., 1, draw N^(l) = ceil(scale*m^l) fresh
-    samples (seed seed_data + l), run the frozen levels below, take the first level-l patch and fit W^(l)
+    samples, run the frozen levels below, take the first level-l patch and fit W^(l)
     by ridge regression onto the one-hot label, λ = 1/(v·m) by default (closed form, or gd_steps of
     gradient descent from W = 0). Each stage records its sample size and the mean distance ‖h − q^(l)‖₂
     between its normalised output on the first patch and the exact label posterior, on n_diagnostic
-    samples independent of the training ones. The test set (seed seed_data + L + 1) is drawn iid.
+    samples independent of the training ones. Test, training and diagnostic samples are disjoint index
+    ranges of the iid stream seed_data. An interrupted run keeps its finished stages and has no test error.
     """
     if (learner.v, learner.s, learner.L, learner.n_classes) != (grammar.v, grammar.s, grammar.L, grammar.n_classes):
         raise ValueError("rhmfast: the learner's (v, s, L, n_classes) must equal the grammar's, got "
@@ -315,21 +313,26 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                                                    lam=lam, gd_steps=gd_steps, features=learner.features,
                                                    sigma=learner.sigmas, n_diagnostic=n_diagnostic),
                        dict(rules=grammar.seed, data=seed_data, model=learner.seed))
-    x_test, y_test = grammar.sample(n_test, seed=seed_data + grammar.L + 1)
+    # Everything comes from the iid stream seed_data, in disjoint index ranges: the test set first, then
+    # each stage's training samples and its diagnostic samples. Different seed_data never share samples.
+    x_test, y_test = grammar.sample(n_test, seed=seed_data)
+    position = n_test
     started = time.perf_counter()
     s, L = grammar.s, grammar.L
     try:
-        for l in tqdm(range(L, 0, -1), desc=f"ren scale={scale:g}", disable=not progress, leave=False):
-            n = sizes[l]
-            x, y = grammar.sample(n, seed=seed_data + l)
-            width = s ** (L - l + 1)  # tokens under the first level-l patch
-            with torch.no_grad():
-                h = learner.embeddings(x[:, :width], down_to=l)[-1]
-                features = learner.patch_features(l, h)[:, 0]
-                learner.W[l - 1].copy_(fit_ridge(features, y, grammar.n_classes, lam, steps=gd_steps, lr=gd_lr))
-            record.samples_seen += n
-            distance = posterior_distance(learner, grammar, l, n=n_diagnostic, seed=seed_data + 2 * L + 2 + l)
-            record.stages.append(dict(level=l, n_samples=n, posterior_distance=distance))
+        with tqdm(range(L, 0, -1), desc=f"ren scale={scale:g}", disable=not progress, leave=False) as bar:
+            for l in bar:
+                n = sizes[l]
+                x, y = grammar.sample(n, seed=seed_data, start=position)
+                width = s ** (L - l + 1)  # tokens under the first level-l patch
+                with torch.no_grad():
+                    h = learner.embeddings(x[:, :width], down_to=l)[-1]
+                    features = learner.patch_features(l, h)[:, 0]
+                    learner.W[l - 1].copy_(fit_ridge(features, y, grammar.n_classes, lam, steps=gd_steps, lr=gd_lr))
+                record.samples_seen += n
+                distance = posterior_distance(learner, grammar, l, n=n_diagnostic, seed=seed_data, start=position + n)
+                position += n + n_diagnostic
+                record.stages.append(dict(level=l, n_samples=n, posterior_distance=distance))
     except KeyboardInterrupt:
         record.interrupted, record.stopped_by = True, "interrupted"
     if not record.interrupted:

@@ -176,3 +176,24 @@ def test_bad_configurations_raise_clear_errors():
         train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, 0.0, progress=False)
     with pytest.raises(ValueError, match="gd_steps"):
         train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, 1.0, gd_steps=-1, progress=False)
+
+
+def test_ren_interruption_keeps_the_finished_stages(monkeypatch):
+    import rhmfast.train as train_module
+
+    g = rhmfast.RHM(8, 2, 2, 3, seed=1)
+    learner = RenLayerwiseLearner(8, 2, 3)
+    calls = []
+    real_fit = train_module.fit_ridge
+
+    def fit_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit_ridge", fit_then_interrupt)
+    record = train_ren_layerwise(learner, g, 10, n_test=64, progress=False)
+    assert record.interrupted and record.stopped_by == "interrupted"
+    assert [st["level"] for st in record.stages] == [3] and record.samples_seen == 80
+    assert learner.W[2].abs().sum() > 0 and learner.W[1].abs().sum() == 0  # stage 2 left untouched
