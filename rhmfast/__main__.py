@@ -46,6 +46,9 @@ def generate(args) -> None:
     print(f"wrote {os.path.join(args.out, 'grammar.json')} and the first {args.save:,} samples to {path}")
 
 
+BATCH = 128  # the reference recipe's batch size
+
+
 def _settings(text: str) -> list[tuple[int, int]]:
     try:
         pairs = [tuple(int(x) for x in item.split(",")) for item in text.split()]
@@ -103,8 +106,10 @@ def demo(args) -> None:
                         model = HierarchicalCNN(args.v, args.width, args.s, L, args.v, norm="mf", seed=seed)
                     else:
                         model = FullyConnected(args.v, args.s**L, args.fc_width, 1, args.v, seed=seed)
-                    record = train_sgd(model, grammar, P, n_test=args.n_test, max_epochs=args.epochs,
-                                       eval_every=max(1, args.epochs // 5), seed_data=seed, seed_order=seed,
+                    # A budget in steps, not epochs: small training sets need as many updates to fit.
+                    epochs = max(1, math.ceil(args.max_steps / math.ceil(P / BATCH)))
+                    record = train_sgd(model, grammar, P, n_test=args.n_test, batch_size=BATCH, max_epochs=epochs,
+                                       eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed,
                                        progress=False)
                     P_used = P
                 errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(record.final_test_error)
@@ -184,7 +189,8 @@ def main(argv=None) -> None:
     e.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     e.add_argument("--width", type=int, default=64, help="hCNN width (mean-field, lr 0.1 x width)")
     e.add_argument("--fc_width", type=int, default=256)
-    e.add_argument("--epochs", type=int, default=100, help="epoch budget of SGD (stops earlier at loss 1e-3)")
+    e.add_argument("--max_steps", type=int, default=3000,
+                   help=f"SGD budget in steps of batch {BATCH} (training stops earlier at train loss 1e-3)")
     e.add_argument("--ren_features", type=int, default=512, help="random Fourier features per level (x2)")
     e.add_argument("--ren_sigma", type=float, default=0.28,
                    help="RBF bandwidth above the input level times sqrt(m) (distances between label "

@@ -9,7 +9,7 @@ from rhmfast.__main__ import main
 
 def test_demo_writes_records_table_pstar_and_plots(tmp_path, restore_threads):
     out = tmp_path / "demo"
-    main(["demo", "--settings", "2,3", "--grid", "1,4", "--ren_grid", "8,32", "--seeds", "0,1", "--epochs", "5",
+    main(["demo", "--settings", "2,3", "--grid", "1,4", "--ren_grid", "8,32", "--seeds", "0,1", "--max_steps", "10",
           "--n_test", "64", "--ren_features", "32", "--out", str(out)])
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 12 and "hcnn_m2_L3_P256_seed1.json" in runs and "fc_m2_L3_P64_seed0.json" in runs
