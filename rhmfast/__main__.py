@@ -81,6 +81,8 @@ def demo(args) -> None:
         base = args.v * m**L
         grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
         fit = [round(f * base) for f in args.grid if round(f * base) + args.n_test <= grammar.pmax]
+        if len(fit) < len(args.grid):
+            print(f"m={m} L={L}: skipping training-set sizes above pmax - n_test = {grammar.pmax - args.n_test}")
         plan += [("hcnn", m, L, p) for p in fit]
         plan += [("ren", m, L, round(f * base)) for f in args.ren_grid]
         if i == 0:
@@ -89,8 +91,11 @@ def demo(args) -> None:
           f"{args.v}, s = {args.s}; seeds {args.seeds}; eps = {eps:g}; writing to {args.out}")
     errors = {}  # (learner, m, L) -> {P: [error per seed]}
     started = time.perf_counter()
+    interrupted = False
     with tqdm(total=len(plan) * len(args.seeds), unit="run", desc="demo") as bar:
         for learner, m, L, P in plan:
+            if interrupted:
+                break
             grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
             for seed in args.seeds:
                 bar.set_postfix_str(f"{learner} m={m} L={L} P={P} seed={seed}")
@@ -112,9 +117,13 @@ def demo(args) -> None:
                                        eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed,
                                        progress=False)
                     P_used = P
-                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(record.final_test_error)
                 with open(os.path.join(runs_dir, f"{learner}_m{m}_L{L}_P{P_used}_seed{seed}.json"), "w") as f:
                     json.dump(record.to_dict(), f, indent=1)
+                if record.interrupted:  # Ctrl-C: keep the finished runs, summarise them, stop
+                    interrupted = True
+                    print(f"interrupted during {learner} m={m} L={L} P={P} seed={seed}; summarising finished runs")
+                    break
+                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(record.final_test_error)
                 bar.update(1)
     seconds = time.perf_counter() - started
 
@@ -123,12 +132,14 @@ def demo(args) -> None:
     for (learner, m, L), by_p in errors.items():
         base = args.v * m**L
         ps = sorted(by_p)
-        matrix = np.array([by_p[p] for p in ps]).T  # [seeds, P]
+        matrix = np.full((len(args.seeds), len(ps)), np.nan)  # [seeds, P]; NaN: run not finished
+        for j, p in enumerate(ps):
+            matrix[:len(by_p[p]), j] = by_p[p]
         est = estimate_pstar(ps, matrix, eps, seed=0)
         label = f"{names[learner]}, m={m}, L={L}"
         curves[label], scaled[label] = (ps, matrix), base
         pstars.append(dict(learner=learner, m=m, L=L, n_c_m_L=base, **est, ratio=est["pstar"] / base))
-        rows.append((label, ps, matrix.mean(0)))
+        rows.append((label, ps, np.nanmean(matrix, axis=0)))
     floor = 1.0 / args.n_test
     plot_curves(curves, os.path.join(args.out, "test_error_vs_P.png"), eps=eps, floor=floor,
                 title=f"RHM v = n_c = {args.v}, s = {args.s}; mean over seeds {args.seeds}, band min-max")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -46,10 +47,12 @@ def estimate_pstar(ps, errors, eps: float, *, n_boot: int = 1000, seed: int = 0,
     errors = np.atleast_2d(np.asarray(errors, dtype=float))
     if errors.shape[1] != len(ps):
         raise ValueError(f"rhmfast: errors must have shape [n_seeds, {len(ps)}], got {list(errors.shape)}")
-    pstar = crossing(ps, np.nanmean(errors, axis=0), eps)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, errors.shape[0], size=(n_boot, errors.shape[0]))
-    boots = np.array([crossing(ps, np.nanmean(errors[p], axis=0), eps) for p in picks])
+    with warnings.catch_warnings():  # a resample of only missing runs gives a NaN mean: never below eps
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pstar = crossing(ps, np.nanmean(errors, axis=0), eps)
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, errors.shape[0], size=(n_boot, errors.shape[0]))
+        boots = np.array([crossing(ps, np.nanmean(errors[p], axis=0), eps) for p in picks])
     # inverted_cdf picks order statistics, so infinite P* stay inf instead of becoming inf - inf = NaN.
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return dict(pstar=pstar, low=float(low), high=float(high), reached=math.isfinite(pstar))

@@ -55,3 +55,12 @@ def test_plot_curves_writes_pngs(tmp_path):
         path = tmp_path / name
         plot_curves(curves, str(path), eps=0.1, floor=1e-3, **kw)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_missing_runs_are_left_out_of_the_mean():
+    ps = [100, 1000, 10000]
+    full = estimate_pstar(ps, [[0.5, 0.2, 0.05], [0.5, 0.2, 0.05]], 0.1)
+    partial = estimate_pstar(ps, [[0.5, 0.2, 0.05], [0.5, np.nan, np.nan]], 0.1)
+    assert partial["pstar"] == full["pstar"]
+    # a bootstrap resample holding only the unfinished seed has no crossing: the interval opens upwards
+    assert partial["low"] == full["low"] and partial["high"] == math.inf

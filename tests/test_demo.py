@@ -22,3 +22,27 @@ def test_demo_writes_records_table_pstar_and_plots(tmp_path, restore_threads):
     for png in ("test_error_vs_P.png", "test_error_vs_P_scaled.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert torch.get_num_threads() == 1  # the demo's default; restore_threads puts it back
+
+
+def test_demo_stops_on_ctrl_c_and_summarises_the_finished_runs(tmp_path, restore_threads, monkeypatch):
+    import rhmfast.train as train_module
+
+    real = train_module.train_sgd
+    calls = []
+
+    def interrupted_on_third_call(*args, **kwargs):
+        calls.append(1)
+        record = real(*args, **kwargs)
+        if len(calls) == 3:
+            record.interrupted, record.stopped_by = True, "interrupted"
+        return record
+
+    monkeypatch.setattr(train_module, "train_sgd", interrupted_on_third_call)
+    out = tmp_path / "demo"
+    main(["demo", "--settings", "2,3", "--grid", "1,4", "--ren_grid", "8", "--seeds", "0,1", "--max_steps", "10",
+          "--n_test", "64", "--out", str(out)])
+    assert len(calls) == 3  # nothing ran after the interruption
+    assert len(list((out / "runs").iterdir())) == 3  # the interrupted run's partial record is kept too
+    summary = json.loads((out / "pstar.json").read_text())
+    assert [r["learner"] for r in summary["pstar"]] == ["hcnn"]
+    assert summary["errors"]["hcnn_m2_L3"].keys() == {"64"} and len(summary["errors"]["hcnn_m2_L3"]["64"]) == 2
