@@ -20,7 +20,7 @@ endif
 
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest
+	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest matplotlib
 	touch $@
 
 # pip's editable install builds rhmfast._C in place; ninja makes a rebuild with nothing changed cheap.
@@ -41,6 +41,7 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf build rhmfast/_C*.so *.egg-info

@@ -1,18 +1,21 @@
-"""Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs) and ``info``."""
+"""Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs: a sample-complexity
+experiment), ``generate`` (generation throughput) and ``info``."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import rhmfast
 
 
-def demo(args) -> None:
+def generate(args) -> None:
     """Generate a large RHM data set in chunks, report throughput, and check it against the grammar."""
     grammar = rhmfast.RHM(args.v, args.m, args.s, args.L, seed=args.seed_rules)
     os.makedirs(args.out, exist_ok=True)
@@ -43,12 +46,137 @@ def demo(args) -> None:
     print(f"wrote {os.path.join(args.out, 'grammar.json')} and the first {args.save:,} samples to {path}")
 
 
+BATCH = 128  # the reference recipe's batch size
+
+
+def _settings(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(x) for x in item.split(",")) for item in text.split()]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"--settings must be space-separated 'm,L' pairs, got {text!r}")
+    return pairs
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def demo(args) -> None:
+    """A small sample-complexity experiment: for each (m, L), train the hCNN end to end and the Ren
+    layerwise learner (and, on the first setting, the fully-connected baseline) over a grid of P and
+    seeds; write a JSON record per run, the table of test error against P, P* per setting and learner,
+    and the plots."""
+    from rhmfast.analysis import estimate_pstar, plot_curves, threshold
+    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
+    from rhmfast.train import train_ren_layerwise, train_sgd
+
+    torch.set_num_threads(args.threads)
+    eps = threshold(args.v, args.eps)
+    runs_dir = os.path.join(args.out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    plan = []  # (learner, m, L, P)
+    for i, (m, L) in enumerate(args.settings):
+        base = args.v * m**L
+        grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
+        fit = [round(f * base) for f in args.grid if round(f * base) + args.n_test <= grammar.pmax]
+        if len(fit) < len(args.grid):
+            print(f"m={m} L={L}: skipping training-set sizes above pmax - n_test = {grammar.pmax - args.n_test}")
+        plan += [("hcnn", m, L, p) for p in fit]
+        plan += [("ren", m, L, round(f * base)) for f in args.ren_grid]
+        if i == 0:
+            plan += [("fc", m, L, p) for p in fit]
+    print(f"{len(plan) * len(args.seeds)} runs: learners hcnn, ren, fc; settings (m, L) = {args.settings}, v = n_c = "
+          f"{args.v}, s = {args.s}; seeds {args.seeds}; eps = {eps:g}; writing to {args.out}")
+    errors = {}  # (learner, m, L) -> {P: [error per seed]}
+    started = time.perf_counter()
+    interrupted = False
+    with tqdm(total=len(plan) * len(args.seeds), unit="run", desc="demo") as bar:
+        for learner, m, L, P in plan:
+            if interrupted:
+                break
+            grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
+            for seed in args.seeds:
+                bar.set_postfix_str(f"{learner} m={m} L={L} P={P} seed={seed}")
+                if learner == "ren":
+                    model = RenLayerwiseLearner(args.v, args.s, L, features="tensor+rff", n_features=args.ren_features,
+                                                sigma=args.ren_sigma / math.sqrt(m), seed=seed)
+                    scale = P / sum(m**l for l in range(1, L + 1))
+                    record = train_ren_layerwise(model, grammar, scale, n_test=args.n_test, seed_data=seed,
+                                                 progress=False)
+                    P_used = record.samples_seen
+                else:
+                    if learner == "hcnn":
+                        model = HierarchicalCNN(args.v, args.width, args.s, L, args.v, norm="mf", seed=seed)
+                    else:
+                        model = FullyConnected(args.v, args.s**L, args.fc_width, 1, args.v, seed=seed)
+                    # A budget in steps, not epochs: small training sets need as many updates to fit.
+                    epochs = max(1, math.ceil(args.max_steps / math.ceil(P / BATCH)))
+                    record = train_sgd(model, grammar, P, n_test=args.n_test, batch_size=BATCH, max_epochs=epochs,
+                                       eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed,
+                                       progress=False)
+                    P_used = P
+                with open(os.path.join(runs_dir, f"{learner}_m{m}_L{L}_P{P_used}_seed{seed}.json"), "w") as f:
+                    json.dump(record.to_dict(), f, indent=1)
+                if record.interrupted:  # Ctrl-C: keep the finished runs, summarise them, stop
+                    interrupted = True
+                    print(f"interrupted during {learner} m={m} L={L} P={P} seed={seed}; summarising finished runs")
+                    break
+                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(record.final_test_error)
+                bar.update(1)
+    seconds = time.perf_counter() - started
+
+    names = {"hcnn": "hCNN (SGD)", "ren": "Ren layerwise", "fc": "fully connected"}
+    rows, pstars, curves, scaled = [], [], {}, {}
+    for (learner, m, L), by_p in errors.items():
+        base = args.v * m**L
+        ps = sorted(by_p)
+        matrix = np.full((len(args.seeds), len(ps)), np.nan)  # [seeds, P]; NaN: run not finished
+        for j, p in enumerate(ps):
+            matrix[:len(by_p[p]), j] = by_p[p]
+        est = estimate_pstar(ps, matrix, eps, seed=0)
+        label = f"{names[learner]}, m={m}, L={L}"
+        curves[label], scaled[label] = (ps, matrix), base
+        pstars.append(dict(learner=learner, m=m, L=L, n_c_m_L=base, **est, ratio=est["pstar"] / base))
+        rows.append((label, ps, np.nanmean(matrix, axis=0)))
+    floor = 1.0 / args.n_test
+    plot_curves(curves, os.path.join(args.out, "test_error_vs_P.png"), eps=eps, floor=floor,
+                title=f"RHM v = n_c = {args.v}, s = {args.s}; mean over seeds {args.seeds}, band min-max")
+    plot_curves(curves, os.path.join(args.out, "test_error_vs_P_scaled.png"), xscale=scaled, xlabel="P / (n_c m^L)",
+                eps=eps, floor=floor, title=f"RHM v = n_c = {args.v}, s = {args.s}: rescaled by n_c m^L")
+    lines = [f"# Demo: test error against P (mean over seeds {args.seeds})", "",
+             f"v = n_c = {args.v}, s = {args.s}, rules seed {args.seed_rules}, test set {args.n_test}, "
+             f"eps = {eps:g}; {len(plan) * len(args.seeds)} runs in {seconds:.0f} s", ""]
+    for label, ps, mean in rows:
+        lines += [f"**{label}**", "", "| P | " + " | ".join(str(p) for p in ps) + " |",
+                  "|---|" + "---|" * len(ps), "| test error | " + " | ".join(f"{e:.3f}" for e in mean) + " |", ""]
+    lines += ["## P*", "", f"P*: smallest P with mean test error < {eps:g}, interpolated in log P; 90% bootstrap "
+              "interval over seeds (inf: not reached).", "",
+              "| learner | m | L | n_c m^L | P* | interval | P* / (n_c m^L) |", "|---|---|---|---|---|---|---|"]
+    for r in pstars:
+        lines.append(f"| {names[r['learner']]} | {r['m']} | {r['L']} | {r['n_c_m_L']} | {r['pstar']:.0f} | "
+                     f"[{r['low']:.0f}, {r['high']:.0f}] | {r['ratio']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "pstar.json"), "w") as f:
+        finite = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+                  for r in pstars]  # JSON has no inf: None where P* was not reached
+        json.dump(dict(config={k: v for k, v in vars(args).items() if k != "run"}, eps=eps, seconds=seconds, pstar=finite,
+                       errors={f"{k[0]}_m{k[1]}_L{k[2]}": {str(p): e for p, e in v.items()} for k, v in errors.items()}),
+                  f, indent=1)
+    print(table)
+    print(f"wrote {runs_dir}/ (one JSON record per run), {args.out}/table.md, {args.out}/pstar.json, "
+          f"{args.out}/test_error_vs_P.png, {args.out}/test_error_vs_P_scaled.png")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="rhmfast", description="Fast, exact Random Hierarchy Model tools")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print the available backends")
     info.set_defaults(run=lambda args: print(json.dumps(rhmfast.backends(), indent=1)))
-    d = commands.add_parser("demo", help="generate a large RHM data set and report throughput")
+    d = commands.add_parser("generate", help="generate a large RHM data set and report throughput")
     d.add_argument("--v", "--num_features", type=int, default=32)
     d.add_argument("--m", type=int, default=8)
     d.add_argument("--s", type=int, default=2)
@@ -59,7 +187,33 @@ def main(argv=None) -> None:
     d.add_argument("--seed_sample", type=int, default=1)
     d.add_argument("--save", type=int, default=1 << 16, help="how many samples to write to disk")
     d.add_argument("--out", default="rhm-demo")
-    d.set_defaults(run=demo)
+    d.set_defaults(run=generate)
+    e = commands.add_parser("demo", help="a small sample-complexity experiment: P* of the hCNN, the Ren layerwise "
+                                         "learner and a fully-connected baseline")
+    e.add_argument("--v", type=int, default=8, help="vocabulary size = number of classes")
+    e.add_argument("--s", type=int, default=2)
+    e.add_argument("--settings", type=_settings, default=[(2, 4), (3, 3), (4, 3)], help="'m,L m,L ...'")
+    e.add_argument("--grid", type=_floats, default=[0.5, 1, 1.5, 2, 3, 4, 6],
+                   help="training-set sizes of the SGD learners, in units of n_c m^L")
+    e.add_argument("--ren_grid", type=_floats, default=[2, 4, 8, 16, 32, 64],
+                   help="total samples of the Ren learner (all stages), in units of n_c m^L")
+    e.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    e.add_argument("--width", type=int, default=64, help="hCNN width (mean-field, lr 0.1 x width)")
+    e.add_argument("--fc_width", type=int, default=256)
+    e.add_argument("--max_steps", type=int, default=3000,
+                   help=f"SGD budget in steps of batch {BATCH} (training stops earlier at train loss 1e-3)")
+    e.add_argument("--ren_features", type=int, default=512, help="random Fourier features per level (x2)")
+    e.add_argument("--ren_sigma", type=float, default=0.28,
+                   help="RBF bandwidth above the input level times sqrt(m) (distances between label "
+                        "posteriors shrink like m^(-1/2) per level); the input level is the exact tensor product")
+    e.add_argument("--n_test", type=int, default=2048)
+    e.add_argument("--eps", type=lambda t: t if t == "rand/10" else float(t), default=0.1)
+    e.add_argument("--seed_rules", type=int, default=1)
+    e.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 by default: the models are small, and one thread cannot be "
+                   "oversubscribed on a shared machine)")
+    e.add_argument("--out", default="out/demo")
+    e.set_defaults(run=demo)
     args = parser.parse_args(argv)
     args.run(args)
 

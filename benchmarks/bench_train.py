@@ -1,0 +1,162 @@
+"""Training throughput of the hCNN (samples/s, data generation included): rhmfast against the 2024
+library's formulation, rebuilt here from SPEC §3 (one-hot float inputs from a per-level generator,
+F.conv1d layers divided by sqrt(C_in*s), ReLU, mean, readout), at the reference sizes.
+
+One training step = draw a fresh batch, forward, cross-entropy, backward, SGD (lr 0.1, momentum 0.9).
+Candidates run in interleaved rounds (each runs `steps` steps per round; median over rounds), so a load
+change on the machine biases neither. Wall time and process CPU time are both recorded.
+
+    python benchmarks/bench_train.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/bench_train.py --quick    # fewer rounds and steps
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, write_results  # noqa: E402
+
+import rhmfast  # noqa: E402
+from rhmfast.models import HierarchicalCNN  # noqa: E402
+
+CONFIGS = [dict(v=32, m=8, s=2, L=3), dict(v=16, m=4, s=2, L=6)]
+
+
+class LibraryData:
+    """The library's data path: label randint, then per level a randint of rule choices and a fancy index
+    into the rule table; the leaves become a one-hot float tensor [B, v, s^L]."""
+
+    def __init__(self, grammar, batch: int, seed: int):
+        self.table = grammar.table().long()  # [L, R, m, s], rows indexed by symbol
+        self.g, self.batch = grammar, batch
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self):
+        g = self.g
+        labels = torch.randint(g.n_classes, (self.batch,), generator=self.gen)
+        symbols = labels.unsqueeze(1)
+        for level in range(g.L):
+            choice = torch.randint(g.m, symbols.shape, generator=self.gen)
+            symbols = self.table[level][symbols, choice].flatten(1)
+        return F.one_hot(symbols, g.v).permute(0, 2, 1).float(), labels
+
+
+class LibraryHCNN(nn.Module):
+    """The library's hCNN: weights N(0,1), F.conv1d / sqrt(C_in*s), ReLU, mean over positions, beta / sqrt(H)."""
+
+    def __init__(self, v, width, s, L, n_classes):
+        super().__init__()
+        self.s = s
+        self.convs = nn.ParameterList([nn.Parameter(torch.randn(width, v if l == 0 else width, s)) for l in range(L)])
+        self.beta = nn.Parameter(torch.randn(width, n_classes))
+
+    def forward(self, x):
+        for w in self.convs:
+            x = torch.relu(F.conv1d(x, w, stride=self.s) / math.sqrt(w.shape[1] * self.s))
+        return x.mean(-1) @ self.beta / math.sqrt(self.beta.shape[0])
+
+
+def make_step(model, next_batch):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        x, y = next_batch()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def rhmfast_batches(grammar, batch):
+    position = [0]
+
+    def next_batch():
+        x, y = grammar.sample(batch, seed=1, start=position[0])
+        position[0] += batch
+        return x, y
+    return next_batch
+
+
+def measure(candidates: dict, rounds: int, steps: int) -> dict:
+    wall = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
+    for step in candidates.values():  # warm-up
+        for _ in range(3):
+            step()
+    for _ in range(rounds):
+        for name, step in candidates.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                step()
+            wall[name].append((time.perf_counter() - w0) / steps)
+            cpu[name].append((time.process_time() - c0) / steps)
+    return {name: dict(wall_s=statistics.median(wall[name]), cpu_s=statistics.median(cpu[name]),
+                       wall_all_s=wall[name]) for name in candidates}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 10 steps instead of 9 of 30")
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both candidates (default: torch's own choice)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    rounds, steps = (3, 10) if args.quick else (9, 30)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for cfg in CONFIGS:
+        grammar = rhmfast.RHM(cfg["v"], cfg["m"], cfg["s"], cfg["L"], seed=0)
+        torch.manual_seed(0)
+        ours = HierarchicalCNN(cfg["v"], args.width, cfg["s"], cfg["L"], grammar.n_classes, seed=0)
+        library = LibraryHCNN(cfg["v"], args.width, cfg["s"], cfg["L"], grammar.n_classes)
+        candidates = {"library formulation": make_step(library, LibraryData(grammar, args.batch, seed=1)),
+                      "rhmfast": make_step(ours, rhmfast_batches(grammar, args.batch))}
+        result = measure(candidates, rounds, steps)
+        lib, fast = result["library formulation"], result["rhmfast"]
+        row = dict(config=f"v={cfg['v']} m={cfg['m']} s={cfg['s']} L={cfg['L']}", width=args.width, batch=args.batch,
+                   library_samples_per_s=args.batch / lib["wall_s"], rhmfast_samples_per_s=args.batch / fast["wall_s"],
+                   library_ms_per_step=lib["wall_s"] * 1e3, rhmfast_ms_per_step=fast["wall_s"] * 1e3,
+                   library_cpu_ms_per_step=lib["cpu_s"] * 1e3, rhmfast_cpu_ms_per_step=fast["cpu_s"] * 1e3,
+                   speedup_wall=lib["wall_s"] / fast["wall_s"], speedup_cpu=lib["cpu_s"] / fast["cpu_s"],
+                   wall_rounds_ms=dict(library=[t * 1e3 for t in lib["wall_all_s"]],
+                                       rhmfast=[t * 1e3 for t in fast["wall_all_s"]]))
+        rows.append(row)
+        print(f"{row['config']}: library {row['library_ms_per_step']:.2f} ms/step, rhmfast "
+              f"{row['rhmfast_ms_per_step']:.2f} ms/step, speedup {row['speedup_wall']:.2f}x (wall), "
+              f"{row['speedup_cpu']:.2f}x (CPU time)", flush=True)
+    info = machine()
+    goals = {"v=32 m=8 s=2 L=3": 2.0, "v=16 m=4 s=2 L=6": 3.0}
+    lines = ["# hCNN training throughput (CPU)", "",
+             f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}, "
+             f"{info['date']}. Width {args.width}, batch {args.batch}, SGD lr 0.1 momentum 0.9; a step includes "
+             f"drawing the batch. Median over {rounds} rounds of {steps} steps, candidates interleaved.", "",
+             "| config | library formulation (samples/s) | rhmfast (samples/s) | speedup (wall) | speedup (CPU time) "
+             "| goal | met |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = goals[r["config"]]
+        lines.append(f"| {r['config']} | {r['library_samples_per_s']:,.0f} | {r['rhmfast_samples_per_s']:,.0f} | "
+                     f"{r['speedup_wall']:.2f}x | {r['speedup_cpu']:.2f}x | ≥ {goal:g}x | "
+                     f"{'yes' if r['speedup_wall'] >= goal else 'no'} |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    name = "train_cpu" if args.threads is None else f"train_cpu_{args.threads}thread"
+    paths = write_results(name, dict(machine=info, quick=args.quick, rounds=rounds, steps=steps, rows=rows),
+                          markdown, args.out)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
