@@ -41,6 +41,8 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_patchconv.py
+	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_train.py
 
 clean:

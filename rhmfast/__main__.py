@@ -3,6 +3,7 @@ experiment), ``generate`` (generation throughput) and ``info``."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -63,18 +64,58 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
+def _finished_record(path: str) -> dict | None:
+    """The record stored at path if it is complete (parses, and the run was not interrupted)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    complete = isinstance(record, dict) and not record.get("interrupted", True) and "final_test_error" in record
+    return record if complete else None
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    """Temporary file + rename: a crash never leaves half a record."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _train_one(args, learner: str, grammar, m: int, L: int, P: int, seed: int):
+    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
+    from rhmfast.train import train_ren_layerwise, train_sgd
+
+    if learner == "ren":
+        model = RenLayerwiseLearner(args.v, args.s, L, features="tensor+rff", n_features=args.ren_features,
+                                    sigma=args.ren_sigma / math.sqrt(m), seed=seed)
+        scale = P / sum(m**l for l in range(1, L + 1))
+        return train_ren_layerwise(model, grammar, scale, n_test=args.n_test, seed_data=seed, progress=False)
+    if learner == "hcnn":
+        model = HierarchicalCNN(args.v, args.width, args.s, L, args.v, norm="mf", seed=seed)
+    else:
+        model = FullyConnected(args.v, args.s**L, args.fc_width, 1, args.v, seed=seed)
+    # A budget in steps, not epochs: small training sets need as many updates to fit.
+    epochs = max(1, math.ceil(args.max_steps / math.ceil(P / BATCH)))
+    return train_sgd(model, grammar, P, n_test=args.n_test, batch_size=BATCH, max_epochs=epochs,
+                     eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed, progress=False)
+
+
 def demo(args) -> None:
     """A small sample-complexity experiment: for each (m, L), train the hCNN end to end and the Ren
     layerwise learner (and, on the first setting, the fully-connected baseline) over a grid of P and
     seeds; write a JSON record per run, the table of test error against P, P* per setting and learner,
     and the plots."""
     from rhmfast.analysis import estimate_pstar, plot_curves, threshold
-    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
-    from rhmfast.train import train_ren_layerwise, train_sgd
 
     torch.set_num_threads(args.threads)
     eps = threshold(args.v, args.eps)
-    runs_dir = os.path.join(args.out, "runs")
+    # Records of finished runs are reused by a re-run with the same settings (a resume); other settings
+    # get a folder of their own.
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "threads", "run")}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    runs_dir = os.path.join(args.out, f"runs-{key}")
     os.makedirs(runs_dir, exist_ok=True)
     plan = []  # (learner, m, L, P)
     for i, (m, L) in enumerate(args.settings):
@@ -99,31 +140,19 @@ def demo(args) -> None:
             grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
             for seed in args.seeds:
                 bar.set_postfix_str(f"{learner} m={m} L={L} P={P} seed={seed}")
-                if learner == "ren":
-                    model = RenLayerwiseLearner(args.v, args.s, L, features="tensor+rff", n_features=args.ren_features,
-                                                sigma=args.ren_sigma / math.sqrt(m), seed=seed)
-                    scale = P / sum(m**l for l in range(1, L + 1))
-                    record = train_ren_layerwise(model, grammar, scale, n_test=args.n_test, seed_data=seed,
-                                                 progress=False)
-                    P_used = record.samples_seen
-                else:
-                    if learner == "hcnn":
-                        model = HierarchicalCNN(args.v, args.width, args.s, L, args.v, norm="mf", seed=seed)
-                    else:
-                        model = FullyConnected(args.v, args.s**L, args.fc_width, 1, args.v, seed=seed)
-                    # A budget in steps, not epochs: small training sets need as many updates to fit.
-                    epochs = max(1, math.ceil(args.max_steps / math.ceil(P / BATCH)))
-                    record = train_sgd(model, grammar, P, n_test=args.n_test, batch_size=BATCH, max_epochs=epochs,
-                                       eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed,
-                                       progress=False)
-                    P_used = P
-                with open(os.path.join(runs_dir, f"{learner}_m{m}_L{L}_P{P_used}_seed{seed}.json"), "w") as f:
-                    json.dump(record.to_dict(), f, indent=1)
-                if record.interrupted:  # Ctrl-C: keep the finished runs, summarise them, stop
-                    interrupted = True
-                    print(f"interrupted during {learner} m={m} L={L} P={P} seed={seed}; summarising finished runs")
-                    break
-                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(record.final_test_error)
+                path = os.path.join(runs_dir, f"{learner}_m{m}_L{L}_P{P}_seed{seed}.json")
+                result = _finished_record(path)  # a re-run resumes: finished runs are read back, not redone
+                if result is None:
+                    record = _train_one(args, learner, grammar, m, L, P, seed)
+                    if record.interrupted:  # Ctrl-C: keep the finished runs, summarise them, stop
+                        interrupted = True
+                        print(f"interrupted during {learner} m={m} L={L} P={P} seed={seed}; summarising finished runs")
+                        break
+                    result = record.to_dict()
+                    _write_json_atomic(path, result)
+                # The Ren learner's P is the total of its stages' fresh samples.
+                P_used = result["samples_seen"] if learner == "ren" else P
+                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(result["final_test_error"])
                 bar.update(1)
     seconds = time.perf_counter() - started
 

@@ -1,48 +1,40 @@
-"""The demo command end to end on a tiny grid: every output is written and the JSON is strict."""
+"""The main job (`rhmfast demo`): its outputs exist, and a re-run resumes from the stored records."""
+from __future__ import annotations
+
 import json
-import math
+import os
 
-import torch
+import pytest
 
-from rhmfast.__main__ import main
+import rhmfast.__main__ as cli
 
-
-def test_demo_writes_records_table_pstar_and_plots(tmp_path, restore_threads):
-    out = tmp_path / "demo"
-    main(["demo", "--settings", "2,3", "--grid", "1,4", "--ren_grid", "8,32", "--seeds", "0,1", "--max_steps", "10",
-          "--n_test", "64", "--ren_features", "32", "--out", str(out)])
-    runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert len(runs) == 12 and "hcnn_m2_L3_P256_seed1.json" in runs and "fc_m2_L3_P64_seed0.json" in runs
-    record = json.loads((out / "runs" / "hcnn_m2_L3_P64_seed0.json").read_text())
-    assert record["config"]["n_train"] == 64 and record["seeds"]["data"] == 0 and record["curve"]
-    summary = json.loads((out / "pstar.json").read_text(), parse_constant=lambda c: math.nan)
-    assert all(not (isinstance(v, float) and math.isnan(v)) for r in summary["pstar"] for v in r.values())
-    assert {(r["learner"], r["m"], r["L"]) for r in summary["pstar"]} == {("hcnn", 2, 3), ("ren", 2, 3), ("fc", 2, 3)}
-    assert "P* / (n_c m^L)" in (out / "table.md").read_text()
-    for png in ("test_error_vs_P.png", "test_error_vs_P_scaled.png"):
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert torch.get_num_threads() == 1  # the demo's default; restore_threads puts it back
+TINY = ["demo", "--v", "4", "--settings", "2,2", "--grid", "0.5,1", "--ren_grid", "2", "--seeds", "0,1",
+        "--n_test", "8", "--width", "8", "--fc_width", "8", "--max_steps", "20", "--ren_features", "8"]
 
 
-def test_demo_stops_on_ctrl_c_and_summarises_the_finished_runs(tmp_path, restore_threads, monkeypatch):
-    import rhmfast.train as train_module
+def test_demo_writes_its_outputs_and_resumes(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "demo")
+    cli.main(TINY + ["--out", out])
+    for name in ("table.md", "pstar.json", "test_error_vs_P.png", "test_error_vs_P_scaled.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    (runs,) = [d for d in os.listdir(out) if d.startswith("runs-")]
+    records = sorted(os.listdir(os.path.join(out, runs)))
+    assert len(records) == 2 * (2 + 1 + 2)  # seeds x (hCNN P grid + Ren + fully connected)
+    first = json.load(open(os.path.join(out, "pstar.json")))
 
-    real = train_module.train_sgd
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(cli, "_train_one", no_training)
+    cli.main(TINY + ["--out", out])
+    assert json.load(open(os.path.join(out, "pstar.json")))["errors"] == first["errors"]
+
+    # A damaged record is not trusted: that run alone is redone.
+    damaged = os.path.join(out, runs, records[0])
+    with open(damaged, "w") as f:
+        f.write('{"final_test_err')
     calls = []
-
-    def interrupted_on_third_call(*args, **kwargs):
-        calls.append(1)
-        record = real(*args, **kwargs)
-        if len(calls) == 3:
-            record.interrupted, record.stopped_by = True, "interrupted"
-        return record
-
-    monkeypatch.setattr(train_module, "train_sgd", interrupted_on_third_call)
-    out = tmp_path / "demo"
-    main(["demo", "--settings", "2,3", "--grid", "1,4", "--ren_grid", "8", "--seeds", "0,1", "--max_steps", "10",
-          "--n_test", "64", "--out", str(out)])
-    assert len(calls) == 3  # nothing ran after the interruption
-    assert len(list((out / "runs").iterdir())) == 3  # the interrupted run's partial record is kept too
-    summary = json.loads((out / "pstar.json").read_text())
-    assert [r["learner"] for r in summary["pstar"]] == ["hcnn"]
-    assert summary["errors"]["hcnn_m2_L3"].keys() == {"64"} and len(summary["errors"]["hcnn_m2_L3"]["64"]) == 2
+    monkeypatch.setattr(cli, "_train_one", lambda *a, **k: calls.append(a) or pytest.fail("redo reached"))
+    with pytest.raises(pytest.fail.Exception, match="redo reached"):
+        cli.main(TINY + ["--out", out])
+    assert len(calls) == 1
