@@ -28,8 +28,10 @@ build: $(DEPS)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import rhmfast; print(rhmfast.backends())"
 
+# RHMFAST_BACKEND=extension: an extension that fails to load is an error here, never a silent fall
+# back to the reference (tests that exercise the reference select it themselves).
 test: build check-cuda
-	$(PY) -m pytest -q -ra
+	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra
 
 # Compile-check every CUDA kernel with plain nvcc (no torch) for sm_80 and sm_90; fails on errors
 # and on register spills. Skipped, saying so, where nvcc is absent.
