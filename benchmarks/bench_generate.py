@@ -46,9 +46,9 @@ def copy_bandwidth(device: str) -> float:
     return src.numel() / median_time(lambda: dst.copy_(src), repeats=5, device=device)
 
 
-def run(device: str, quick: bool) -> list[dict]:
+def run(device: str, quick: bool, tokens: int) -> list[dict]:
     rows = []
-    token_budget = (1 << 22) if quick else (1 << 25)
+    token_budget = min(tokens, 1 << 22) if quick else tokens
     for v, m, s, L in CONFIGS:
         grammar = rhmfast.RHM(v, m, s, L)
         grammar._baseline_rules = [r.to(device) for r in grammar.rules]
@@ -112,23 +112,29 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when available")
+    parser.add_argument("--tokens", type=int, default=1 << 25,
+                        help="tokens per call (default 2^25); small calls reuse freed memory, large ones pay "
+                             "the page faults of fresh output")
     args = parser.parse_args()
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     info = machine()
     info["backends"] = rhmfast.backends()
     payload = {"machine": info, "results": {}}
     markdown = [f"# RHM generation throughput\n\n{info['date']}, torch {info['torch']}, {info['cpu']} "
-                f"({info['torch_threads']} threads){', ' + info['gpu'] if 'gpu' in info else ''}.\n"]
+                f"({info['torch_threads']} threads){', ' + info['gpu'] if 'gpu' in info else ''}; "
+                f"{args.tokens} tokens per call.\n"]
     for device in devices:
         bandwidth = write_bandwidth(device) if device == "cpu" else copy_bandwidth(device)
         label = "fill_ bandwidth" if device == "cpu" else "copy bandwidth"
-        rows = run(device, args.quick)
+        rows = run(device, args.quick, args.tokens)
         payload["results"][device] = {"bandwidth_bytes_per_s": bandwidth, "bandwidth_kind": label, "rows": rows}
         text = table(rows, bandwidth, label)
         header = f"\n## {device}: {label} {bandwidth / 1e9:.1f} GB/s\n"
         print(header + "\n" + text)
         markdown.append(header + "\n" + text + "\n")
-    name = "generate_" + "_".join(devices) + ("_quick" if args.quick else "")
+    info["tokens_per_call"] = args.tokens
+    name = "generate_" + "_".join(devices) + ("_quick" if args.quick else "") + \
+        ("" if args.tokens == 1 << 25 else f"_tokens{args.tokens}")
     paths = write_results(name, payload, "".join(markdown), args.out)
     print("\nwrote", *paths)
 
