@@ -5,5 +5,6 @@ from rhmfast._backend import backends
 from rhmfast.encoding import one_hot
 from rhmfast.grammar import RHM
 from rhmfast.ops.rhm_sample import philox_uniform
+from rhmfast import nn  # registers the patchwise ops' fake kernels and autograd with the dispatcher
 
-__all__ = ["RHM", "backends", "one_hot", "philox_uniform", "__version__"]
+__all__ = ["RHM", "backends", "nn", "one_hot", "philox_uniform", "__version__"]
