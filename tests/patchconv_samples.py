@@ -105,3 +105,32 @@ def assert_within_twice_torch_error(ours, torch_same_precision, exact):
     torch_err = (torch_same_precision.double().cpu() - exact.cpu()).abs().max().item()
     slack = 4 * torch.finfo(ours.dtype).eps * exact.abs().max().item()
     assert ours_err <= 2 * torch_err + slack, (ours_err, torch_err)
+
+
+def assert_cuda_matches_cpu(op, reference_op, inputs64, dtype):
+    """op on CUDA in `dtype` against op on the CPU in float64 (float32/float64: 1e-5 relative); half types
+    against float64 on the same rounded inputs, within 2x the error of plain PyTorch (`reference_op`)
+    computing in that dtype. op(*inputs) must run on the inputs' device. Returns the CUDA inputs, the
+    gradients and the output gradient used, for further checks."""
+    y64 = op(*inputs64)
+    grad_out = torch.randn_like(y64)
+    grads64 = torch.autograd.grad(y64, inputs64, grad_out)
+    args = [t.detach().to("cuda", dtype).requires_grad_() for t in inputs64]
+    grad_cuda = grad_out.to("cuda", dtype)
+    y = op(*args)
+    grads = torch.autograd.grad(y, args, grad_cuda)
+    if dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(y.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-5)
+        for g, g64 in zip(grads, grads64):
+            torch.testing.assert_close(g.double().cpu(), g64, rtol=1e-5, atol=1e-4)
+        return args, grads, grad_cuda
+    rounded = [a.detach().double().requires_grad_() for a in args]
+    exact = reference_op(*rounded)
+    exact_grads = torch.autograd.grad(exact, rounded, grad_cuda.double())
+    plain = [a.detach().requires_grad_() for a in args]
+    torch_y = reference_op(*plain)
+    torch_grads = torch.autograd.grad(torch_y, plain, grad_cuda)
+    assert_within_twice_torch_error(y, torch_y, exact)
+    for g, tg, e in zip(grads, torch_grads, exact_grads):
+        assert_within_twice_torch_error(g, tg, e)
+    return args, grads, grad_cuda

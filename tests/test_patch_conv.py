@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, SHAPES, TOLERANCE,
-                               assert_within_twice_torch_error, backend, conv1d_reference, conv_sample, cuda,
+                               assert_cuda_matches_cpu, assert_within_twice_torch_error, backend,
+                               conv1d_reference, conv_sample, cuda,
                                need_extension)
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.reference import patch_conv as reference
@@ -126,26 +127,6 @@ def test_backward_is_deterministic(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_cuda_matches_cpu(dtype, activation):
-    x, w, b, pb = conv_sample(16, 32, 64, 48, 2, torch.float64, seed=4, requires_grad=True)
+    inputs = conv_sample(16, 32, 64, 48, 2, torch.float64, seed=4, requires_grad=True)
     cfg = dict(patch_size=2, scale=0.5, activation=activation)
-    y64 = patch_conv(x, w, b, pb, **cfg)
-    grad_out = torch.randn_like(y64)
-    grads64 = torch.autograd.grad(y64, (x, w, b, pb), grad_out)
-    args = [t.detach().to("cuda", dtype).requires_grad_() for t in (x, w, b, pb)]
-    y = patch_conv(*args, **cfg)
-    grads = torch.autograd.grad(y, args, grad_out.to("cuda", dtype))
-    if dtype in (torch.float32, torch.float64):
-        torch.testing.assert_close(y.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-5)
-        for g, g64 in zip(grads, grads64):
-            torch.testing.assert_close(g.double().cpu(), g64, rtol=1e-5, atol=1e-4)
-        return
-    # Half types: against float64 on the same rounded inputs, within 2x plain PyTorch's error in dtype.
-    rounded = [a.detach().double().requires_grad_() for a in args]
-    exact = reference.patch_conv(*rounded, **cfg)
-    exact_grads = torch.autograd.grad(exact, rounded, grad_out.to(dtype).double().cuda())
-    plain = [a.detach().requires_grad_() for a in args]
-    torch_y = reference.patch_conv(*plain, **cfg)
-    torch_grads = torch.autograd.grad(torch_y, plain, grad_out.to("cuda", dtype))
-    assert_within_twice_torch_error(y, torch_y, exact)
-    for g, tg, e in zip(grads, torch_grads, exact_grads):
-        assert_within_twice_torch_error(g, tg, e)
+    assert_cuda_matches_cpu(lambda *t: patch_conv(*t, **cfg), lambda *t: reference.patch_conv(*t, **cfg), inputs, dtype)

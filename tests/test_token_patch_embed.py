@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, TOKEN_DTYPES, TOLERANCE,
-                               assert_within_twice_torch_error, backend, cuda, need_extension, one_hot_weight,
+                               assert_cuda_matches_cpu, assert_within_twice_torch_error, backend, cuda,
+                               need_extension, one_hot_weight,
                                token_sample)
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.token_patch_embed import token_patch_embed
@@ -133,25 +134,13 @@ def test_errors(backend):
 def test_cuda_matches_cpu(dtype):
     tokens, table, b, pb = token_sample(32, 16, 32, 64, 2, torch.uint8, torch.float64, seed=3, requires_grad=True)
     cfg = dict(patch_size=2, scale=0.5, activation="relu")
-    y64 = token_patch_embed(tokens, table, b, pb, **cfg)
-    grad_out = torch.randn_like(y64)
-    grads64 = torch.autograd.grad(y64, (table, b, pb), grad_out)
-    args = [t.detach().to("cuda", dtype).requires_grad_() for t in (table, b, pb)]
-    y = token_patch_embed(tokens.cuda(), *args, **cfg)
-    grads = torch.autograd.grad(y, args, grad_out.to("cuda", dtype))
-    again = torch.autograd.grad(token_patch_embed(tokens.cuda(), *args, **cfg), args, grad_out.to("cuda", dtype))
+
+    def op(*floats):
+        return token_patch_embed(tokens.to(floats[0].device), *floats, **cfg)
+
+    def reference_op(*floats):
+        return reference.token_patch_embed(tokens.to(floats[0].device), *floats, **cfg)
+
+    args, grads, grad_cuda = assert_cuda_matches_cpu(op, reference_op, (table, b, pb), dtype)
+    again = torch.autograd.grad(op(*args), args, grad_cuda)
     assert all(torch.equal(g, h) for g, h in zip(grads, again))  # deterministic table gradient on the GPU
-    if dtype in (torch.float32, torch.float64):
-        torch.testing.assert_close(y.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-5)
-        for g, g64 in zip(grads, grads64):
-            torch.testing.assert_close(g.double().cpu(), g64, rtol=1e-5, atol=1e-4)
-        return
-    rounded = [a.detach().double().requires_grad_() for a in args]
-    exact = reference.token_patch_embed(tokens.cuda(), *rounded, **cfg)
-    exact_grads = torch.autograd.grad(exact, rounded, grad_out.to(dtype).double().cuda())
-    plain = [a.detach().requires_grad_() for a in args]
-    torch_y = reference.token_patch_embed(tokens.cuda(), *plain, **cfg)
-    torch_grads = torch.autograd.grad(torch_y, plain, grad_out.to("cuda", dtype))
-    assert_within_twice_torch_error(y, torch_y, exact)
-    for g, tg, e in zip(grads, torch_grads, exact_grads):
-        assert_within_twice_torch_error(g, tg, e)
