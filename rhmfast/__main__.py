@@ -200,6 +200,69 @@ def demo(args) -> None:
           f"{args.out}/test_error_vs_P.png, {args.out}/test_error_vs_P_scaled.png")
 
 
+ALIASES = dict(v=["--num_features"], n_classes=["--num_classes"], L=["--num_layers"], P=["--train_size"],
+               n_test=["--test_size"], model=["--net"])
+HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
+            P_scaled="training-set sizes in units of n_c m^L: a,b,c or lo:hi:n",
+            settings="(m, L) pairs 'm,L m,L ...' instead of the product of --m and --L",
+            seeds="replicate seeds: replicate k uses seed k as seed_sample and seed_model",
+            model="hcnn (deep CNN), fc (fully connected on one-hot), ren (Ren et al. layerwise)",
+            trainer="auto (sgd for hcnn and fc, ren for ren), sgd, layerwise, layerwise_hints")
+
+
+def _add_run_flags(parser) -> None:
+    """One flag per run parameter (rhmfast.runs.DEFAULTS) and grid key, each taking a value, a list a,b,c
+    or a log range lo:hi:n; only the flags given reach the grid (argparse.SUPPRESS)."""
+    from rhmfast.grid import EXTRA_KEYS
+    from rhmfast.runs import DEFAULTS
+
+    group = parser.add_argument_group("run parameters (each a value, a list a,b,c, or a range lo:hi:n)")
+    for key in list(DEFAULTS) + list(EXTRA_KEYS):
+        default = f" (default {DEFAULTS[key]})" if DEFAULTS.get(key) is not None else ""
+        group.add_argument(f"--{key}", *ALIASES.get(key, []), dest=key, default=argparse.SUPPRESS, metavar="VALUES",
+                           help=HELP.get(key, "") + default)
+
+
+def _grid_from_args(args) -> list[dict]:
+    """The configs of the --config file and the flags; a bad grid ends the command with its reason."""
+    from rhmfast.grid import EXTRA_KEYS, sweep_configs
+    from rhmfast.runs import DEFAULTS
+
+    flags = {key: getattr(args, key) for key in list(DEFAULTS) + list(EXTRA_KEYS) if hasattr(args, key)}
+    try:
+        return sweep_configs(flags, getattr(args, "config", None))
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"rhmfast {args.command}: {str(error).removeprefix('rhmfast: ')}") from None
+
+
+def sweep(args) -> None:
+    """Run a grid of trainings into a result store (resumable: stored runs are skipped)."""
+    from rhmfast.sweep import describe, run_sweep
+
+    configs = _grid_from_args(args)
+    print(describe(configs))
+    if args.dry_run:
+        return
+    options = dict(workers=args.workers, threads=args.threads, retries=args.retries)
+    if args.engine == "ray":
+        options.update(address=args.address, gpus=args.gpus_per_run)
+    outcome = run_sweep(configs, args.out, engine=args.engine, **options)
+    print(f"sweep finished in {outcome['seconds']:.0f} s: {outcome['ran']} runs done now, "
+          f"{outcome['stored_before']} stored before, {len(outcome['failures'])} failed; records in {args.out}")
+    if outcome["failures"]:
+        raise SystemExit(1)
+
+
+def collect(args) -> None:
+    """Compact a store's valid records into one Parquet table."""
+    from rhmfast.store import collect as collect_store
+
+    path, rows, corrupt = collect_store(args.dir, args.out)
+    for name, why in corrupt:
+        print(f"corrupt record {name} moved aside, not counted ({why})")
+    print(f"wrote {rows} runs to {path}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="rhmfast", description="Fast, exact Random Hierarchy Model tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +306,24 @@ def main(argv=None) -> None:
                    "oversubscribed on a shared machine)")
     e.add_argument("--out", default="out/demo")
     e.set_defaults(run=demo)
+    sw = commands.add_parser("sweep", help="run a grid of trainings, resumably, on a local pool or Ray",
+                             description="Run a grid of trainings into a result store. Re-running resumes it.")
+    _add_run_flags(sw)
+    sw.add_argument("--config", help="a TOML file of grid keys (top level shared, [[grid]] tables united)")
+    sw.add_argument("--out", default="out/sweep", help="the result store (one JSON record per run)")
+    sw.add_argument("--engine", choices=("local", "ray"), default="local")
+    sw.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    sw.add_argument("--retries", type=int, default=2, help="retries of a run whose worker dies")
+    sw.add_argument("--address", default=None, help="Ray: join this cluster ('auto' or host:port)")
+    sw.add_argument("--gpus_per_run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a GPU)")
+    sw.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                    help="print the grid and its size, run nothing")
+    sw.set_defaults(run=sweep)
+    co = commands.add_parser("collect", help="compact a result store into one Parquet table")
+    co.add_argument("dir")
+    co.add_argument("--out", default=None, help="default: DIR/results.parquet")
+    co.set_defaults(run=collect)
     args = parser.parse_args(argv)
     args.run(args)
 

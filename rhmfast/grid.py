@@ -1,0 +1,179 @@
+"""Grids of runs: from command-line flags or a TOML file to the list of complete run configs.
+
+Every run parameter of ``rhmfast.runs.DEFAULTS`` is an axis that takes one value or several. Values are
+written ``a,b,c`` (a list) or ``lo:hi:n`` (n points spaced evenly in log between lo and hi, the usual
+grid of training-set sizes; rounded and deduplicated for integer parameters). Besides the run
+parameters:
+
+- ``P_scaled``: training-set sizes in units of n_c·m^L (instead of ``P``), so one grid spans settings;
+- ``settings``: (m, L) pairs, instead of the product of the ``m`` and ``L`` axes;
+- ``seeds``: replicate seeds; replicate k uses seed k for both ``seed_sample`` and ``seed_model`` unless
+  those are given themselves.
+
+A TOML file holds the same keys at its top level, shared by every grid, and optionally ``[[grid]]``
+tables, each a grid of its own (its keys override the top level); the sweep is the union of the grids.
+Flags given on the command line override the file's top level.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+
+from rhmfast.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, grammar_of
+
+# Parameters whose default is None still have a type.
+TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
+TYPES.update(n_classes=int, P=int, max_epochs=int, P_scaled=float, seeds=int)
+EXTRA_KEYS = ("P_scaled", "settings", "seeds")
+
+
+def _scalar(key: str, text: str):
+    kind = TYPES[key]
+    text = text.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"rhmfast: {key} takes true or false, got {text!r}")
+    try:
+        return kind(text) if kind is not int else int(text)
+    except ValueError:
+        raise ValueError(f"rhmfast: {key} takes {kind.__name__} values, got {text!r}") from None
+
+
+def _log_range(key: str, text: str) -> list:
+    parts = text.split(":")
+    try:
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        raise ValueError(f"rhmfast: {key} range must be lo:hi:n, got {text!r}") from None
+    if not (0 < lo <= hi and n >= 1 and len(parts) == 3):
+        raise ValueError(f"rhmfast: {key} range lo:hi:n needs 0 < lo <= hi and n >= 1, got {text!r}")
+    points = [lo] if n == 1 else [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1))
+                                  for i in range(n)]
+    if TYPES[key] is int:
+        return sorted(set(round(p) for p in points))
+    return points
+
+
+def parse_values(key: str, value) -> list:
+    """The list of values of one axis, from a flag's text, a TOML value or a Python value."""
+    if key == "settings":
+        return _settings(value)
+    if key not in TYPES:
+        raise ValueError(f"rhmfast: unknown grid parameter {key!r}; known: {sorted(TYPES) + ['settings']}")
+    if isinstance(value, str) and TYPES[key] is not str:
+        if ":" in value:
+            return _log_range(key, value)
+        return [_scalar(key, part) for part in value.split(",") if part.strip()]
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    checked = []
+    for item in values:
+        if isinstance(item, str) and TYPES[key] is not str:
+            checked += parse_values(key, item)
+        elif TYPES[key] is float and isinstance(item, int) and not isinstance(item, bool):
+            checked.append(float(item))
+        elif not isinstance(item, TYPES[key]) or (TYPES[key] is int and isinstance(item, bool)):
+            raise ValueError(f"rhmfast: {key} takes {TYPES[key].__name__} values, got {item!r}")
+        else:
+            checked.append(item)
+    return checked
+
+
+def _settings(value) -> list[tuple[int, int]]:
+    """(m, L) pairs from 'm,L m,L ...' or a list of pairs."""
+    if isinstance(value, str):
+        try:
+            pairs = [tuple(int(x) for x in item.split(",")) for item in value.split()]
+        except ValueError:
+            pairs = []
+    else:
+        pairs = [tuple(p) for p in value] if isinstance(value, (list, tuple)) else []
+    if not pairs or any(len(p) != 2 or not all(isinstance(x, int) for x in p) for p in pairs):
+        raise ValueError(f"rhmfast: settings must be (m, L) pairs, written 'm,L m,L ...', got {value!r}")
+    return pairs
+
+
+def load_toml(path: str) -> tuple[dict, list[dict]]:
+    """(top-level keys, [[grid]] tables) of a sweep file."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    grids = data.pop("grid", [])
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ValueError(f"rhmfast: {path}: 'grid' must be an array of tables ([[grid]])")
+    return data, grids
+
+
+def sweep_configs(flags: dict, path: str | None = None) -> list[dict]:
+    """The configs of a sweep file (optional) and command-line flags; a flag overrides the file's value
+    everywhere, inside its [[grid]] tables too."""
+    common, grids = load_toml(path) if path else ({}, [])
+    for grid in grids:
+        for key in flags:
+            grid.pop(key, None)
+    return expand({**common, **flags}, grids)
+
+
+def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
+    """The complete configs of a sweep, in grid order, without duplicates. Refuses, before anything
+    runs, an empty grid, unknown parameters or models, impossible grammars and training sets larger
+    than the grammar allows; the error names the parameter and its allowed range."""
+    configs, seen, grammars = [], set(), {}
+    for grid in (grids or [{}]):
+        axes = {key: parse_values(key, value) for key, value in {**common, **grid}.items()}
+        for key, values in axes.items():
+            if not values:
+                raise ValueError(f"rhmfast: the grid has no values of {key}")
+        if "P" in axes and "P_scaled" in axes:
+            raise ValueError("rhmfast: give P or P_scaled, not both")
+        if "P" not in axes and "P_scaled" not in axes:
+            raise ValueError("rhmfast: the grid needs training-set sizes: P (samples) or P_scaled (units of n_c m^L)")
+        for model in axes.get("model", [DEFAULTS["model"]]):
+            if model not in MODELS:
+                raise ValueError(f"rhmfast: model must be one of {MODELS}, got {model!r}")
+        settings = axes.pop("settings", None)
+        if settings is not None:
+            if "m" in axes or "L" in axes:
+                raise ValueError("rhmfast: give settings or the m and L axes, not both")
+            axes["mL"] = settings
+        seeds = axes.pop("seeds", None)
+        scaled = axes.pop("P_scaled", None)
+        if scaled is not None:
+            axes["P"] = [None]
+        keys = list(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            base = dict(zip(keys, combo))
+            if "mL" in base:
+                base["m"], base["L"] = base.pop("mL")
+            for seed in (seeds if seeds is not None else [None]):
+                config = dict(base)
+                if seed is not None:
+                    config.setdefault("seed_sample", seed)
+                    config.setdefault("seed_model", seed)
+                for P in _sizes(config, scaled):
+                    complete = complete_config({**config, "P": P})
+                    key = config_hash(complete)
+                    if key not in seen:
+                        seen.add(key)
+                        configs.append(complete)
+    if not configs:
+        raise ValueError("rhmfast: the grid is empty")
+    for config in configs:
+        gkey = tuple(config[k] for k in ("v", "m", "s", "L", "n_classes", "rules", "seed_rules"))
+        if gkey not in grammars:
+            grammars[gkey] = grammar_of(config)
+        check_feasible(config, grammars[gkey])
+    return configs
+
+
+def _sizes(config: dict, scaled: list[float] | None) -> list[int]:
+    if scaled is None:
+        return [config["P"]]
+    c = {**DEFAULTS, **config}
+    n_classes = c["n_classes"] if c["n_classes"] is not None else c["v"]
+    base = n_classes * c["m"] ** c["L"]
+    return sorted(set(max(1, round(f * base)) for f in scaled))

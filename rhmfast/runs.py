@@ -1,0 +1,153 @@
+"""One training run described by one flat, JSON-serialisable config: what a sweep stores, hashes and
+dispatches, and what ``rhmfast train`` runs.
+
+A config names the grammar (v, m, s, L, n_classes, rules, seed_rules), the learner (model, trainer and
+their hyper-parameters), the training-set size P and the seeds of data (seed_sample) and model
+(seed_model). ``complete_config`` fills the defaults and resolves the automatic choices, so the stored
+config says everything the run depended on; its hash names the run in the result store. Where a run is
+executed (device, threads) is not part of the config: it must not change which experiment a record is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from rhmfast.models import check_choice, check_positive_int
+
+RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
+
+MODELS = ("hcnn", "fc", "ren")
+TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "ren": ("ren",)}
+SAMPLERS = ("pcsl", "pcsl-2023", "first-token-uniform")
+
+DEFAULTS = dict(
+    # grammar
+    v=8, m=2, s=2, L=3, n_classes=None, rules="pcsl", seed_rules=0,
+    # data and seeds: samples are drawn from the stream seed_sample, the model initialised from seed_model
+    P=None, n_test=2048, seed_sample=0, seed_model=0,
+    # learner: trainer "auto" is sgd for hcnn and fc, ren for the Ren learner
+    model="hcnn", trainer="auto", width=64, depth=1, norm="mf", bias=False,
+    # SGD (the reference recipe); max_epochs None: ceil(max_steps / steps per epoch) epochs
+    lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
+    loss_threshold=1e-3, cosine=False, online=False,
+    # Ren et al.: P is the total of the stages' fresh samples, N^(l) proportional to m^l
+    ren_features=512, ren_sigma=0.28, ren_feature_kind="tensor+rff",
+)
+
+POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features")
+SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
+
+
+def complete_config(config: dict) -> dict:
+    """The config with defaults filled in and automatic choices resolved; ValueError names a bad key."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"rhmfast: unknown run parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
+    c = {**DEFAULTS, **config}
+    if c["P"] is None:
+        raise ValueError("rhmfast: P (the training-set size) must be given")
+    for key in POSITIVE_INT_KEYS:
+        check_positive_int(key, c[key])
+    for key in SEED_KEYS:
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
+            raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
+    c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
+    check_choice("model", c["model"], MODELS)
+    check_choice("rules", c["rules"], SAMPLERS)
+    if c["trainer"] == "auto":
+        c["trainer"] = TRAINERS[c["model"]][0]
+    check_choice(f"trainer (for model {c['model']!r})", c["trainer"], TRAINERS[c["model"]])
+    if c["max_epochs"] is not None:
+        check_positive_int("max_epochs", c["max_epochs"])
+    for key in ("lr", "ren_sigma"):
+        if not (isinstance(c[key], (int, float)) and c[key] > 0):
+            raise ValueError(f"rhmfast: {key} must be a number > 0, got {c[key]!r}")
+    c["lr"], c["ren_sigma"] = float(c["lr"]), float(c["ren_sigma"])
+    c["momentum"], c["weight_decay"], c["loss_threshold"] = (float(c[k]) for k in ("momentum", "weight_decay",
+                                                                                   "loss_threshold"))
+    return c
+
+
+def config_hash(config: dict) -> str:
+    """The name of a run: a hash of its complete config (and of the format version)."""
+    text = json.dumps({"format": RUN_FORMAT_VERSION, **complete_config(config)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def learner_name(config: dict) -> str:
+    """"hcnn", "fc", "ren", or "<model>-<trainer>" for a non-default trainer."""
+    c = complete_config(config)
+    return c["model"] if c["trainer"] == TRAINERS[c["model"]][0] else f"{c['model']}-{c['trainer']}"
+
+
+def grammar_of(config: dict):
+    from rhmfast.grammar import RHM
+
+    c = complete_config(config)
+    return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"])
+
+
+def check_feasible(config: dict, grammar=None) -> None:
+    """Refuse what cannot run, before anything runs: an impossible grammar, or a training plus test set
+    larger than pmax (they are drawn without replacement) for the SGD trainers."""
+    c = complete_config(config)
+    grammar = grammar_of(c) if grammar is None else grammar
+    if c["model"] != "ren" and not c["online"] and c["P"] + c["n_test"] > grammar.pmax:
+        raise ValueError(f"rhmfast: P + n_test = {c['P'] + c['n_test']} exceeds pmax = {grammar.pmax} for "
+                         f"v={c['v']} m={c['m']} s={c['s']} L={c['L']} (training and test sets are drawn without "
+                         "replacement)")
+
+
+def build_model(config: dict):
+    """The learner of a config, initialised from seed_model."""
+    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
+
+    c = complete_config(config)
+    if c["model"] == "hcnn":
+        return HierarchicalCNN(c["v"], c["width"], c["s"], c["L"], c["n_classes"], norm=c["norm"], bias=c["bias"],
+                               seed=c["seed_model"])
+    if c["model"] == "fc":
+        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"])
+    # Distances between label posteriors shrink like m^(-1/2) per level: the bandwidth follows them.
+    return RenLayerwiseLearner(c["v"], c["s"], c["L"], c["n_classes"], features=c["ren_feature_kind"],
+                               n_features=c["ren_features"], sigma=c["ren_sigma"] / math.sqrt(c["m"]),
+                               seed=c["seed_model"])
+
+
+def sgd_epochs(config: dict) -> int:
+    """max_epochs, or enough epochs for max_steps updates: small training sets need as many steps to fit."""
+    c = complete_config(config)
+    if c["max_epochs"] is not None:
+        return c["max_epochs"]
+    return max(1, math.ceil(c["max_steps"] / math.ceil(c["P"] / c["batch_size"])))
+
+
+def sgd_arguments(config: dict) -> dict:
+    """The keyword arguments of train_sgd / train_layerwise_sgd for a config (data and order both from
+    seed_sample)."""
+    c = complete_config(config)
+    epochs = sgd_epochs(c)
+    return dict(n_test=c["n_test"], lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
+                batch_size=c["batch_size"], max_epochs=epochs, cosine=c["cosine"],
+                loss_threshold=c["loss_threshold"], eval_every=max(1, epochs // 5), seed_data=c["seed_sample"],
+                seed_order=c["seed_sample"])
+
+
+def run_config(config: dict, *, progress: bool = False):
+    """Train the learner of one config and return its RunRecord (its ``P_used`` is what the sample-
+    complexity analysis calls P: the training-set size, or for the Ren learner the total of its stages)."""
+    from rhmfast.train import train_layerwise_sgd, train_ren_layerwise, train_sgd
+
+    c = complete_config(config)
+    grammar = grammar_of(c)
+    check_feasible(c, grammar)
+    model = build_model(c)
+    if c["trainer"] == "ren":
+        scale = c["P"] / sum(c["m"] ** l for l in range(1, c["L"] + 1))
+        return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], seed_data=c["seed_sample"],
+                                   progress=progress)
+    if c["trainer"] == "sgd":
+        return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **sgd_arguments(c))
+    return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints", progress=progress,
+                               seed_readout=c["seed_model"], **sgd_arguments(c))

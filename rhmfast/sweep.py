@@ -1,0 +1,71 @@
+"""``rhmfast sweep``: run a grid of configs on an engine into a result store, resumably.
+
+Runs already stored are skipped, so running the same sweep again resumes it; corrupt records are moved
+aside and their runs redone. One progress bar counts the whole grid (stored runs included); each
+finished run prints a summary line.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+from tqdm.auto import tqdm
+
+from rhmfast.engines import ENGINES
+from rhmfast.runs import DEFAULTS, config_hash, learner_name
+from rhmfast.store import ResultStore
+
+# Keys that identify a setting in summaries: everything else that varies is listed too.
+_SUMMARY_KEYS = ("v", "m", "s", "L")
+
+
+def describe(configs: list[dict]) -> str:
+    """The grid, one line per (learner, setting, other varying parameters): its P values and seeds."""
+    varying = sorted(k for k in DEFAULTS if len({repr(c[k]) for c in configs}) > 1
+                     and k not in ("P", "seed_sample", "seed_model", "model", "trainer") + _SUMMARY_KEYS)
+    groups = collections.OrderedDict()
+    for c in configs:
+        head = (learner_name(c),) + tuple(c[k] for k in _SUMMARY_KEYS) + tuple(c[k] for k in varying)
+        ps, seeds = groups.setdefault(head, (set(), set()))
+        ps.add(c["P"])
+        seeds.add((c["seed_sample"], c["seed_model"]))
+    lines = [f"{len(configs)} runs"]
+    for head, (ps, seeds) in groups.items():
+        extra = "".join(f" {k}={v}" for k, v in zip(varying, head[1 + len(_SUMMARY_KEYS):]))
+        seed_text = ",".join(str(a) if a == b else f"{a}/{b}" for a, b in sorted(seeds))
+        lines.append(f"  {head[0]:<22} v={head[1]} m={head[2]} s={head[3]} L={head[4]}{extra}: "
+                     f"{len(ps)} P in [{min(ps)}, {max(ps)}] x {len(seeds)} seeds ({seed_text})")
+    return "\n".join(lines)
+
+
+def summary(record: dict) -> str:
+    c = record["config"]
+    return (f"{record['learner']} v={c['v']} m={c['m']} L={c['L']} P={c['P']} seed={c['seed_sample']}: "
+            f"test error {record['test_error']:.4f} ({record['result']['wall_time_s']:.1f} s)")
+
+
+def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress: bool = True, **engine_options) -> dict:
+    """Run every config not yet stored in ``out``; returns counts and the failures [(config, reason)]."""
+    store = ResultStore(out)
+    store.clean_temporaries()
+    todo = [c for c in configs if store.read(config_hash(c)) is None]
+    stored = len(configs) - len(todo)
+    for name, why in store.corrupt:
+        print(f"corrupt record {name} moved aside ({why}); its run is redone")
+    print(f"{len(configs)} runs in the grid: {stored} already stored, {len(todo)} to run on {engine} -> {out}")
+    failures = []
+    started = time.perf_counter()
+    with tqdm(total=len(configs), initial=stored, unit="run", desc="sweep", disable=not progress) as bar:
+        def on_result(config, record):
+            store.write(record)
+            bar.update(1)
+            bar.write(summary(record))
+
+        def on_failure(config, reason):
+            failures.append((config, reason))
+            bar.write(f"FAILED {learner_name(config)} {config_hash(config)}: {reason.strip().splitlines()[-1]}")
+
+        if todo:
+            ENGINES[engine](**engine_options).map(todo, on_result, on_failure)
+    return dict(total=len(configs), stored_before=stored, ran=len(todo) - len(failures), failures=failures,
+                seconds=time.perf_counter() - started)
