@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -16,10 +17,31 @@ def threshold(n_classes: int, eps: float | str = 0.1) -> float:
     return float(eps)
 
 
+def _crossings(ps: np.ndarray, curves: np.ndarray, eps: float) -> np.ndarray:
+    """crossing() of every row of curves [n, len(ps)] at once; ps validated. NaN points are skipped."""
+    n, k = curves.shape
+    observed = ~np.isnan(curves)
+    below = observed & (curves < eps)
+    first = below.argmax(axis=1)  # the first point below eps (0 where there is none: masked below)
+    # the last observed point before it: every observed point before the first one below is at or above eps
+    last_observed = np.maximum.accumulate(np.where(observed, np.arange(k), -1), axis=1)
+    rows = np.arange(n)
+    before = np.where(first > 0, last_observed[rows, np.maximum(first - 1, 0)], -1)
+    logp = np.log(ps)
+    e0 = curves[rows, np.maximum(before, 0)]
+    e1 = curves[rows, first]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (e0 - eps) / (e0 - e1)
+        interpolated = np.exp(logp[np.maximum(before, 0)] + t * (logp[first] - logp[np.maximum(before, 0)]))
+    out = np.where(before >= 0, interpolated, ps[first])
+    return np.where(below.any(axis=1), out, math.inf)
+
+
 def crossing(ps, errors, eps: float) -> float:
     """The smallest P at which the error curve falls below eps, interpolated linearly in log P between
     the last grid point at or above eps and the first one below it. ps increasing. Returns ps[0] when the
-    first point is already below eps (P* <= ps[0]) and inf when no point is."""
+    first point is already below eps (P* <= ps[0]) and inf when no point is. NaN points (no finished run
+    at that P) are skipped: the interpolation runs between the observed neighbours."""
     ps = np.asarray(ps, dtype=float)
     errors = np.asarray(errors, dtype=float)
     if ps.ndim != 1 or ps.shape != errors.shape or ps.size == 0:
@@ -27,15 +49,24 @@ def crossing(ps, errors, eps: float) -> float:
                          f"{errors.shape}")
     if np.any(np.diff(ps) <= 0) or ps[0] <= 0:
         raise ValueError("rhmfast: ps must be positive and strictly increasing")
-    below = np.flatnonzero(errors < eps)
-    if below.size == 0:
-        return math.inf
-    i = below[0]
-    if i == 0:
-        return float(ps[0])
-    e0, e1 = errors[i - 1], errors[i]
-    t = (e0 - eps) / (e0 - e1)
-    return float(math.exp(math.log(ps[i - 1]) + t * (math.log(ps[i]) - math.log(ps[i - 1]))))
+    return float(_crossings(ps, errors[None], eps)[0])
+
+
+def _bootstrap_pstars(ps: np.ndarray, errors: np.ndarray, eps: float, n_boot: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """P* of the mean of n_seeds seeds drawn with replacement, n_boot times: [n_boot], inf where not reached."""
+    picks = rng.integers(0, errors.shape[0], size=(n_boot, errors.shape[0]))
+    with warnings.catch_warnings():  # a resample of only missing runs gives a NaN mean: never below eps
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(errors[picks], axis=1)
+    return _crossings(ps, means, eps)
+
+
+def _check_boot(n_boot: int, level: float) -> None:
+    if not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ValueError(f"rhmfast: n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"rhmfast: level must be in (0, 1), got {level!r}")
 
 
 def estimate_pstar(ps, errors, eps: float, *, n_boot: int = 1000, seed: int = 0, level: float = 0.9) -> dict:
@@ -44,15 +75,14 @@ def estimate_pstar(ps, errors, eps: float, *, n_boot: int = 1000, seed: int = 0,
     errors [n_seeds, len(ps)] (NaN = missing run, ignored in the mean). The interval: P* of the mean of
     n_seeds seeds drawn with replacement, n_boot times; its (1-level)/2 and (1+level)/2 quantiles (inf
     when the resampled curve never falls below eps). Returns dict(pstar, low, high, reached)."""
+    _check_boot(n_boot, level)
     errors = np.atleast_2d(np.asarray(errors, dtype=float))
     if errors.shape[1] != len(ps):
         raise ValueError(f"rhmfast: errors must have shape [n_seeds, {len(ps)}], got {list(errors.shape)}")
-    with warnings.catch_warnings():  # a resample of only missing runs gives a NaN mean: never below eps
+    with warnings.catch_warnings():  # a P with no finished run has a NaN mean: skipped by crossing
         warnings.simplefilter("ignore", RuntimeWarning)
         pstar = crossing(ps, np.nanmean(errors, axis=0), eps)
-        rng = np.random.default_rng(seed)
-        picks = rng.integers(0, errors.shape[0], size=(n_boot, errors.shape[0]))
-        boots = np.array([crossing(ps, np.nanmean(errors[p], axis=0), eps) for p in picks])
+    boots = _bootstrap_pstars(np.asarray(ps, dtype=float), errors, eps, n_boot, np.random.default_rng(seed))
     # inverted_cdf picks order statistics, so infinite P* stay inf instead of becoming inf - inf = NaN.
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return dict(pstar=pstar, low=float(low), high=float(high), reached=math.isfinite(pstar))

@@ -64,3 +64,10 @@ def test_missing_runs_are_left_out_of_the_mean():
     assert partial["pstar"] == full["pstar"]
     # a bootstrap resample holding only the unfinished seed has no crossing: the interval opens upwards
     assert partial["low"] == full["low"] and partial["high"] == math.inf
+
+
+def test_crossing_skips_missing_points():
+    log_mid = (math.log(10) + math.log(40)) / 2
+    assert crossing([10, 20, 40], [0.5, np.nan, -0.3], 0.1) == pytest.approx(math.exp(log_mid))
+    assert crossing([10, 20, 40], [np.nan, 0.05, 0.01], 0.1) == 20  # the first observed point is already below
+    assert crossing([10, 20], [np.nan, np.nan], 0.1) == math.inf
