@@ -1,11 +1,25 @@
-"""Analysis of sample-complexity runs (SPEC §5): P*(ε), its bootstrap interval over seeds, and plots."""
+"""Analysis of sample-complexity runs (SPEC §5): P*(ε), its bootstrap interval over seeds, the scaling of P*
+with n_c·m^L, and plots.
+
+The sweep-level entry points take rows, one per finished run, as a sweep's result store yields them: mappings
+with at least the keys learner (str), v, n_classes, m, L, s, P (the training-set size used), seed, n_test (ints)
+and test_error (float in [0, 1]; NaN counts as a missing run). A setting is (learner, v, n_classes, s, m, L);
+its runs make an error matrix [seeds, P] with NaN where a run is missing.
+
+    pstar_table(rows, eps)                 P*(ε) per setting with its bootstrap interval over seeds
+    fit_scaling(rows, eps, learner=...)    least-squares power law P* = c (n_c m^L)^a over one learner's settings
+"""
 from __future__ import annotations
 
 import math
 import numbers
 import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
+
+_INT_KEYS = ("v", "n_classes", "m", "L", "s", "P", "seed", "n_test")
 
 
 def threshold(n_classes: int, eps: float | str = 0.1) -> float:
@@ -86,6 +100,190 @@ def estimate_pstar(ps, errors, eps: float, *, n_boot: int = 1000, seed: int = 0,
     # inverted_cdf picks order statistics, so infinite P* stay inf instead of becoming inf - inf = NaN.
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return dict(pstar=pstar, low=float(low), high=float(high), reached=math.isfinite(pstar))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows of a sweep, grouped into settings
+
+
+@dataclass
+class _Setting:
+    """The runs of one setting: errors and n_test [seeds, P], NaN where a run is missing."""
+    learner: str
+    v: int
+    n_classes: int
+    s: int
+    m: int
+    L: int
+    ps: np.ndarray
+    seeds: list
+    errors: np.ndarray
+    n_test: np.ndarray
+
+    @property
+    def n_c_m_L(self) -> int:
+        return self.n_classes * self.m**self.L
+
+    def floored(self) -> np.ndarray:
+        """Errors with zeros raised to 1/n_test of their run, for log axes."""
+        return np.maximum(self.errors, 1.0 / self.n_test)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per P: mean, min and max test error over the finished runs, and how many there are."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return (np.nanmean(self.errors, axis=0), np.nanmin(self.errors, axis=0),
+                    np.nanmax(self.errors, axis=0), np.sum(~np.isnan(self.errors), axis=0))
+
+
+def _as_int(row: Mapping, key: str, i: int) -> int:
+    value = row[key]
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                       or (isinstance(value, float) and value.is_integer())):
+        raise ValueError(f"rhmfast: row {i}: {key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_row(row, i: int) -> tuple:
+    """(setting key, seed, P, test_error, n_test) of a validated row."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"rhmfast: row {i} must be a mapping, got {type(row).__name__}")
+    missing = [k for k in ("learner", "test_error", *_INT_KEYS) if k not in row]
+    if missing:
+        raise ValueError(f"rhmfast: row {i} lacks the keys {missing}")
+    if not isinstance(row["learner"], str) or not row["learner"]:
+        raise ValueError(f"rhmfast: row {i}: learner must be a non-empty string, got {row['learner']!r}")
+    ints = {k: _as_int(row, k, i) for k in _INT_KEYS}
+    for k in ("v", "n_classes", "m", "L", "s", "P", "n_test"):
+        if ints[k] < 1:
+            raise ValueError(f"rhmfast: row {i}: {k} must be >= 1, got {ints[k]}")
+    error = row["test_error"]
+    if isinstance(error, bool) or not isinstance(error, numbers.Real) or not (math.isnan(error) or 0 <= error <= 1):
+        raise ValueError(f"rhmfast: row {i}: test_error must be a number in [0, 1] (NaN: missing), got {error!r}")
+    key = (row["learner"], ints["v"], ints["n_classes"], ints["s"], ints["m"], ints["L"])
+    return key, ints["seed"], ints["P"], float(error), ints["n_test"]
+
+
+def _settings(rows: Iterable[Mapping]) -> list[_Setting]:
+    """Validated rows grouped by setting: learners in order of first appearance, then by (v, n_classes, s,
+    n_c m^L, m, L). Raises ValueError on a malformed row or a run that appears twice."""
+    runs: dict[tuple, dict[tuple, tuple]] = {}
+    learners: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        key, seed, p, error, n_test = _check_row(row, i)
+        by_run = runs.setdefault(key, {})
+        if (seed, p) in by_run:
+            raise ValueError(f"rhmfast: row {i} repeats the run of row {by_run[seed, p][0]}: (learner, v, n_classes, "
+                             f"s, m, L) = {key}, seed {seed}, P {p}")
+        by_run[seed, p] = (i, error, n_test)
+        learners.setdefault(key[0], len(learners))
+    out = []
+    for key in sorted(runs, key=lambda k: (learners[k[0]], k[1], k[2], k[3], k[2] * k[4]**k[5], k[4], k[5])):
+        by_run = runs[key]
+        seeds = sorted({seed for seed, _ in by_run})
+        ps = sorted({p for _, p in by_run})
+        errors = np.full((len(seeds), len(ps)), np.nan)
+        n_test = np.full((len(seeds), len(ps)), np.nan)
+        for (seed, p), (_, error, n) in by_run.items():
+            errors[seeds.index(seed), ps.index(p)] = error
+            n_test[seeds.index(seed), ps.index(p)] = n
+        out.append(_Setting(*key, ps=np.asarray(ps, dtype=float), seeds=seeds, errors=errors, n_test=n_test))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# P* per setting, and its scaling with n_c m^L
+
+
+def pstar_table(rows: Iterable[Mapping], eps: float | str, *, n_boot: int = 1000, level: float = 0.9,
+                seed: int = 0) -> list[dict]:
+    """P*(ε) of every setting (learner, v, n_classes, s, m, L) with its bootstrap interval over seeds.
+
+    eps: a float in (0, 1) or "rand/10" (see threshold; then per setting from its n_classes). One dict per
+    setting, learners in order of first appearance, then by (v, n_classes, s, n_c m^L, m, L): learner, v,
+    n_classes, s, m, L, n_c_m_L (= n_classes·m^L), n_seeds, grid (the P values run, ascending), eps (the number
+    used), level, pstar, low, high, reached (as estimate_pstar; inf: not reached within the grid), upper_bound
+    (True when the mean error at the first grid point is already below ε: pstar is then grid[0], an upper
+    bound), ratio (= pstar / n_c_m_L), and per grid point mean_error, min_error, max_error over the finished
+    runs and n_runs (how many finished). Raises ValueError on malformed rows."""
+    _check_boot(n_boot, level)
+    table = []
+    for x in _settings(rows):
+        e = threshold(x.n_classes, eps)
+        est = estimate_pstar(x.ps, x.errors, e, n_boot=n_boot, seed=seed, level=level)
+        mean, low, high, count = x.stats()
+        observed = mean[~np.isnan(mean)]
+        table.append(dict(learner=x.learner, v=x.v, n_classes=x.n_classes, s=x.s, m=x.m, L=x.L, n_c_m_L=x.n_c_m_L,
+                          n_seeds=len(x.seeds), grid=[int(p) for p in x.ps], eps=e, level=level, **est,
+                          upper_bound=bool(observed.size and observed[0] < e),
+                          ratio=est["pstar"] / x.n_c_m_L, mean_error=mean.tolist(), min_error=low.tolist(),
+                          max_error=high.tolist(), n_runs=count.tolist()))
+    return table
+
+
+def _masked_slopes(x: np.ndarray, y: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of y against x over the points where use is True, row by row
+    (x [k]; y, use [n, k]); valid: rows with at least 2 points at distinct x."""
+    w = use.astype(float)
+    count = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x_mean = (w * x).sum(axis=1) / count
+        y_mean = np.where(use, y, 0.0).sum(axis=1) / count
+        dx = np.where(use, x - x_mean[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        slope = (dx * np.where(use, y - y_mean[:, None], 0.0)).sum(axis=1) / sxx
+    valid = (count >= 2) & (sxx > 1e-12 * np.maximum(1.0, (w * x * x).sum(axis=1)))
+    return slope, y_mean - slope * x_mean, valid
+
+
+def fit_scaling(rows: Iterable[Mapping], eps: float | str, *, learner: str, n_boot: int = 1000, level: float = 0.9,
+                seed: int = 0) -> dict:
+    """Least-squares fit of log P* against log(n_c·m^L) over the settings of one learner that reach P*(ε):
+    P* = prefactor · (n_c m^L)^slope.
+
+    The interval of the slope: each of n_boot resamples draws the seeds of every setting with replacement,
+    independently per setting, recomputes every setting's P*, and refits over the settings that reach it;
+    resamples where fewer than 2 settings (at distinct n_c m^L) reach P* are dropped (n_boot_used counts the
+    rest); low and high are their (1-level)/2 and (1+level)/2 quantiles. Settings reached only at their first
+    grid point enter with P* = grid[0] (an upper bound).
+
+    Returns dict(learner, eps, level, slope, low, high, intercept (natural log of prefactor), prefactor,
+    n_settings, n_reached, n_boot, n_boot_used, reason, settings=[dict(n_c_m_L, pstar) per setting]). With
+    fewer than 2 settings reaching P* (at distinct n_c m^L) the slope and the rest are NaN and reason says why
+    (reason is "" after a fit). Raises ValueError on malformed rows or a learner with no runs."""
+    _check_boot(n_boot, level)
+    rows = list(rows)
+    settings = [x for x in _settings(rows) if x.learner == learner]
+    if not settings:
+        known = sorted({r["learner"] for r in rows})
+        raise ValueError(f"rhmfast: no runs of learner {learner!r}; the rows hold {known}")
+    x = np.log([float(s.n_c_m_L) for s in settings])
+    eps_values = [threshold(s.n_classes, eps) for s in settings]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point = np.array([crossing(s.ps, np.nanmean(s.errors, axis=0), e) for s, e in zip(settings, eps_values)])
+    reached = np.isfinite(point)
+    nan = math.nan
+    out = dict(learner=learner, eps=eps, level=level, slope=nan, low=nan, high=nan, intercept=nan, prefactor=nan,
+               n_settings=len(settings), n_reached=int(reached.sum()), n_boot=n_boot, n_boot_used=0, reason="",
+               settings=[dict(n_c_m_L=s.n_c_m_L, pstar=float(p)) for s, p in zip(settings, point)])
+    y = np.log(np.where(reached, point, 1.0))[None]
+    slope, intercept, valid = _masked_slopes(x, y, reached[None])
+    if not valid[0]:
+        out["reason"] = (f"{out['n_reached']} of {len(settings)} settings reach P*; a fit needs 2"
+                         if out["n_reached"] < 2 else "the settings that reach P* share one n_c m^L")
+        return out
+    out.update(slope=float(slope[0]), intercept=float(intercept[0]), prefactor=math.exp(intercept[0]))
+    streams = np.random.SeedSequence(seed).spawn(len(settings))
+    boots = np.stack([_bootstrap_pstars(s.ps, s.errors, e, n_boot, np.random.default_rng(stream))
+                      for s, e, stream in zip(settings, eps_values, streams)], axis=1)  # [n_boot, settings]
+    finite = np.isfinite(boots)
+    slopes, _, valid = _masked_slopes(x, np.log(np.where(finite, boots, 1.0)), finite)
+    out["n_boot_used"] = int(valid.sum())
+    if valid.any():
+        low, high = np.quantile(slopes[valid], [(1 - level) / 2, (1 + level) / 2])
+        out.update(low=float(low), high=float(high))
+    return out
 
 
 def plot_curves(curves: dict, path: str, *, xscale: dict | None = None, xlabel: str = "P", eps: float | None = None,
