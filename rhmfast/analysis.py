@@ -1,5 +1,5 @@
 """Analysis of sample-complexity runs (SPEC §5): P*(ε), its bootstrap interval over seeds, the scaling of P*
-with n_c·m^L, and plots.
+with n_c·m^L, plots and tables.
 
 The sweep-level entry points take rows, one per finished run, as a sweep's result store yields them: mappings
 with at least the keys learner (str), v, n_classes, m, L, s, P (the training-set size used), seed, n_test (ints)
@@ -8,17 +8,23 @@ its runs make an error matrix [seeds, P] with NaN where a run is missing.
 
     pstar_table(rows, eps)                 P*(ε) per setting with its bootstrap interval over seeds
     fit_scaling(rows, eps, learner=...)    least-squares power law P* = c (n_c m^L)^a over one learner's settings
+    plot_error_vs_p, plot_collapse, plot_pstar_scaling   figures, each as PNG and PDF
+    write_tables(pstars, fits, out_dir)    pstar.csv, pstar.md, curves.csv, scaling.csv
+    write_report(rows, out_dir, eps)       all of the above; returns {file name: path}
 """
 from __future__ import annotations
 
+import csv
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "ren": "Ren layerwise", "fc": "fully connected"}
 _INT_KEYS = ("v", "n_classes", "m", "L", "s", "P", "seed", "n_test")
 
 
@@ -191,6 +197,20 @@ def _settings(rows: Iterable[Mapping]) -> list[_Setting]:
     return out
 
 
+def _label(setting: _Setting, varies: set[str]) -> str:
+    """"m=2, L=4", with v, n_c and s added where they vary among the settings shown together."""
+    parts = [f"{k}={getattr(setting, k)}" for k in ("v", "n_classes", "s") if k in varies]
+    return ", ".join([f"m={setting.m}", f"L={setting.L}", *parts]).replace("n_classes=", "n_c=")
+
+
+def _varying(settings: list[_Setting]) -> set[str]:
+    return {k for k in ("v", "n_classes", "s") if len({getattr(x, k) for x in settings}) > 1}
+
+
+def _learner_name(learner: str) -> str:
+    return LEARNER_NAMES.get(learner, learner)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # P* per setting, and its scaling with n_c m^L
 
@@ -286,24 +306,43 @@ def fit_scaling(rows: Iterable[Mapping], eps: float | str, *, learner: str, n_bo
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _draw_curve(ax, x, errors: np.ndarray, **style) -> None:
+    """Mean over seeds (rows of errors) with a min–max band; P values with no finished run are left out."""
+    keep = ~np.all(np.isnan(errors), axis=0)
+    x, errors = np.asarray(x, dtype=float)[keep], errors[:, keep]
+    line, = ax.plot(x, np.nanmean(errors, axis=0), marker="o", ms=3, **style)
+    ax.fill_between(x, np.nanmin(errors, axis=0), np.nanmax(errors, axis=0), alpha=0.15, color=line.get_color())
+
+
+def _eps_lines(ax, values) -> None:
+    for e in sorted(set(values)):
+        ax.axhline(e, color="gray", ls="--", lw=0.8, label=f"ε = {e:.3g}")
+
+
 def plot_curves(curves: dict, path: str, *, xscale: dict | None = None, xlabel: str = "P", eps: float | None = None,
                 floor: float | None = None, title: str = "") -> None:
     """Test error against P (divided by xscale[name] when given) for curves {name: (ps, errors [seeds, P])}:
     mean over seeds with min–max band, log-log axes, zero errors floored at `floor` (1/P_test)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, (ps, errors) in curves.items():
         errors = np.atleast_2d(np.asarray(errors, dtype=float))
         if floor is not None:
             errors = np.maximum(errors, floor)
-        x = np.asarray(ps, dtype=float) / (xscale[name] if xscale else 1.0)
-        ax.plot(x, np.nanmean(errors, axis=0), marker="o", ms=3, label=name)
-        ax.fill_between(x, np.nanmin(errors, axis=0), np.nanmax(errors, axis=0), alpha=0.15)
+        _draw_curve(ax, np.asarray(ps, dtype=float) / (xscale[name] if xscale else 1.0), errors, label=name)
     if eps is not None:
-        ax.axhline(eps, color="gray", ls="--", lw=0.8, label=f"ε = {eps:g}")
+        _eps_lines(ax, [eps])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -313,3 +352,235 @@ def plot_curves(curves: dict, path: str, *, xscale: dict | None = None, xlabel: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _log_ticks(ax) -> None:
+    """Plain-number labels on log axes; at 1, 2 and 5 per decade where an axis spans less than 2 decades."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if lo <= 0 or hi <= lo:
+            continue
+        subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) < 2 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _panels(plt, n: int):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _save(plt, fig, path: str) -> list[str]:
+    """Write fig as PNG and PDF next to each other (path with or without an extension); returns both paths."""
+    stem = os.path.splitext(path)[0] if path.endswith((".png", ".pdf")) else path
+    paths = [stem + ".png", stem + ".pdf"]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def _colors(settings: list[_Setting]) -> dict:
+    """One colour per (v, n_classes, s, m, L), the same in every panel."""
+    keys = sorted({(x.v, x.n_classes, x.s, x.n_c_m_L, x.m, x.L) for x in settings})
+    return {k[:3] + k[4:]: f"C{i % 10}" for i, k in enumerate(keys)}
+
+
+def _plot_errors(rows: Iterable[Mapping], path: str, eps: float | str, rescale: bool, title: str) -> list[str]:
+    settings = _settings(rows)
+    if not settings:
+        raise ValueError("rhmfast: no runs to plot")
+    plt = _pyplot()
+    learners = list(dict.fromkeys(x.learner for x in settings))
+    colors = _colors(settings)
+    fig, axes = _panels(plt, len(learners))
+    for ax, learner in zip(axes, learners):
+        mine = [x for x in settings if x.learner == learner]
+        varies = _varying(mine)
+        for x in mine:
+            scale = x.n_c_m_L if rescale else 1.0
+            _draw_curve(ax, x.ps / scale, x.floored(), label=_label(x, varies),
+                        color=colors[x.v, x.n_classes, x.s, x.m, x.L])
+        _eps_lines(ax, [threshold(x.n_classes, eps) for x in mine])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_ticks(ax)
+        ax.set_xlabel("P / (n_c m^L)" if rescale else "P")
+        ax.set_ylabel("test error")
+        ax.set_title(_learner_name(learner), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    what = "P / (n_c m^L)" if rescale else "P"
+    fig.suptitle(f"{title}: " * bool(title) + f"test error against {what}; mean over seeds, band min–max, "
+                 "zero errors at 1/n_test", fontsize=10)
+    return _save(plt, fig, path)
+
+
+def plot_error_vs_p(rows: Iterable[Mapping], path: str, eps: float | str = 0.1, *, title: str = "") -> list[str]:
+    """Test error against P, one panel per learner, a curve per setting: mean over seeds with a min–max band,
+    log-log, zero errors floored at 1/n_test, dashed line at ε. title: put before the figure's own title
+    (say the grammar). Writes path as .png and .pdf (path with or without the extension); returns both paths."""
+    return _plot_errors(rows, path, eps, False, title)
+
+
+def plot_collapse(rows: Iterable[Mapping], path: str, eps: float | str = 0.1, *, title: str = "") -> list[str]:
+    """The collapse plot: test error against P/(n_c·m^L), all settings of a learner overlaid, one panel per
+    learner (otherwise as plot_error_vs_p). Writes .png and .pdf; returns both paths."""
+    return _plot_errors(rows, path, eps, True, title)
+
+
+def _interval(fit: Mapping) -> str:
+    return f"[{fit['low']:.2f}, {fit['high']:.2f}]" if math.isfinite(fit["low"]) else "(no interval)"
+
+
+def plot_pstar_scaling(pstars: list[dict], fits: list[dict], path: str, *, title: str = "") -> list[str]:
+    """P* against n_c·m^L per learner (pstars from pstar_table, fits from fit_scaling), log-log: bootstrap
+    intervals as error bars (an interval open upwards is drawn to the top with a caret), the fitted power law
+    with its slope and interval in the legend, and P* = n_c m^L for reference. Settings that do not reach P*
+    are listed in the panel. Writes .png and .pdf; returns both paths."""
+    if not pstars:
+        raise ValueError("rhmfast: no P* to plot")
+    plt = _pyplot()
+    learners = list(dict.fromkeys(r["learner"] for r in pstars))
+    fit_of = {f["learner"]: f for f in fits}
+    fig, axes = _panels(plt, len(learners))
+    for ax, learner in zip(axes, learners):
+        mine = [r for r in pstars if r["learner"] == learner]
+        done = [r for r in mine if r["reached"]]
+        x_all = np.array([r["n_c_m_L"] for r in mine], dtype=float)
+        ax.plot(x_all, x_all, color="gray", ls=":", lw=0.8, label="P* = n_c m^L")
+        if done:
+            x = np.array([r["n_c_m_L"] for r in done], dtype=float)
+            p = np.array([r["pstar"] for r in done])
+            lo = np.array([r["low"] for r in done])
+            hi = np.array([r["high"] for r in done])
+            top = max(np.max(np.where(np.isfinite(hi), hi, p)), np.max(p)) * 2.0
+            open_top = ~np.isfinite(hi)
+            hi = np.where(open_top, top, hi)
+            ax.errorbar(x, p, yerr=[p - lo, hi - p], fmt="o", ms=4, capsize=3, color="C0",
+                        label=f"P* ({mine[0]['level']:.0%} bootstrap interval)")
+            if open_top.any():
+                ax.plot(x[open_top], hi[open_top], "^", color="C0", ms=5)
+        fit = fit_of.get(learner)
+        if fit is not None and math.isfinite(fit["slope"]):
+            grid = np.geomspace(x_all.min() / 1.3, x_all.max() * 1.3, 50)
+            ax.plot(grid, fit["prefactor"] * grid ** fit["slope"], color="C3", lw=1.2,
+                    label=f"fit: P* = {fit['prefactor']:.3g} (n_c m^L)^a, a = {fit['slope']:.2f} {_interval(fit)}")
+        elif fit is not None:
+            ax.plot([], [], " ", label=f"no fit: {fit['reason']}")
+        missed = [r for r in mine if not r["reached"]]
+        if missed:
+            ax.text(0.02, 0.02, "not reached: " + "; ".join(f"m={r['m']}, L={r['L']}" for r in missed),
+                    transform=ax.transAxes, fontsize=7, va="bottom")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_ticks(ax)
+        ax.set_xlabel("n_c m^L")
+        ax.set_ylabel("P*")
+        ax.set_title(_learner_name(learner), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    eps = ", ".join(f"{e:.3g}" for e in sorted({r["eps"] for r in pstars}))
+    fig.suptitle(f"{title}: " * bool(title) + f"sample complexity P*(ε = {eps}) against n_c m^L", fontsize=10)
+    return _save(plt, fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and the report
+
+_PSTAR_COLUMNS = ("learner", "v", "n_classes", "s", "m", "L", "n_c_m_L", "n_seeds", "eps", "level", "pstar", "low",
+                  "high", "reached", "upper_bound", "ratio", "grid")
+_CURVE_COLUMNS = ("learner", "v", "n_classes", "s", "m", "L", "n_c_m_L", "P", "n_runs", "mean_error", "min_error",
+                  "max_error")
+_FIT_COLUMNS = ("learner", "slope", "low", "high", "level", "intercept", "prefactor", "n_settings", "n_reached",
+                "n_boot", "n_boot_used", "reason")
+
+
+def _write_csv(path: str, columns: tuple, records: Iterable[dict]) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def _p(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.0f}"
+
+
+def _markdown(pstars: list[dict], fits: list[dict]) -> str:
+    level = pstars[0]["level"] if pstars else 0.9
+    eps = ", ".join(f"{e:.4g} (n_c = {n})" for n, e in sorted({(r["n_classes"], r["eps"]) for r in pstars}))
+    lines = ["# Sample complexity P*(ε)", "",
+             "P*: the smallest P at which the test error averaged over seeds falls below ε, interpolated in log P "
+             f"between grid points; interval: {level:.0%} bootstrap over seeds; inf: not reached within the grid; "
+             "≤: already below ε at the smallest P run.", "", f"ε = {eps}", "",
+             "| learner | v | m | L | n_c m^L | seeds | P* | interval | P* / (n_c m^L) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in pstars:
+        mark = "≤ " if r["upper_bound"] else ""
+        lines.append(f"| {_learner_name(r['learner'])} | {r['v']} | {r['m']} | {r['L']} | {r['n_c_m_L']} | "
+                     f"{r['n_seeds']} | {mark}{_p(r['pstar'])} | [{_p(r['low'])}, {_p(r['high'])}] | "
+                     f"{mark}{r['ratio']:.3g} |")
+    if fits:
+        lines += ["", "## Scaling: P* = c (n_c m^L)^a", "",
+                  "Least squares in log-log over the settings that reach P*; interval of a: bootstrap over seeds "
+                  "within every setting (resamples where fewer than 2 settings reach P* are dropped).", "",
+                  "| learner | settings reaching P* | a | interval | c | resamples used |", "|---|---|---|---|---|---|"]
+        for f in fits:
+            head = f"| {_learner_name(f['learner'])} | {f['n_reached']} of {f['n_settings']} |"
+            if math.isfinite(f["slope"]):
+                lines.append(f"{head} {f['slope']:.3f} | {_interval(f)} | {f['prefactor']:.3g} | "
+                             f"{f['n_boot_used']} of {f['n_boot']} |")
+            else:
+                lines.append(f"{head} not fitted: {f['reason']} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(pstars: list[dict], fits: list[dict], out_dir: str) -> dict[str, str]:
+    """Write pstar.csv (one row per setting; grid as space-separated P), pstar.md (the P* table, then the
+    fitted slope per learner), curves.csv (mean, min and max test error per setting and P) and scaling.csv
+    (one row per fit) into out_dir. pstars from pstar_table, fits from fit_scaling. Returns {file name: path}."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    paths["pstar.csv"] = _write_csv(os.path.join(out_dir, "pstar.csv"), _PSTAR_COLUMNS,
+                                    ({**r, "grid": " ".join(str(p) for p in r["grid"])} for r in pstars))
+    curve_rows = ({**r, "P": p, "n_runs": n, "mean_error": mean, "min_error": low, "max_error": high}
+                  for r in pstars
+                  for p, n, mean, low, high in zip(r["grid"], r["n_runs"], r["mean_error"], r["min_error"],
+                                                   r["max_error"]))
+    paths["curves.csv"] = _write_csv(os.path.join(out_dir, "curves.csv"), _CURVE_COLUMNS, curve_rows)
+    paths["scaling.csv"] = _write_csv(os.path.join(out_dir, "scaling.csv"), _FIT_COLUMNS, fits)
+    paths["pstar.md"] = os.path.join(out_dir, "pstar.md")
+    with open(paths["pstar.md"], "w") as f:
+        f.write(_markdown(pstars, fits))
+    return paths
+
+
+def write_report(rows: Iterable[Mapping], out_dir: str, eps: float | str = 0.1, *, n_boot: int = 1000,
+                 level: float = 0.9, seed: int = 0, title: str = "") -> dict[str, str]:
+    """The analysis of a sweep: pstar_table, fit_scaling per learner, write_tables, and the plots
+    test_error_vs_P, test_error_vs_P_scaled (the collapse) and pstar_vs_nc_mL, each .png and .pdf, in out_dir.
+    eps: a float in (0, 1) or "rand/10". Returns {file name: path} of everything written. Raises ValueError
+    on malformed rows or when there are none."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rhmfast: no runs to analyse")
+    threshold(2, eps)  # a bad eps fails before any work
+    os.makedirs(out_dir, exist_ok=True)
+    pstars = pstar_table(rows, eps, n_boot=n_boot, level=level, seed=seed)
+    fits = [fit_scaling(rows, eps, learner=learner, n_boot=n_boot, level=level, seed=seed)
+            for learner in dict.fromkeys(r["learner"] for r in pstars)]
+    paths = write_tables(pstars, fits, out_dir)
+    written = (plot_error_vs_p(rows, os.path.join(out_dir, "test_error_vs_P"), eps, title=title)
+               + plot_collapse(rows, os.path.join(out_dir, "test_error_vs_P_scaled"), eps, title=title)
+               + plot_pstar_scaling(pstars, fits, os.path.join(out_dir, "pstar_vs_nc_mL"), title=title))
+    paths.update({os.path.basename(p): p for p in written})
+    return paths

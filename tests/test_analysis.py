@@ -1,11 +1,12 @@
 """P* estimation on synthetic curves with known answers, its bootstrap interval, thresholds, the scaling fit
-of P* against n_c m^L, plots."""
+of P* against n_c m^L, plots and the report of a sweep."""
+import csv
 import math
 
 import numpy as np
 import pytest
 
-from rhmfast.analysis import crossing, estimate_pstar, fit_scaling, plot_curves, pstar_table, threshold
+from rhmfast.analysis import crossing, estimate_pstar, fit_scaling, plot_curves, pstar_table, threshold, write_report
 
 
 def test_crossing_interpolates_in_log_p():
@@ -181,3 +182,41 @@ def test_malformed_rows_raise():
         fit_scaling(good, EPS, learner="ren")
     with pytest.raises(ValueError, match="eps"):
         pstar_table(good, 2.0)
+
+
+def test_write_report_writes_every_file(tmp_path):
+    rows = [r for m, L in SETTINGS[:3] for r in _runs("hcnn", m, L, 2.0 * 8 * m**L, [-0.05, 0.05])]
+    rows[-1]["test_error"] = 0.0  # hcnn m=4 L=3, seed 1, largest P (past P*): floored at 1/n_test on the plots
+    rows += [dict(r, test_error=0.6) for r in _runs("fc", 2, 4, 1000.0, [0.0, 0.0])]
+    paths = write_report(rows, str(tmp_path / "report"), EPS, n_boot=100, title="RHM v = 8, s = 2")
+    figures = [f"{stem}.{ext}" for stem in ("test_error_vs_P", "test_error_vs_P_scaled", "pstar_vs_nc_mL")
+               for ext in ("png", "pdf")]
+    assert set(paths) == {"pstar.csv", "pstar.md", "curves.csv", "scaling.csv", *figures}
+    for name in figures:
+        data = open(paths[name], "rb").read()
+        assert data[:4] == (b"\x89PNG" if name.endswith("png") else b"%PDF") and len(data) > 5000
+    table = list(csv.DictReader(open(paths["pstar.csv"])))
+    assert [(r["learner"], r["m"], r["L"]) for r in table] == [("hcnn", "2", "4"), ("hcnn", "3", "3"),
+                                                              ("hcnn", "4", "3"), ("fc", "2", "4")]
+    for r, (m, L) in zip(table, SETTINGS[:3]):
+        assert float(r["pstar"]) == pytest.approx(2.0 * 8 * m**L, rel=1e-9) and r["reached"] == "True"
+        assert float(r["ratio"]) == pytest.approx(2.0, rel=1e-9) and float(r["low"]) < float(r["pstar"])
+        assert int(r["n_c_m_L"]) == 8 * m**L and r["n_seeds"] == "2" and r["grid"].split()[0] == str(round(2 * m**L))
+    assert table[3]["pstar"] == "inf" and table[3]["reached"] == "False"
+    curves = list(csv.DictReader(open(paths["curves.csv"])))
+    assert len(curves) == 4 * len(FACTORS)
+    assert (curves[-1]["learner"], curves[-1]["P"], curves[-1]["mean_error"]) == ("fc", "8000", "0.6")
+    last = curves[3 * len(FACTORS) - 1]
+    assert (last["learner"], last["m"], last["P"], last["n_runs"]) == ("hcnn", "4", str(round(8 * 2 * 512)), "2")
+    other = EPS - SLOPE * (math.log(8) + 0.05)  # seed 0 at its largest P
+    assert float(last["min_error"]) == 0.0 and float(last["max_error"]) == pytest.approx(other, rel=1e-12)
+    assert float(last["mean_error"]) == pytest.approx(other / 2, rel=1e-12)
+    first = curves[0]  # hcnn m=2 L=4 at P = 32: seeds at log offsets -0.05 and 0.05 average out
+    assert float(first["mean_error"]) == pytest.approx(EPS + SLOPE * math.log(256 / 32), rel=1e-9)
+    fit = list(csv.DictReader(open(paths["scaling.csv"])))
+    assert float(fit[0]["slope"]) == pytest.approx(1.0, rel=1e-9) and fit[1]["slope"] == "nan"
+    markdown = open(paths["pstar.md"]).read()
+    for m, L in SETTINGS[:3]:
+        assert f"| hCNN (SGD) | 8 | {m} | {L} | {8 * m**L} | 2 | {2 * 8 * m**L} |" in markdown
+    assert "| fully connected | 8 | 2 | 4 | 128 | 2 | inf | [inf, inf] | inf |" in markdown
+    assert "| hCNN (SGD) | 3 of 3 | 1.000 |" in markdown and "not fitted: 0 of 1 settings reach P*" in markdown
