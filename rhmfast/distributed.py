@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 import os
 import signal
 import subprocess
@@ -151,7 +152,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
         lo, hi = shard_range(batch_size, rank, world_size)
 
         def batches_of_epoch():
-            for _ in range(-(-n_train // batch_size)):
+            for _ in range(math.ceil(n_train / batch_size)):
                 yield grammar.sample(hi - lo, seed=seed_data, start=next(batch_starts) + lo, device=device)
     else:
         (x_train, y_train), (x_test, y_test) = grammar.split(n_train, n_test, seed=seed_data,
@@ -192,7 +193,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
             record.interrupted, record.stopped_by = True, "interrupted"
     finally:
         if main_thread:
-            signal.signal(signal.SIGINT, previous_handler if previous_handler is not None else signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous_handler is None else previous_handler)
     return record
 
 

@@ -158,10 +158,11 @@ def test_shards_are_disjoint_balanced_and_cover_the_range(n, world_size):
                          ids=["index-mode", "iid-mode"])  # pmax = 2^10, 2^130
 def test_sharded_split_concatenates_to_the_split(grammar):
     g = rhmfast.RHM(**grammar)
-    (x_tr, y_tr), (x_te, y_te) = g.split(50, 13, seed=2)
+    whole = g.split(50, 13, seed=2)
     shards = [g.split(50, 13, seed=2, shard=(r, 3)) for r in range(3)]
-    assert torch.equal(torch.cat([s[0][0] for s in shards]), x_tr) and torch.equal(torch.cat([s[0][1] for s in shards]), y_tr)
-    assert torch.equal(torch.cat([s[1][0] for s in shards]), x_te) and torch.equal(torch.cat([s[1][1] for s in shards]), y_te)
+    for part in range(2):  # train, test
+        for item in range(2):  # tokens, labels
+            assert torch.equal(torch.cat([shard[part][item] for shard in shards]), whole[part][item])
     with pytest.raises(ValueError, match="rank"):
         g.split(50, 13, shard=(3, 3))
 
