@@ -27,6 +27,15 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> int:
     return value
 
 
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The part ``[lo, hi)`` of ``range(n)`` that rank ``rank`` of ``world_size`` holds: contiguous, in rank
+    order, sizes differing by at most one; the parts of all ranks are disjoint and cover ``range(n)``."""
+    n = _check_int("n", n, 0)
+    world_size = _check_int("world_size", world_size, 1)
+    rank = _check_int("rank", rank, 0, world_size - 1)
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 class RHM:
     """A Random Hierarchy Model: a random, unambiguous context-free grammar on a fixed s-ary tree.
 
@@ -183,22 +192,32 @@ class RHM:
                                 dtype, return_tree)
         return self._result(*out, return_tree)
 
-    def split(self, n_train: int, n_test: int, seed: int = 0, *, device="cpu", dtype: torch.dtype | None = None,
-              return_tree: bool = False):
+    def split(self, n_train: int, n_test: int, seed: int = 0, *, shard: tuple[int, int] = (0, 1), device="cpu",
+              dtype: torch.dtype | None = None, return_tree: bool = False):
         """Disjoint training and test sets: ``((x_train, y_train), (x_test, y_test))``.
 
         Exact sampling without replacement (index mode, disjoint index ranges) when pmax < 2^63;
         beyond that, iid draws: any repeat then has probability below (n_train + n_test)^2 / pmax,
-        which is below 2^-63 (n_train + n_test)^2.
+        which is below 2^-63 (n_train + n_test)^2. The training set is samples [0, n_train) of that
+        stream, the test set samples [n_train, n_train + n_test).
+
+        ``shard=(rank, world_size)`` returns only that rank's contiguous part of each set (its
+        ``shard_range`` of the training and of the test samples), generating nothing else: the parts
+        of ranks 0 .. world_size-1, concatenated, are the unsharded sets.
         """
         n_train = _check_int("n_train", n_train, 0)
         n_test = _check_int("n_test", n_test, 0)
         if n_train + n_test > self.pmax:
             raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds pmax = {self.pmax}, the number of "
                              "distinct inputs (train and test are drawn without replacement)")
+        rank, world_size = shard
         mode = "index" if self.pmax < _INT64_LIMIT else "iid"
         common = dict(seed=seed, mode=mode, device=device, dtype=dtype, return_tree=return_tree)
-        return self.sample(n_train, start=0, **common), self.sample(n_test, start=n_train, **common)
+        parts = []
+        for first, n in ((0, n_train), (n_train, n_test)):
+            lo, hi = shard_range(n, rank, world_size)
+            parts.append(self.sample(hi - lo, start=first + lo, **common))
+        return tuple(parts)
 
     def batches(self, batch_size: int, seed: int = 0, *, start: int = 0, mode: str = "iid", device="cpu",
                 dtype: torch.dtype | None = None, return_tree: bool = False) -> Iterator:

@@ -56,15 +56,20 @@ def _check_budget(**values) -> None:
 
 
 @torch.no_grad()
-def test_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
-    """Fraction of misclassified samples (argmax of the model's output)."""
+def count_errors(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> int:
+    """Number of misclassified samples (argmax of the model's output)."""
     was_training = model.training
     model.eval()
     wrong = 0
     for start in range(0, x.shape[0], batch_size):
         wrong += (model(x[start:start + batch_size]).argmax(1) != y[start:start + batch_size]).sum().item()
     model.train(was_training)
-    return wrong / max(1, x.shape[0])
+    return wrong
+
+
+def test_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Fraction of misclassified samples (argmax of the model's output)."""
+    return count_errors(model, x, y, batch_size) / max(1, x.shape[0])
 
 
 def _minibatches(n: int, batch_size: int, gen: torch.Generator):
@@ -79,11 +84,19 @@ def _finish(record: RunRecord, started: float) -> RunRecord:
     return record
 
 
+def _whole_batch(loss, inputs):
+    """The minibatch's mean loss and size, for a process that holds all of it (``_epochs``' default)."""
+    return loss.item(), inputs.shape[0]
+
+
 def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, cosine, max_epochs,
-            loss_threshold, evaluate, record, eval_every, progress, desc, callback):
+            loss_threshold, evaluate, record, eval_every, progress, desc, callback, combine=_whole_batch):
     """The SGD loop shared by the trainers: epochs of minibatches, cosine schedule, stop on the mean train
     loss of an epoch falling below loss_threshold or on max_epochs; evaluate() every eval_every epochs.
-    Appends to record.curve; returns the last curve point. KeyboardInterrupt propagates to the caller."""
+    Appends to record.curve; returns the last curve point. KeyboardInterrupt propagates to the caller.
+
+    combine(loss, inputs), called between backward and the optimizer step, returns the minibatch's mean
+    loss and size: data-parallel training (``rhmfast.distributed``) sums the ranks' gradients there."""
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_epochs) if cosine else None
     point = None
@@ -94,9 +107,9 @@ def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, co
                 loss = loss_fn(inputs, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                mean_loss, n = combine(loss, inputs)
                 optimizer.step()
-                n = inputs.shape[0]
-                total += loss.item() * n
+                total += mean_loss * n
                 count += n
                 record.samples_seen += n
             if scheduler is not None:
@@ -133,14 +146,9 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
     the test set is the first n_test samples of the iid stream seed_data, training samples follow them. Stops when an epoch's mean train loss < loss_threshold or
     after max_epochs; test error every eval_every epochs. callback(point) is called at each evaluation.
     """
-    _check_budget(n_train=n_train, n_test=n_test, batch_size=batch_size, max_epochs=max_epochs,
-                  eval_every=eval_every)
-    record = RunRecord("train_sgd", dict(model=type(model).__name__, **_grammar_config(grammar), n_train=n_train,
-                                         n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                         batch_size=batch_size, max_epochs=max_epochs, cosine=cosine,
-                                         loss_threshold=loss_threshold, eval_every=eval_every, online=online,
-                                         width=getattr(model, "width", None), norm=getattr(model, "norm", None)),
-                       dict(rules=grammar.seed, data=seed_data, order=seed_order, model=getattr(model, "seed", None)))
+    record = _sgd_record(model, grammar, n_train, n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, max_epochs=max_epochs, cosine=cosine, loss_threshold=loss_threshold,
+                         eval_every=eval_every, online=online, seed_data=seed_data, seed_order=seed_order)
     if online:
         # One iid stream per seed_data: the test set is its first n_test samples, training reads on from there.
         x_test, y_test = grammar.sample(n_test, seed=seed_data)
@@ -157,15 +165,37 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
             for idx in _minibatches(n_train, batch_size, order):
                 yield x_train[idx], y_train[idx]
 
+    return _run_sgd(model, record, batches_of_epoch, lambda x, y: F.cross_entropy(model(x), y),
+                    lambda: test_error(model, x_test, y_test), progress=progress, callback=callback)
+
+
+def _sgd_record(model, grammar, n_train, *, n_test, lr, momentum, weight_decay, batch_size, max_epochs, cosine,
+                loss_threshold, eval_every, online, seed_data, seed_order) -> RunRecord:
+    """train_sgd's settings checked, and its empty record."""
+    _check_budget(n_train=n_train, n_test=n_test, batch_size=batch_size, max_epochs=max_epochs,
+                  eval_every=eval_every)
+    return RunRecord("train_sgd", dict(model=type(model).__name__, **_grammar_config(grammar), n_train=n_train,
+                                       n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                       batch_size=batch_size, max_epochs=max_epochs, cosine=cosine,
+                                       loss_threshold=loss_threshold, eval_every=eval_every, online=online,
+                                       width=getattr(model, "width", None), norm=getattr(model, "norm", None)),
+                     dict(rules=grammar.seed, data=seed_data, order=seed_order, model=getattr(model, "seed", None)))
+
+
+def _run_sgd(model, record, batches_of_epoch, loss_fn, evaluate, *, progress, callback,
+             combine=_whole_batch) -> RunRecord:
+    """train_sgd's loop with the settings of record.config, then the final test error, evaluate()."""
+    c = record.config
     started = time.perf_counter()
     try:
-        _epochs(list(model.parameters()), batches_of_epoch, lambda x, y: F.cross_entropy(model(x), y),
-                lr=lr * model.lr_scale, momentum=momentum, weight_decay=weight_decay, cosine=cosine,
-                max_epochs=max_epochs, loss_threshold=loss_threshold, evaluate=lambda: test_error(model, x_test, y_test),
-                record=record, eval_every=eval_every, progress=progress, desc=f"sgd P={n_train}", callback=callback)
+        _epochs(list(model.parameters()), batches_of_epoch, loss_fn, lr=c["lr"] * model.lr_scale,
+                momentum=c["momentum"], weight_decay=c["weight_decay"], cosine=c["cosine"],
+                max_epochs=c["max_epochs"], loss_threshold=c["loss_threshold"], evaluate=evaluate, record=record,
+                eval_every=c["eval_every"], progress=progress, desc=f"sgd P={c['n_train']}", callback=callback,
+                combine=combine)
     except KeyboardInterrupt:
         record.interrupted, record.stopped_by = True, "interrupted"
-    record.final_test_error = test_error(model, x_test, y_test)
+    record.final_test_error = evaluate()
     return _finish(record, started)
 
 
