@@ -55,7 +55,7 @@ def _log_range(key: str, text: str) -> list:
                                   for i in range(n)]
     if TYPES[key] is int:
         return sorted(set(round(p) for p in points))
-    return points
+    return [float(f"{p:.12g}") for p in points]  # 4.0, not 3.999999999999999
 
 
 def parse_values(key: str, value) -> list:

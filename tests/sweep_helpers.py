@@ -1,0 +1,39 @@
+"""Shared pieces of the sweep tests: a grid of tiny runs, and run functions that make workers die.
+
+The run functions are called in engine worker processes; they find their marker folder through the
+environment (inherited by spawned workers), so they need no arguments beyond the engine's."""
+from __future__ import annotations
+
+import os
+import signal
+
+from rhmfast.engines import execute
+from rhmfast.runs import config_hash
+
+# 8 runs of a few hundred SGD steps or one Ren fit each: ~0.1-1 s per run on one core.
+TINY_FLAGS = dict(v="4", settings="2,2", P="12,24", model="hcnn,ren", seeds="0,1", n_test="8", width="8",
+                  max_steps="200", ren_features="8")
+TINY_ARGV = [f"--{key}={value}" for key, value in TINY_FLAGS.items()]
+MARKERS = "RHMFAST_TEST_MARKERS"
+
+
+def _marker(config: dict) -> str:
+    return os.path.join(os.environ[MARKERS], config_hash(config))
+
+
+def die_first_time(config: dict, threads: int, engine: str) -> dict:
+    """SIGKILL this worker the first time a config runs; run it normally when it is retried."""
+    if not os.path.exists(_marker(config)):
+        open(_marker(config), "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return execute(config, threads, engine)
+
+
+def always_die(config: dict, threads: int, engine: str) -> dict:
+    with open(_marker(config), "a") as f:
+        f.write("x")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_error(config: dict, threads: int, engine: str) -> dict:
+    raise RuntimeError(f"deliberate failure of {config_hash(config)}")

@@ -1,0 +1,55 @@
+"""`rhmfast sweep` killed with SIGKILL at random moments and restarted finishes with every run stored
+exactly once: no half records, no duplicates, no run lost, and no worker left behind by a killed sweep."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import sweep_helpers
+from rhmfast.grid import expand
+from rhmfast.runs import config_hash
+from rhmfast.store import ResultStore
+
+
+def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_sweep_killed_at_random_moments_resumes_to_every_run_exactly_once(tmp_path, rng):
+    store = tmp_path / "store"
+    grid = dict(sweep_helpers.TINY_FLAGS, P="6,12,24")  # 12 runs
+    argv = [sys.executable, "-m", "rhmfast", "sweep", *[f"--{k}={v}" for k, v in grid.items()], "--workers", "2",
+            "--out", str(store)]
+    expected = sorted(config_hash(c) for c in expand(grid))
+    kills = 0
+    for attempt in range(12):
+        sweep = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            sweep.wait(timeout=rng.uniform(1.0, 6.0))
+            break  # finished before this kill
+        except subprocess.TimeoutExpired:
+            sweep.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop
+            sweep.wait()
+            kills += 1
+            assert _wait_for_group_exit(sweep.pid, 20.0), "a killed sweep left workers running"
+    else:
+        pytest.fail("the sweep never finished between kills")
+    assert sweep.returncode == 0
+    assert kills >= 1, "no kill landed: the test tested nothing"
+    names = sorted(os.listdir(store))
+    assert names == sorted(f"{h}.json" for h in expected)  # no temporaries, no quarantined records
+    assert sorted(r["hash"] for r in ResultStore(store).records()) == expected
+
