@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -253,6 +254,67 @@ def sweep(args) -> None:
         raise SystemExit(1)
 
 
+def train(args) -> None:
+    """One run, stored like a sweep's. --nproc N > 1 restarts this command under torchrun: N ranks, each
+    generating its own shard of the data, gradients all-reduced (end-to-end SGD only)."""
+    import torch
+
+    from rhmfast.distributed import init_from_env, launch_torchrun, train_sgd_distributed
+    from rhmfast.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
+    from rhmfast.store import ResultStore, make_record
+    from rhmfast.sweep import summary
+
+    configs = _grid_from_args(args)
+    if len(configs) != 1:
+        raise SystemExit(f"rhmfast train: runs one config, the flags give {len(configs)}; use rhmfast sweep for grids")
+    (config,) = configs
+    if args.nproc < 1:
+        raise SystemExit(f"rhmfast train: --nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and config["trainer"] != "sgd":
+        raise SystemExit(f"rhmfast train: --nproc > 1 trains end to end with SGD only, not trainer {config['trainer']!r}")
+    store = ResultStore(args.out)
+    stored = store.read(config_hash(config))
+    if stored is not None:
+        print(f"already stored: {summary(stored)}\n{store.path_of(stored['hash'])}")
+        return
+    torch.set_num_threads(args.threads)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # the launcher: torchrun runs this command N times
+        raise SystemExit(launch_torchrun(args.argv, args.nproc))
+    if "LOCAL_RANK" in os.environ:
+        rank, world = init_from_env(args.device)
+        device = f"cuda:{torch.cuda.current_device()}" if args.device.startswith("cuda") else args.device
+        model = build_model(config).to(device)
+        record = train_sgd_distributed(model, grammar_of(config), config["P"], progress=rank == 0,
+                                       **sgd_arguments(config))
+        torch.distributed.destroy_process_group()
+        execution = dict(engine="torchrun", world_size=world, threads=args.threads, device=args.device)
+        if rank != 0:
+            return
+    else:
+        record = run_config(config, device=args.device, progress=True)
+        execution = dict(engine="train", threads=args.threads, device=args.device)
+    if record.interrupted:
+        raise SystemExit("rhmfast train: interrupted; nothing stored")
+    stored = make_record(config, record, execution=execution)
+    path = store.write(stored)
+    print(f"{summary(stored)}\n{path}")
+
+
+def plot(args) -> None:
+    """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots."""
+    from rhmfast.analysis import write_report
+    from rhmfast.store import load_rows
+
+    try:
+        rows = load_rows(args.dir)
+        paths = write_report(rows, args.out or os.path.join(args.dir if os.path.isdir(args.dir) else
+                                                            os.path.dirname(args.dir), "report"), eps=args.eps)
+    except ValueError as error:
+        raise SystemExit(f"rhmfast plot: {str(error).removeprefix('rhmfast: ')}") from None
+    print(open(paths["pstar.md"]).read())
+    print("wrote " + ", ".join(sorted(paths.values())))
+
+
 def collect(args) -> None:
     """Compact a store's valid records into one Parquet table."""
     from rhmfast.store import collect as collect_store
@@ -320,11 +382,27 @@ def main(argv=None) -> None:
     sw.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                     help="print the grid and its size, run nothing")
     sw.set_defaults(run=sweep)
+    tr = commands.add_parser("train", help="one training run (--nproc N: data-parallel under torchrun)",
+                             description="One run, given by the same flags as a sweep, stored in --out.")
+    _add_run_flags(tr)
+    tr.add_argument("--config", help="a TOML file of run parameters")
+    tr.add_argument("--out", default="out/train", help="the result store the record goes to")
+    tr.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPU)")
+    tr.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda (end-to-end SGD; each rank its own GPU)")
+    tr.set_defaults(run=train)
+    pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store")
+    pl.add_argument("dir", help="a result store, or a Parquet table written by rhmfast collect")
+    pl.add_argument("--eps", type=lambda t: t if t == "rand/10" else float(t), default=0.1,
+                    help="the test-error threshold of P*: a number, or rand/10 for (1 - 1/n_c)/10")
+    pl.add_argument("--out", default=None, help="default: DIR/report")
+    pl.set_defaults(run=plot)
     co = commands.add_parser("collect", help="compact a result store into one Parquet table")
     co.add_argument("dir")
     co.add_argument("--out", default=None, help="default: DIR/results.parquet")
     co.set_defaults(run=collect)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.run(args)
 
 

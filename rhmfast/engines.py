@@ -17,7 +17,7 @@ import time
 import traceback
 
 
-def execute(config: dict, threads: int = 1, engine: str = "local") -> dict:
+def execute(config: dict, threads: int = 1, engine: str = "local", device: str = "cpu") -> dict:
     """Run one config in this process and return the record to store."""
     import torch
 
@@ -25,10 +25,10 @@ def execute(config: dict, threads: int = 1, engine: str = "local") -> dict:
     from rhmfast.store import make_record
 
     torch.set_num_threads(threads)
-    record = run_config(config)
+    record = run_config(config, device=device)
     if record.interrupted:
         raise KeyboardInterrupt
-    return make_record(config, record, execution=dict(engine=engine, pid=os.getpid(), threads=threads))
+    return make_record(config, record, execution=dict(engine=engine, pid=os.getpid(), threads=threads, device=device))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -38,7 +38,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_main(conn, threads: int, run) -> None:
+def _worker_main(conn, threads: int, device: str, run) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     while True:
         try:
@@ -49,7 +49,7 @@ def _worker_main(conn, threads: int, run) -> None:
             return
         index, config = task
         try:
-            outcome = ("ok", run(config, threads, "local"))
+            outcome = ("ok", run(config, threads, "local", device))
         except Exception:  # deterministic failure of the run itself: reported, not retried
             outcome = ("error", traceback.format_exc())
         conn.send((index, *outcome))
@@ -61,15 +61,17 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, threads: int = 1, retries: int = 2, run=execute):
-        self.threads = threads
+    def __init__(self, workers: int | None = None, threads: int = 1, retries: int = 2, run=execute,
+                 device: str = "cpu"):
+        self.threads, self.device = threads, device
         self.workers = workers or max(1, (os.cpu_count() or 1) // threads)
         self.retries, self.run = retries, run
         self._context = multiprocessing.get_context("spawn")  # no forked torch thread pools
 
     def _start(self) -> tuple:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child, self.threads, self.run), daemon=True)
+        process = self._context.Process(target=_worker_main, args=(child, self.threads, self.device, self.run),
+                                              daemon=True)
         process.start()
         child.close()
         return parent, process
@@ -132,18 +134,19 @@ class LocalEngine:
 class RayEngine:
     """Ray core tasks, one per run, retried by Ray when their worker dies. ``address`` joins a running
     cluster (``"auto"`` or host:port); without it a local Ray starts with ``workers * threads`` CPUs.
-    ``gpus`` per run may be fractional, so several small runs share a GPU."""
+    ``gpus`` per run may be fractional, so several small runs share a GPU; runs then train on "cuda"."""
 
     name = "ray"
 
     def __init__(self, workers: int | None = None, threads: int = 1, retries: int = 2, run=execute,
-                 address: str | None = None, gpus: float = 0.0):
+                 address: str | None = None, gpus: float = 0.0, device: str | None = None):
         try:
             import ray
         except ImportError:
             raise RuntimeError("rhmfast: --engine ray needs Ray: pip install 'rhmfast[ray]'") from None
         self.ray = ray
         self.threads, self.retries, self.run, self.gpus = threads, retries, run, gpus
+        self.device = device or ("cuda" if gpus > 0 else "cpu")
         if not ray.is_initialized():
             cpus = None if address else (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
             ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
@@ -153,7 +156,7 @@ class RayEngine:
         ray = self.ray
         task = ray.remote(self.run).options(num_cpus=self.threads, num_gpus=self.gpus, max_retries=self.retries,
                                             retry_exceptions=False)
-        running = {task.remote(config, self.threads, "ray"): config for config in configs}
+        running = {task.remote(config, self.threads, "ray", self.device): config for config in configs}
         try:
             while running:
                 (done,), _ = ray.wait(list(running), num_returns=1)

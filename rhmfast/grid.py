@@ -24,7 +24,7 @@ from rhmfast.runs import DEFAULTS, MODELS, check_feasible, complete_config, conf
 
 # Parameters whose default is None still have a type.
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
-TYPES.update(n_classes=int, P=int, max_epochs=int, P_scaled=float, seeds=int)
+TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int)
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
 
 

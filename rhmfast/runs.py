@@ -13,6 +13,8 @@ import hashlib
 import json
 import math
 
+import torch
+
 from rhmfast.models import check_choice, check_positive_int
 
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
@@ -27,45 +29,60 @@ DEFAULTS = dict(
     # data and seeds: samples are drawn from the stream seed_sample, the model initialised from seed_model
     P=None, n_test=2048, seed_sample=0, seed_model=0,
     # learner: trainer "auto" is sgd for hcnn and fc, ren for the Ren learner
-    model="hcnn", trainer="auto", width=64, depth=1, norm="mf", bias=False,
+    model="hcnn", trainer="auto", width=64, depth=1, norm="mf", bias=False, activation="relu", hint_weight=1.0,
     # SGD (the reference recipe); max_epochs None: ceil(max_steps / steps per epoch) epochs
     lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
     loss_threshold=1e-3, cosine=False, online=False,
     # Ren et al.: P is the total of the stages' fresh samples, N^(l) proportional to m^l
-    ren_features=512, ren_sigma=0.28, ren_feature_kind="tensor+rff",
+    # ren_lam None: the ridge penalty 1/(v m) of SPEC §4
+    ren_features=512, ren_sigma=0.28, ren_feature_kind="tensor+rff", ren_lam=None,
 )
+
+_SGD = ("lr", "momentum", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold", "cosine", "online")
+_REN = ("ren_features", "ren_sigma", "ren_feature_kind", "ren_lam")
+# The parameters each learner reads; complete_config sets the others to None, so that a parameter a run
+# ignores never makes two names for one run.
+USED_BY = {"hcnn": ("width", "norm", "bias", "activation", "hint_weight") + _SGD, "fc": ("width", "depth") + _SGD,
+           "ren": _REN}
+_LEARNER_KEYS = {key for keys in USED_BY.values() for key in keys}
 
 POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features")
 SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
 
 
 def complete_config(config: dict) -> dict:
-    """The config with defaults filled in and automatic choices resolved; ValueError names a bad key."""
+    """The config with defaults filled in, automatic choices resolved and the parameters its learner
+    does not read set to None (idempotent); ValueError names a bad key and its allowed values."""
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"rhmfast: unknown run parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     c = {**DEFAULTS, **config}
     if c["P"] is None:
         raise ValueError("rhmfast: P (the training-set size) must be given")
-    for key in POSITIVE_INT_KEYS:
-        check_positive_int(key, c[key])
-    for key in SEED_KEYS:
-        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
-            raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
-    c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
     check_choice("model", c["model"], MODELS)
     check_choice("rules", c["rules"], SAMPLERS)
     if c["trainer"] == "auto":
         c["trainer"] = TRAINERS[c["model"]][0]
     check_choice(f"trainer (for model {c['model']!r})", c["trainer"], TRAINERS[c["model"]])
+    used = set(USED_BY[c["model"]]) - ({"hint_weight"} if c["trainer"] != "layerwise_hints" else set())
+    c = {key: (value if key not in _LEARNER_KEYS or key in used else None) for key, value in c.items()}
+    for key in POSITIVE_INT_KEYS:
+        if c[key] is not None or key not in _LEARNER_KEYS:
+            check_positive_int(key, c[key])
+    for key in SEED_KEYS:
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
+            raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
+    c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
     if c["max_epochs"] is not None:
         check_positive_int("max_epochs", c["max_epochs"])
-    for key in ("lr", "ren_sigma"):
-        if not (isinstance(c[key], (int, float)) and c[key] > 0):
+    for key in ("lr", "ren_sigma", "ren_lam", "hint_weight"):
+        if c[key] is not None and not (isinstance(c[key], (int, float)) and c[key] > 0):
             raise ValueError(f"rhmfast: {key} must be a number > 0, got {c[key]!r}")
-    c["lr"], c["ren_sigma"] = float(c["lr"]), float(c["ren_sigma"])
-    c["momentum"], c["weight_decay"], c["loss_threshold"] = (float(c[k]) for k in ("momentum", "weight_decay",
-                                                                                   "loss_threshold"))
+    for key in ("lr", "ren_sigma", "momentum", "weight_decay", "loss_threshold", "hint_weight", "ren_lam"):
+        c[key] = None if c[key] is None else float(c[key])  # 1 and 1.0 are one config, one hash
+    for key in ("bias", "cosine", "online"):
+        if c[key] is not None and not isinstance(c[key], bool):
+            raise ValueError(f"rhmfast: {key} must be true or false, got {c[key]!r}")
     return c
 
 
@@ -79,6 +96,15 @@ def learner_name(config: dict) -> str:
     """"hcnn", "fc", "ren", or "<model>-<trainer>" for a non-default trainer."""
     c = complete_config(config)
     return c["model"] if c["trainer"] == TRAINERS[c["model"]][0] else f"{c['model']}-{c['trainer']}"
+
+
+def varying_keys(configs: list[dict], exclude) -> dict[str, list[str]]:
+    """For each learner, the config keys (not in exclude) that take several values among its configs."""
+    by_learner = {}
+    for c in configs:
+        by_learner.setdefault(learner_name({k: c[k] for k in DEFAULTS}), []).append(c)  # c may be a table row
+    return {learner: sorted(k for k in DEFAULTS if k not in exclude and len({repr(c.get(k)) for c in group}) > 1)
+            for learner, group in by_learner.items()}
 
 
 def grammar_of(config: dict):
@@ -106,7 +132,7 @@ def build_model(config: dict):
     c = complete_config(config)
     if c["model"] == "hcnn":
         return HierarchicalCNN(c["v"], c["width"], c["s"], c["L"], c["n_classes"], norm=c["norm"], bias=c["bias"],
-                               seed=c["seed_model"])
+                               activation=c["activation"], seed=c["seed_model"])
     if c["model"] == "fc":
         return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"])
     # Distances between label posteriors shrink like m^(-1/2) per level: the bandwidth follows them.
@@ -134,20 +160,25 @@ def sgd_arguments(config: dict) -> dict:
                 seed_order=c["seed_sample"])
 
 
-def run_config(config: dict, *, progress: bool = False):
-    """Train the learner of one config and return its RunRecord (its ``P_used`` is what the sample-
-    complexity analysis calls P: the training-set size, or for the Ren learner the total of its stages)."""
+def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
+    """Train the learner of one config and return its RunRecord. device: where end-to-end SGD runs (the
+    layerwise trainers run on the CPU)."""
     from rhmfast.train import train_layerwise_sgd, train_ren_layerwise, train_sgd
 
     c = complete_config(config)
     grammar = grammar_of(c)
     check_feasible(c, grammar)
     model = build_model(c)
+    if c["trainer"] == "sgd":
+        model = model.to(device)
+    elif torch.device(device).type != "cpu":
+        raise ValueError(f"rhmfast: trainer {c['trainer']!r} runs on the CPU only, got device {device!r}")
     if c["trainer"] == "ren":
         scale = c["P"] / sum(c["m"] ** l for l in range(1, c["L"] + 1))
-        return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], seed_data=c["seed_sample"],
-                                   progress=progress)
-    if c["trainer"] == "sgd":
+        return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], lam=c["ren_lam"],
+                                   seed_data=c["seed_sample"], progress=progress)
+    if c["trainer"] == "sgd":  # the model is already on device
         return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **sgd_arguments(c))
-    return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints", progress=progress,
-                               seed_readout=c["seed_model"], **sgd_arguments(c))
+    return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
+                               hint_weight=c["hint_weight"], progress=progress, seed_readout=c["seed_model"],
+                               **sgd_arguments(c))

@@ -16,7 +16,7 @@ import os
 import platform
 import socket
 
-from rhmfast.runs import complete_config, config_hash, learner_name
+from rhmfast.runs import complete_config, config_hash, learner_name, varying_keys
 
 RECORD_FORMAT = "rhmfast.run"
 RECORD_VERSION = 1
@@ -162,3 +162,32 @@ def collect(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
     pq.write_table(table, tmp)
     os.replace(tmp, out)
     return out, len(rows), list(store.corrupt)
+
+
+# Config keys that are the analysis' own axes (setting, P, replicate); any other key that varies
+# between runs splits a learner's curves and is named in its label.
+_ANALYSIS_AXES = {"v", "n_classes", "s", "m", "L", "P", "seed_rules", "seed_sample", "seed_model", "model", "trainer"}
+
+
+def load_rows(source: str | os.PathLike) -> list[dict]:
+    """The rows the sample-complexity analysis reads (learner, v, n_classes, s, m, L, P, seed,
+    test_error, n_test), from a result store or a Parquet table of ``collect``. P is the training-set
+    size used (the Ren learner: all stages); seed numbers the replicates, a replicate being one
+    (seed_rules, seed_sample, seed_model); a parameter that varies between runs otherwise (say the width)
+    joins the learner's label, e.g. "hcnn width=128"."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        runs = [record_row(r) for r in ResultStore(source).records()]
+    else:
+        import pyarrow.parquet as pq
+
+        runs = pq.read_table(source).to_pylist()
+    if not runs:
+        raise ValueError(f"rhmfast: no valid run records in {source}")
+    varying = varying_keys(runs, _ANALYSIS_AXES)
+    replicates = {key: i for i, key in enumerate(sorted({(r["seed_rules"], r["seed_sample"], r["seed_model"])
+                                                         for r in runs}))}
+    return [dict(learner=" ".join([r["learner"]] + [f"{k}={r[k]}" for k in varying[r["learner"]]]), v=r["v"],
+                 n_classes=r["n_classes"], s=r["s"], m=r["m"], L=r["L"], P=r["P_used"],
+                 seed=replicates[(r["seed_rules"], r["seed_sample"], r["seed_model"])], test_error=r["test_error"],
+                 n_test=r["n_test"]) for r in runs]

@@ -12,29 +12,29 @@ import time
 from tqdm.auto import tqdm
 
 from rhmfast.engines import ENGINES
-from rhmfast.runs import DEFAULTS, config_hash, learner_name
+from rhmfast.runs import config_hash, learner_name, varying_keys
 from rhmfast.store import ResultStore
 
-# Keys that identify a setting in summaries: everything else that varies is listed too.
+# Keys that identify a setting in summaries; other keys that vary for a learner are listed too.
 _SUMMARY_KEYS = ("v", "m", "s", "L")
 
 
 def describe(configs: list[dict]) -> str:
-    """The grid, one line per (learner, setting, other varying parameters): its P values and seeds."""
-    varying = sorted(k for k in DEFAULTS if len({repr(c[k]) for c in configs}) > 1
-                     and k not in ("P", "seed_sample", "seed_model", "model", "trainer") + _SUMMARY_KEYS)
+    """The grid, one line per (learner, setting, other parameters varying for that learner): its P
+    values and seeds."""
+    varying = varying_keys(configs, ("P", "seed_sample", "seed_model") + _SUMMARY_KEYS)
     groups = collections.OrderedDict()
     for c in configs:
-        head = (learner_name(c),) + tuple(c[k] for k in _SUMMARY_KEYS) + tuple(c[k] for k in varying)
+        learner = learner_name(c)
+        head = (learner,) + tuple(c[k] for k in _SUMMARY_KEYS) + tuple(f"{k}={c[k]}" for k in varying[learner])
         ps, seeds = groups.setdefault(head, (set(), set()))
         ps.add(c["P"])
         seeds.add((c["seed_sample"], c["seed_model"]))
     lines = [f"{len(configs)} runs"]
     for head, (ps, seeds) in groups.items():
-        extra = "".join(f" {k}={v}" for k, v in zip(varying, head[1 + len(_SUMMARY_KEYS):]))
         seed_text = ",".join(str(a) if a == b else f"{a}/{b}" for a, b in sorted(seeds))
-        lines.append(f"  {head[0]:<22} v={head[1]} m={head[2]} s={head[3]} L={head[4]}{extra}: "
-                     f"{len(ps)} P in [{min(ps)}, {max(ps)}] x {len(seeds)} seeds ({seed_text})")
+        lines.append(f"  {head[0]:<22} v={head[1]} m={head[2]} s={head[3]} L={head[4]} {' '.join(head[5:])}".rstrip()
+                     + f": {len(ps)} P in [{min(ps)}, {max(ps)}] x {len(seeds)} seeds ({seed_text})")
     return "\n".join(lines)
 
 

@@ -143,26 +143,30 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
     Offline (default): a fixed training set of n_train samples and a disjoint test set of n_test, drawn
     without replacement with ``grammar.split(seed=seed_data)``; minibatches in an order drawn from seed_order.
     online=True: every epoch is n_train fresh samples from ``grammar.batches`` (the infinite-data limit);
-    the test set is the first n_test samples of the iid stream seed_data, training samples follow them. Stops when an epoch's mean train loss < loss_threshold or
-    after max_epochs; test error every eval_every epochs. callback(point) is called at each evaluation.
+    the test set is the first n_test samples of the iid stream seed_data, training samples follow them.
+    Stops when an epoch's mean train loss < loss_threshold or after max_epochs; test error every
+    eval_every epochs. callback(point) is called at each evaluation. Data is generated on the device of
+    the model's parameters.
     """
     record = _sgd_record(model, grammar, n_train, n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, max_epochs=max_epochs, cosine=cosine, loss_threshold=loss_threshold,
                          eval_every=eval_every, online=online, seed_data=seed_data, seed_order=seed_order)
+    device = next(model.parameters()).device  # data is generated where the model lives
     if online:
         # One iid stream per seed_data: the test set is its first n_test samples, training reads on from there.
-        x_test, y_test = grammar.sample(n_test, seed=seed_data)
-        stream = grammar.batches(batch_size, seed=seed_data, start=n_test)
+        x_test, y_test = grammar.sample(n_test, seed=seed_data, device=device)
+        stream = grammar.batches(batch_size, seed=seed_data, start=n_test, device=device)
 
         def batches_of_epoch():
             for _ in range(math.ceil(n_train / batch_size)):
                 yield next(stream)
     else:
-        (x_train, y_train), (x_test, y_test) = grammar.split(n_train, n_test, seed=seed_data)
-        order = torch.Generator().manual_seed(seed_order)
+        (x_train, y_train), (x_test, y_test) = grammar.split(n_train, n_test, seed=seed_data, device=device)
+        order = torch.Generator().manual_seed(seed_order)  # on the CPU: the same order on every device
 
         def batches_of_epoch():
             for idx in _minibatches(n_train, batch_size, order):
+                idx = idx.to(device)
                 yield x_train[idx], y_train[idx]
 
     return _run_sgd(model, record, batches_of_epoch, lambda x, y: F.cross_entropy(model(x), y),

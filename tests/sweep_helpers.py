@@ -21,19 +21,19 @@ def _marker(config: dict) -> str:
     return os.path.join(os.environ[MARKERS], config_hash(config))
 
 
-def die_first_time(config: dict, threads: int, engine: str) -> dict:
+def die_first_time(config: dict, threads: int, engine: str, device: str) -> dict:
     """SIGKILL this worker the first time a config runs; run it normally when it is retried."""
     if not os.path.exists(_marker(config)):
         open(_marker(config), "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
-    return execute(config, threads, engine)
+    return execute(config, threads, engine, device)
 
 
-def always_die(config: dict, threads: int, engine: str) -> dict:
+def always_die(config: dict, threads: int, engine: str, device: str) -> dict:
     with open(_marker(config), "a") as f:
         f.write("x")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def raise_error(config: dict, threads: int, engine: str) -> dict:
+def raise_error(config: dict, threads: int, engine: str, device: str) -> dict:
     raise RuntimeError(f"deliberate failure of {config_hash(config)}")
