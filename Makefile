@@ -16,11 +16,11 @@ PY := $(PYTHON)
 DEPS :=
 endif
 
-.PHONY: demo test build check-cuda bench clean
+.PHONY: demo test build check-cuda bench sweep-pstar clean
 
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest matplotlib
+	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest matplotlib pyarrow "ray>=2.9"
 	touch $@
 
 # pip's editable install builds rhmfast._C in place; ninja makes a rebuild with nothing changed cheap.
@@ -45,7 +45,12 @@ bench: build
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_patchconv.py
 	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_sweep.py
+
+# The sample-complexity sweep of benchmarks/results/sweep_pstar (resumable: re-run to continue).
+sweep-pstar: build
+	$(PY) -m rhmfast sweep --config benchmarks/sweeps/pstar.toml --out out/sweep_pstar
+	$(PY) -m rhmfast plot out/sweep_pstar --out benchmarks/results/sweep_pstar
 
 clean:
 	rm -rf build rhmfast/_C*.so *.egg-info

@@ -228,8 +228,11 @@ def torchrun_command(program: list[str], nproc: int) -> list[str]:
     arguments) in nproc processes on this machine under torchrun."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"rhmfast: nproc must be an int >= 1, got {nproc!r}")
+    # "--" ends torchrun's own options: otherwise it takes a program flag such as --v for an
+    # abbreviation of one of its own (--virtual-local-rank).
+    module = ["-m"] if program[:1] == ["-m"] else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            *program]
+            *module, "--", *program[len(module):]]
 
 
 def launch_torchrun(module_argv: list[str], nproc: int) -> int:

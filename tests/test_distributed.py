@@ -182,7 +182,7 @@ def test_init_from_env_outside_torchrun_names_the_missing_variables(monkeypatch)
 
 def test_launch_torchrun_runs_rhmfast_in_n_processes_and_returns_the_exit_code():
     command = distributed.torchrun_command(["-m", "rhmfast", "info"], 2)
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and command[-3:] == ["-m", "rhmfast", "info"]
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and command[-4:] == ["-m", "--", "rhmfast", "info"]
     assert "--standalone" in command and command[command.index("--nproc_per_node") + 1] == "2"
     assert distributed.launch_torchrun(["no-such-command"], 1) != 0
     with pytest.raises(ValueError, match="nproc"):
