@@ -1,16 +1,14 @@
 """Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs: a sample-complexity
-experiment), ``generate`` (generation throughput) and ``info``."""
+experiment, rhmfast.demo), ``generate`` (generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
+and ``info``."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -48,157 +46,16 @@ def generate(args) -> None:
     print(f"wrote {os.path.join(args.out, 'grammar.json')} and the first {args.save:,} samples to {path}")
 
 
-BATCH = 128  # the reference recipe's batch size
-
-
-def _settings(text: str) -> list[tuple[int, int]]:
-    try:
-        pairs = [tuple(int(x) for x in item.split(",")) for item in text.split()]
-    except ValueError:
-        pairs = []
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise argparse.ArgumentTypeError(f"--settings must be space-separated 'm,L' pairs, got {text!r}")
-    return pairs
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",")]
-
-
-def _finished_record(path: str) -> dict | None:
-    """The record stored at path if it is complete (parses, and the run was not interrupted)."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    complete = isinstance(record, dict) and not record.get("interrupted", True) and "final_test_error" in record
-    return record if complete else None
-
-
-def _write_json_atomic(path: str, payload: dict) -> None:
-    """Temporary file + rename: a crash never leaves half a record."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _train_one(args, learner: str, grammar, m: int, L: int, P: int, seed: int):
-    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
-    from rhmfast.train import train_ren_layerwise, train_sgd
-
-    if learner == "ren":
-        model = RenLayerwiseLearner(args.v, args.s, L, features="tensor+rff", n_features=args.ren_features,
-                                    sigma=args.ren_sigma / math.sqrt(m), seed=seed)
-        scale = P / sum(m**l for l in range(1, L + 1))
-        return train_ren_layerwise(model, grammar, scale, n_test=args.n_test, seed_data=seed, progress=False)
-    if learner == "hcnn":
-        model = HierarchicalCNN(args.v, args.width, args.s, L, args.v, norm="mf", seed=seed)
-    else:
-        model = FullyConnected(args.v, args.s**L, args.fc_width, 1, args.v, seed=seed)
-    # A budget in steps, not epochs: small training sets need as many updates to fit.
-    epochs = max(1, math.ceil(args.max_steps / math.ceil(P / BATCH)))
-    return train_sgd(model, grammar, P, n_test=args.n_test, batch_size=BATCH, max_epochs=epochs,
-                     eval_every=max(1, epochs // 5), seed_data=seed, seed_order=seed, progress=False)
-
-
 def demo(args) -> None:
-    """A small sample-complexity experiment: for each (m, L), train the hCNN end to end and the Ren
-    layerwise learner (and, on the first setting, the fully-connected baseline) over a grid of P and
-    seeds; write a JSON record per run, the table of test error against P, P* per setting and learner,
-    and the plots."""
-    from rhmfast.analysis import estimate_pstar, plot_curves, threshold
+    """The main job: a small sample-complexity experiment (rhmfast.demo)."""
+    from rhmfast.demo import run_demo
 
-    torch.set_num_threads(args.threads)
-    eps = threshold(args.v, args.eps)
-    # Records of finished runs are reused by a re-run with the same settings (a resume); other settings
-    # get a folder of their own.
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "threads", "run")}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    runs_dir = os.path.join(args.out, f"runs-{key}")
-    os.makedirs(runs_dir, exist_ok=True)
-    plan = []  # (learner, m, L, P)
-    for i, (m, L) in enumerate(args.settings):
-        base = args.v * m**L
-        grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
-        fit = [round(f * base) for f in args.grid if round(f * base) + args.n_test <= grammar.pmax]
-        if len(fit) < len(args.grid):
-            print(f"m={m} L={L}: skipping training-set sizes above pmax - n_test = {grammar.pmax - args.n_test}")
-        plan += [("hcnn", m, L, p) for p in fit]
-        plan += [("ren", m, L, round(f * base)) for f in args.ren_grid]
-        if i == 0:
-            plan += [("fc", m, L, p) for p in fit]
-    print(f"{len(plan) * len(args.seeds)} runs: learners hcnn, ren, fc; settings (m, L) = {args.settings}, v = n_c = "
-          f"{args.v}, s = {args.s}; seeds {args.seeds}; eps = {eps:g}; writing to {args.out}")
-    errors = {}  # (learner, m, L) -> {P: [error per seed]}
-    started = time.perf_counter()
-    interrupted = False
-    with tqdm(total=len(plan) * len(args.seeds), unit="run", desc="demo") as bar:
-        for learner, m, L, P in plan:
-            if interrupted:
-                break
-            grammar = rhmfast.RHM(args.v, m, args.s, L, seed=args.seed_rules)
-            for seed in args.seeds:
-                bar.set_postfix_str(f"{learner} m={m} L={L} P={P} seed={seed}")
-                path = os.path.join(runs_dir, f"{learner}_m{m}_L{L}_P{P}_seed{seed}.json")
-                result = _finished_record(path)  # a re-run resumes: finished runs are read back, not redone
-                if result is None:
-                    record = _train_one(args, learner, grammar, m, L, P, seed)
-                    if record.interrupted:  # Ctrl-C: keep the finished runs, summarise them, stop
-                        interrupted = True
-                        print(f"interrupted during {learner} m={m} L={L} P={P} seed={seed}; summarising finished runs")
-                        break
-                    result = record.to_dict()
-                    _write_json_atomic(path, result)
-                # The Ren learner's P is the total of its stages' fresh samples.
-                P_used = result["samples_seen"] if learner == "ren" else P
-                errors.setdefault((learner, m, L), {}).setdefault(P_used, []).append(result["final_test_error"])
-                bar.update(1)
-    seconds = time.perf_counter() - started
+    run_demo(args)
 
-    names = {"hcnn": "hCNN (SGD)", "ren": "Ren layerwise", "fc": "fully connected"}
-    rows, pstars, curves, scaled = [], [], {}, {}
-    for (learner, m, L), by_p in errors.items():
-        base = args.v * m**L
-        ps = sorted(by_p)
-        matrix = np.full((len(args.seeds), len(ps)), np.nan)  # [seeds, P]; NaN: run not finished
-        for j, p in enumerate(ps):
-            matrix[:len(by_p[p]), j] = by_p[p]
-        est = estimate_pstar(ps, matrix, eps, seed=0)
-        label = f"{names[learner]}, m={m}, L={L}"
-        curves[label], scaled[label] = (ps, matrix), base
-        pstars.append(dict(learner=learner, m=m, L=L, n_c_m_L=base, **est, ratio=est["pstar"] / base))
-        rows.append((label, ps, np.nanmean(matrix, axis=0)))
-    floor = 1.0 / args.n_test
-    plot_curves(curves, os.path.join(args.out, "test_error_vs_P.png"), eps=eps, floor=floor,
-                title=f"RHM v = n_c = {args.v}, s = {args.s}; mean over seeds {args.seeds}, band min-max")
-    plot_curves(curves, os.path.join(args.out, "test_error_vs_P_scaled.png"), xscale=scaled, xlabel="P / (n_c m^L)",
-                eps=eps, floor=floor, title=f"RHM v = n_c = {args.v}, s = {args.s}: rescaled by n_c m^L")
-    lines = [f"# Demo: test error against P (mean over seeds {args.seeds})", "",
-             f"v = n_c = {args.v}, s = {args.s}, rules seed {args.seed_rules}, test set {args.n_test}, "
-             f"eps = {eps:g}; {len(plan) * len(args.seeds)} runs in {seconds:.0f} s", ""]
-    for label, ps, mean in rows:
-        lines += [f"**{label}**", "", "| P | " + " | ".join(str(p) for p in ps) + " |",
-                  "|---|" + "---|" * len(ps), "| test error | " + " | ".join(f"{e:.3f}" for e in mean) + " |", ""]
-    lines += ["## P*", "", f"P*: smallest P with mean test error < {eps:g}, interpolated in log P; 90% bootstrap "
-              "interval over seeds (inf: not reached).", "",
-              "| learner | m | L | n_c m^L | P* | interval | P* / (n_c m^L) |", "|---|---|---|---|---|---|---|"]
-    for r in pstars:
-        lines.append(f"| {names[r['learner']]} | {r['m']} | {r['L']} | {r['n_c_m_L']} | {r['pstar']:.0f} | "
-                     f"[{r['low']:.0f}, {r['high']:.0f}] | {r['ratio']:.2f} |")
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "pstar.json"), "w") as f:
-        finite = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
-                  for r in pstars]  # JSON has no inf: None where P* was not reached
-        json.dump(dict(config={k: v for k, v in vars(args).items() if k != "run"}, eps=eps, seconds=seconds, pstar=finite,
-                       errors={f"{k[0]}_m{k[1]}_L{k[2]}": {str(p): e for p, e in v.items()} for k, v in errors.items()}),
-                  f, indent=1)
-    print(table)
-    print(f"wrote {runs_dir}/ (one JSON record per run), {args.out}/table.md, {args.out}/pstar.json, "
-          f"{args.out}/test_error_vs_P.png, {args.out}/test_error_vs_P_scaled.png")
+
+def _eps(text: str):
+    """The test-error threshold of P*: a number, or rand/10 for (1 - 1/n_c)/10."""
+    return text if text == "rand/10" else float(text)
 
 
 ALIASES = dict(v=["--num_features"], n_classes=["--num_classes"], L=["--num_layers"], P=["--train_size"],
@@ -343,30 +200,33 @@ def main(argv=None) -> None:
     d.add_argument("--out", default="rhm-demo")
     d.set_defaults(run=generate)
     e = commands.add_parser("demo", help="a small sample-complexity experiment: P* of the hCNN, the Ren layerwise "
-                                         "learner and a fully-connected baseline")
+                                         "learner and a fully-connected baseline",
+                            description="Run the demo's grid into the result store OUT/runs (re-running resumes "
+                                        "it) and write its report (P* tables, curves, plots) into OUT.")
     e.add_argument("--v", type=int, default=8, help="vocabulary size = number of classes")
     e.add_argument("--s", type=int, default=2)
-    e.add_argument("--settings", type=_settings, default=[(2, 4), (3, 3), (4, 3)], help="'m,L m,L ...'")
-    e.add_argument("--grid", type=_floats, default=[0.5, 1, 1.5, 2, 3, 4, 6],
-                   help="training-set sizes of the SGD learners, in units of n_c m^L")
-    e.add_argument("--ren_grid", type=_floats, default=[2, 4, 8, 16, 32, 64],
-                   help="total samples of the Ren learner (all stages), in units of n_c m^L")
-    e.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    e.add_argument("--settings", default="2,4 3,3 4,3", help="(m, L) pairs 'm,L m,L ...'")
+    e.add_argument("--grid", default="0.5,1,1.5,2,3,4,6",
+                   help="training-set sizes of the SGD learners, in units of n_c m^L: a,b,c or lo:hi:n")
+    e.add_argument("--ren_grid", default="2,4,8,16,32,64",
+                   help="total samples of the Ren learner (all stages), in units of n_c m^L: a,b,c or lo:hi:n")
+    e.add_argument("--seeds", default="0,1,2", help=HELP["seeds"])
     e.add_argument("--width", type=int, default=64, help="hCNN width (mean-field, lr 0.1 x width)")
-    e.add_argument("--fc_width", type=int, default=256)
+    e.add_argument("--fc_width", type=int, default=256, help="width of the fully-connected baseline's hidden layer")
     e.add_argument("--max_steps", type=int, default=3000,
-                   help=f"SGD budget in steps of batch {BATCH} (training stops earlier at train loss 1e-3)")
+                   help="SGD budget in steps of batch 128 (training stops earlier at train loss 1e-3)")
     e.add_argument("--ren_features", type=int, default=512, help="random Fourier features per level (x2)")
     e.add_argument("--ren_sigma", type=float, default=0.28,
                    help="RBF bandwidth above the input level times sqrt(m) (distances between label "
                         "posteriors shrink like m^(-1/2) per level); the input level is the exact tensor product")
     e.add_argument("--n_test", type=int, default=2048)
-    e.add_argument("--eps", type=lambda t: t if t == "rand/10" else float(t), default=0.1)
+    e.add_argument("--eps", type=_eps, default=0.1, help=_eps.__doc__)
     e.add_argument("--seed_rules", type=int, default=1)
+    e.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
     e.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 by default: the models are small, and one thread cannot be "
-                   "oversubscribed on a shared machine)")
-    e.add_argument("--out", default="out/demo")
+                   help="torch threads per run (1 by default: the models are small, and runs in parallel "
+                        "use the cores better)")
+    e.add_argument("--out", default="out/demo", help="the report; the run records go to OUT/runs")
     e.set_defaults(run=demo)
     sw = commands.add_parser("sweep", help="run a grid of trainings, resumably, on a local pool or Ray",
                              description="Run a grid of trainings into a result store. Re-running resumes it.")
@@ -393,8 +253,7 @@ def main(argv=None) -> None:
     tr.set_defaults(run=train)
     pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store")
     pl.add_argument("dir", help="a result store, or a Parquet table written by rhmfast collect")
-    pl.add_argument("--eps", type=lambda t: t if t == "rand/10" else float(t), default=0.1,
-                    help="the test-error threshold of P*: a number, or rand/10 for (1 - 1/n_c)/10")
+    pl.add_argument("--eps", type=_eps, default=0.1, help=_eps.__doc__)
     pl.add_argument("--out", default=None, help="default: DIR/report")
     pl.set_defaults(run=plot)
     co = commands.add_parser("collect", help="compact a result store into one Parquet table")

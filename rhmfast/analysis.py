@@ -486,7 +486,7 @@ def plot_pstar_scaling(pstars: list[dict], fits: list[dict], path: str, *, title
         ax.set_ylabel("P*")
         ax.set_title(_learner_name(learner), fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")  # never over a panel's only point
     eps = ", ".join(f"{e:.3g}" for e in sorted({r["eps"] for r in pstars}))
     fig.suptitle(f"{title}: " * bool(title) + f"sample complexity P*(ε = {eps}) against n_c m^L", fontsize=10)
     return _save(plt, fig, path)

@@ -169,12 +169,13 @@ def collect(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
 _ANALYSIS_AXES = {"v", "n_classes", "s", "m", "L", "P", "seed_rules", "seed_sample", "seed_model", "model", "trainer"}
 
 
-def load_rows(source: str | os.PathLike) -> list[dict]:
+def load_rows(source: str | os.PathLike, hashes=None) -> list[dict]:
     """The rows the sample-complexity analysis reads (learner, v, n_classes, s, m, L, P, seed,
     test_error, n_test), from a result store or a Parquet table of ``collect``. P is the training-set
     size used (the Ren learner: all stages); seed numbers the replicates, a replicate being one
     (seed_rules, seed_sample, seed_model); a parameter that varies between runs otherwise (say the width)
-    joins the learner's label, e.g. "hcnn width=128"."""
+    joins the learner's label, e.g. "hcnn width=128". hashes: only the runs of these config hashes (one
+    grid's, in a store that also holds other runs); None: all."""
     source = os.fspath(source)
     if os.path.isdir(source):
         runs = [record_row(r) for r in ResultStore(source).records()]
@@ -182,6 +183,9 @@ def load_rows(source: str | os.PathLike) -> list[dict]:
         import pyarrow.parquet as pq
 
         runs = pq.read_table(source).to_pylist()
+    if hashes is not None:
+        hashes = set(hashes)
+        runs = [r for r in runs if r["hash"] in hashes]
     if not runs:
         raise ValueError(f"rhmfast: no valid run records in {source}")
     varying = varying_keys(runs, _ANALYSIS_AXES)

@@ -1,40 +1,86 @@
-"""The main job (`rhmfast demo`): its outputs exist, and a re-run resumes from the stored records."""
+"""The main job (`rhmfast demo`): a sweep into OUT/runs and the report of its runs in OUT; a re-run
+trains nothing, a damaged record is redone and only that one, and the report covers this grid only."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 
 import pytest
 
 import rhmfast.__main__ as cli
+from rhmfast import engines
+from rhmfast.runs import config_hash
+from rhmfast.store import ResultStore
 
+# 10 runs: seeds x (hCNN at 2 sizes + Ren at 1 + fully connected at 2)
 TINY = ["demo", "--v", "4", "--settings", "2,2", "--grid", "0.5,1", "--ren_grid", "2", "--seeds", "0,1",
-        "--n_test", "8", "--width", "8", "--fc_width", "8", "--max_steps", "20", "--ren_features", "8"]
+        "--n_test", "8", "--width", "8", "--fc_width", "8", "--max_steps", "20", "--ren_features", "8",
+        "--workers", "1"]
+REPORT = ("pstar.md", "pstar.csv", "curves.csv", "scaling.csv", "test_error_vs_P.png", "test_error_vs_P.pdf",
+          "test_error_vs_P_scaled.png", "test_error_vs_P_scaled.pdf", "pstar_vs_nc_mL.png", "pstar_vs_nc_mL.pdf")
 
 
-def test_demo_writes_its_outputs_and_resumes(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def trained(monkeypatch):
+    """The hashes of the runs the demo hands to its engine, i.e. trains. Recorded in this process: the
+    runs themselves happen in spawned workers, out of a monkeypatch's reach."""
+    hashes = []
+
+    class RecordingEngine(engines.LocalEngine):
+        def map(self, configs, on_result, on_failure):
+            hashes.extend(config_hash(c) for c in configs)
+            super().map(configs, on_result, on_failure)
+
+    monkeypatch.setitem(engines.ENGINES, "local", RecordingEngine)
+    return hashes
+
+
+def _pstar(out):
+    with open(os.path.join(out, "pstar.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_demo_reports_and_resumes(tmp_path, trained, capsys):
     out = str(tmp_path / "demo")
     cli.main(TINY + ["--out", out])
-    for name in ("table.md", "pstar.json", "test_error_vs_P.png", "test_error_vs_P_scaled.png"):
+    for name in REPORT:
         assert os.path.getsize(os.path.join(out, name)) > 0, name
-    (runs,) = [d for d in os.listdir(out) if d.startswith("runs-")]
-    records = sorted(os.listdir(os.path.join(out, runs)))
-    assert len(records) == 2 * (2 + 1 + 2)  # seeds x (hCNN P grid + Ren + fully connected)
-    first = json.load(open(os.path.join(out, "pstar.json")))
+    store = ResultStore(os.path.join(out, "runs"))
+    assert len(trained) == 10 and sorted(trained) == store.hashes()
+    assert [r["learner"] for r in _pstar(out)] == ["hcnn", "ren", "fc"]
+    printed = capsys.readouterr().out
+    assert "| hCNN (SGD) | 4 | 2 | 2 | 16 | 2 |" in printed and "10 of 10 runs finished" in printed
+    first = _pstar(out)
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(cli, "_train_one", no_training)
+    # A re-run finds every run stored: it trains nothing and reports the same.
+    trained.clear()
     cli.main(TINY + ["--out", out])
-    assert json.load(open(os.path.join(out, "pstar.json")))["errors"] == first["errors"]
+    assert trained == [] and _pstar(out) == first
 
-    # A damaged record is not trusted: that run alone is redone.
-    damaged = os.path.join(out, runs, records[0])
-    with open(damaged, "w") as f:
-        f.write('{"final_test_err')
-    calls = []
-    monkeypatch.setattr(cli, "_train_one", lambda *a, **k: calls.append(a) or pytest.fail("redo reached"))
-    with pytest.raises(pytest.fail.Exception, match="redo reached"):
-        cli.main(TINY + ["--out", out])
-    assert len(calls) == 1
+    # A damaged record is not trusted: that run alone is redone, to the same result.
+    victim = store.hashes()[3]
+    before = json.load(open(store.path_of(victim)))
+    with open(store.path_of(victim), "w") as f:
+        f.write('{"format": "rhmfast.run", "test_err')
+    cli.main(TINY + ["--out", out])
+    assert trained == [victim]
+    assert os.path.exists(store.path_of(victim) + ".corrupt")
+    assert store.read(victim)["test_error"] == before["test_error"] and _pstar(out) == first
+
+    # Other flags are another grid: the report covers its runs only (here a subset, all stored).
+    trained.clear()
+    cli.main([*TINY, "--seeds", "0", "--out", out])
+    assert trained == [] and {r["n_seeds"] for r in _pstar(out)} == {"1"}
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--settings", "2"], "settings must be"),
+    (["--grid", "0.5,lots"], "P_scaled takes float"),
+    (["--grid", "100"], "exceeds pmax"),
+    (["--eps", "2"], "eps must be"),
+])
+def test_bad_flags_end_the_demo_before_it_runs(tmp_path, trained, flags, match):
+    with pytest.raises(SystemExit, match=match):
+        cli.main([*TINY, *flags, "--out", str(tmp_path / "demo")])
+    assert trained == [] and not (tmp_path / "demo").exists()

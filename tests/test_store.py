@@ -12,7 +12,7 @@ import rhmfast.__main__ as cli
 from rhmfast.engines import execute
 from rhmfast.grid import expand
 from rhmfast.runs import config_hash
-from rhmfast.store import ResultStore, check_record, collect
+from rhmfast.store import ResultStore, check_record, collect, load_rows
 
 GRID = dict(v=4, settings="2,2", P="12,24", model="hcnn,ren", seeds="0", n_test=8, width=8, max_steps=50,
             ren_features=8)
@@ -105,6 +105,18 @@ def test_collect_writes_one_parquet_row_per_valid_record(tmp_path, records, caps
         assert row["test_error"] == record["test_error"] and row["P_used"] == record["P_used"]
         assert row["m"] == 2 and row["learner"] == record["learner"]
         assert json.loads(row["curve"]) == record["result"]["curve"]
+
+
+def test_load_rows_keeps_only_the_runs_asked_for(tmp_path, records):
+    store = ResultStore(tmp_path)
+    for record in records:
+        store.write(record)
+    assert len(load_rows(tmp_path)) == len(records)
+    hcnn = [r["hash"] for r in records if r["learner"] == "hcnn"]
+    rows = load_rows(tmp_path, hashes=hcnn)
+    assert len(rows) == len(hcnn) and {r["learner"] for r in rows} == {"hcnn"}
+    collect(tmp_path)
+    assert load_rows(tmp_path / "results.parquet", hashes=hcnn) == rows
 
 
 def test_collect_refuses_an_empty_store(tmp_path):
