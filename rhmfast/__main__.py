@@ -97,6 +97,10 @@ def sweep(args) -> None:
     """Run a grid of trainings into a result store (resumable: stored runs are skipped)."""
     from rhmfast.sweep import describe, run_sweep
 
+    for name, value, low in (("workers", args.workers, 1), ("threads", args.threads, 1), ("retries", args.retries, 0),
+                             ("gpus_per_run", args.gpus_per_run, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"rhmfast sweep: --{name} must be >= {low}, got {value}")
     configs = _grid_from_args(args)
     print(describe(configs))
     if args.dry_run:

@@ -93,3 +93,9 @@ def test_learner_names_and_defaults():
     assert complete_config(dict(P=10, v=5))["n_classes"] == 5
     with pytest.raises(ValueError, match="unknown run parameter"):
         complete_config(dict(P=10, num_layers=3))
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--threads", "0"), ("--retries", "-1")])
+def test_cli_refuses_bad_engine_options(tmp_path, flag, value):
+    with pytest.raises(SystemExit, match=f"{flag} must be >="):
+        cli.main(["sweep", "--P", "10", "--n_test", "64", flag, value, "--out", str(tmp_path / "s")])
