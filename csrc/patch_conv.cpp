@@ -98,15 +98,19 @@ PatchShape check_token_patch_embed(const at::Tensor& tokens, const at::Tensor& t
 }
 
 void check_layer_backward(const at::Tensor& grad_out, const at::Tensor& params, const PatchShape& g, Activation act,
-                          const std::optional<at::Tensor>& out, bool has_bias, bool has_pos_bias, bool want_bias,
-                          bool want_pos_bias) {
+                          const std::optional<at::Tensor>& out, bool relu_recomputes, bool has_bias, bool has_pos_bias,
+                          bool want_bias, bool want_pos_bias) {
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({g.B, g.T_out, g.C_out}),
                     "rhmfast: grad_out must have the output's shape [", g.B, ", ", g.T_out, ", ", g.C_out, "], got ",
                     grad_out.sizes());
   check_same(grad_out, params, "grad_out", "the weights");
-  TORCH_CHECK_VALUE(act != Activation::kRelu || (out.has_value() && out->sizes() == grad_out.sizes()),
+  TORCH_CHECK_VALUE(act != Activation::kRelu || relu_recomputes || out.has_value(),
                     "rhmfast: relu backward needs the forward output `out` of shape ", grad_out.sizes());
-  if (out.has_value() && act == Activation::kRelu) check_same(*out, params, "out", "the weights");
+  if (out.has_value() && act == Activation::kRelu) {
+    TORCH_CHECK_VALUE(out->sizes() == grad_out.sizes(), "rhmfast: out must have the output's shape ",
+                      grad_out.sizes(), ", got ", out->sizes());
+    check_same(*out, params, "out", "the weights");
+  }
   TORCH_CHECK_VALUE(!want_bias || has_bias, "rhmfast: grad of bias asked for but bias is None");
   TORCH_CHECK_VALUE(!want_pos_bias || has_pos_bias, "rhmfast: grad of pos_bias asked for but pos_bias is None");
 }

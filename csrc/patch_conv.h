@@ -36,11 +36,12 @@ PatchShape check_token_patch_embed(const at::Tensor& tokens, const at::Tensor& t
                                    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias,
                                    int64_t patch_size);
 
-// Checks of a layer's backward: grad_out has the output's shape [B, T_out, C_out] and dtype; relu has
-// the forward output; a bias gradient is asked for only when that bias exists.
+// Checks of a layer's backward: grad_out has the output's shape [B, T_out, C_out] and dtype; out, when
+// given, too; relu has the forward output unless the op recomputes its mask (relu_recomputes: the token
+// layer, whose pre-activation is a cheap gather); a bias gradient is asked for only when that bias exists.
 void check_layer_backward(const at::Tensor& grad_out, const at::Tensor& params, const PatchShape& g, Activation act,
-                          const std::optional<at::Tensor>& out, bool has_bias, bool has_pos_bias, bool want_bias,
-                          bool want_pos_bias);
+                          const std::optional<at::Tensor>& out, bool relu_recomputes, bool has_bias, bool has_pos_bias,
+                          bool want_bias, bool want_pos_bias);
 
 // x as the GEMM operand [B*T/s, s*C_in]: a view when the inner two dims are dense, else a copy.
 at::Tensor patch_rows(const at::Tensor& x, const PatchShape& g);

@@ -58,8 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
     c10::string_view activation, std::array<bool, 4> output_mask) {
   const Activation act = parse_activation(activation);
   const PatchShape g = check_patch_conv(x, weight, bias, pos_bias, patch_size);
-  check_layer_backward(grad_out, weight, g, act, out, bias.has_value(), pos_bias.has_value(), output_mask[2],
-                       output_mask[3]);
+  check_layer_backward(grad_out, weight, g, act, out, /*relu_recomputes=*/false, bias.has_value(), pos_bias.has_value(),
+                       output_mask[2], output_mask[3]);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor saved;
   if (act == Activation::kRelu) saved = out->contiguous();

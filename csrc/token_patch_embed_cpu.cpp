@@ -1,28 +1,32 @@
 // CPU kernels of token_patch_embed / token_patch_embed_backward (layout contract in patch_conv.h).
 //
-// The one-hot first layer as a gather: output row (b, j) = act(scale * sum_k table[k, tokens[b, j*s+k]]
-// + bias + pos_bias[j]), s row reads instead of a dense product over s*v inputs. Rows are independent,
-// so the forward splits them over threads. The table gradient is a scatter-add; to make its bits
-// independent of scheduling, every task owns a (patch position k, 64-column block) slice of the table
-// and adds the rows into it in the fixed order of the positions, applying relu's mask on the fly.
+// Forward: output row (b, j) = act(scale * sum_k table[k, tokens[b, j*s + k]] + bias + pos_bias[j]),
+// s row reads instead of a dense product over s*v inputs, computed and written in one pass per row
+// (the table stays in cache; the output is written once and never re-read).
+//
+// Backward: the table gradient is a scatter-add of d = grad * act' into s table rows per output row.
+// To make its bits independent of scheduling, the output rows are cut into a number of blocks that
+// depends on the shapes only; block p adds its rows, in order, into its own partial sums (block 0
+// straight into the result), and the partials are then added in block order. grad is read once, d is
+// never written out, and the bias sums ride along. Without the forward output, relu's mask comes from
+// the pre-activation recomputed from the (cached) table rather than from a second pass over memory.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
+#include "cpu_clones.h"
 #include "patch_conv_cpu.h"
 
 namespace rhmfast {
 namespace {
-
-constexpr int64_t kColumnBlock = 64;
 
 // Remembers one out-of-range token id seen by any thread (the kernels skip such ids, never read with them).
 struct BadToken {
@@ -36,69 +40,6 @@ struct BadToken {
   }
 };
 
-template <typename Tok, typename T>
-void gather_rows(const Tok* tokens, const T* table, T* y, const PatchShape& g, int64_t r0, int64_t r1, BadToken& bad) {
-  const int64_t v = g.C_in, C = g.C_out;
-  for (int64_t r = r0; r < r1; ++r) {
-    const Tok* tk = tokens + r * g.s;  // tokens [B, T] contiguous: row r = (b, j) starts at b*T + j*s
-    T* __restrict row = y + r * C;
-    std::fill(row, row + C, T(0));
-    for (int64_t k = 0; k < g.s; ++k) {
-      const int64_t t = static_cast<int64_t>(tk[k]);
-      if (t < 0 || t >= v) {
-        bad.record(t);
-        continue;
-      }
-      const T* __restrict src = table + (k * v + t) * C;
-      for (int64_t c = 0; c < C; ++c) row[c] += src[c];
-    }
-  }
-}
-
-// Table gradient (unscaled) from d = grad * act', where relu_out (if given) masks grad on the fly so
-// d is never written out. The tasks with k == 0 also sum d into grad_bias [C] / grad_pos [T_out, C]
-// when given (zeroed by the caller), in row order.
-template <typename Tok, typename T>
-void scatter_grad(const Tok* tokens, const T* grad, const T* relu_out, T* grad_table, T* grad_bias, T* grad_pos,
-                  const PatchShape& g, BadToken& bad) {
-  const int64_t v = g.C_in, C = g.C_out;
-  const int64_t n_blocks = (C + kColumnBlock - 1) / kColumnBlock;
-  at::parallel_for(0, g.s * n_blocks, 1, [&](int64_t task0, int64_t task1) {
-    T d[kColumnBlock];
-    for (int64_t task = task0; task < task1; ++task) {
-      const int64_t k = task / n_blocks, c0 = (task % n_blocks) * kColumnBlock;
-      const int64_t width = std::min(kColumnBlock, C - c0);
-      const bool sums = k == 0 && (grad_bias != nullptr || grad_pos != nullptr);
-      for (int64_t r = 0; r < g.rows(); ++r) {
-        const T* __restrict src = grad + r * C + c0;
-        if (relu_out != nullptr) {
-          const T* __restrict y = relu_out + r * C + c0;
-          for (int64_t c = 0; c < width; ++c) {
-            const T gc = src[c], yc = y[c];
-            d[c] = yc > T(0) ? gc : T(0);
-          }
-          src = d;
-        }
-        if (sums) {
-          if (grad_bias != nullptr)
-            for (int64_t c = 0; c < width; ++c) grad_bias[c0 + c] += src[c];
-          if (grad_pos != nullptr) {
-            T* __restrict pos = grad_pos + (r % g.T_out) * C + c0;
-            for (int64_t c = 0; c < width; ++c) pos[c] += src[c];
-          }
-        }
-        const int64_t t = static_cast<int64_t>(tokens[r * g.s + k]);
-        if (t < 0 || t >= v) {
-          bad.record(t);
-          continue;
-        }
-        T* __restrict dst = grad_table + (k * v + t) * C + c0;
-        for (int64_t c = 0; c < width; ++c) dst[c] += src[c];
-      }
-    }
-  });
-}
-
 template <typename Fn>
 void dispatch_tokens(at::ScalarType dtype, Fn&& fn) {
   switch (dtype) {
@@ -107,6 +48,192 @@ void dispatch_tokens(at::ScalarType dtype, Fn&& fn) {
     case at::kInt: fn(int32_t{}); break;
     default: fn(int64_t{}); break;  // dtype checked in check_token_patch_embed
   }
+}
+
+template <typename Fn>
+void dispatch_activation(Activation act, Fn&& fn) {
+  switch (act) {
+    case Activation::kRelu: fn(std::integral_constant<Activation, Activation::kRelu>{}); break;
+    case Activation::kSquare: fn(std::integral_constant<Activation, Activation::kSquare>{}); break;
+    default: fn(std::integral_constant<Activation, Activation::kNone>{}); break;
+  }
+}
+
+// What the forward reads besides the tokens. bias and zeros are [C] (zeros stands in for a missing
+// bias and for the rows of bad ids: adding 0 is exact); pos_bias [T_out, C] or null.
+template <typename T>
+struct Embedding {
+  const T* table;
+  const T* bias;
+  const T* pos_bias;
+  const T* zeros;
+  T scale;
+};
+
+// Points src[k] at the table row of output row r's k-th token; a bad id is recorded and reads zeros.
+template <typename Tok, typename T>
+RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r, const T** src,
+                        BadToken& bad) {
+  const Tok* tk = tokens + r * g.s;  // tokens [B, T] contiguous: row r = (b, j) starts at b*T + j*s
+  for (int64_t k = 0; k < g.s; ++k) {
+    const int64_t t = static_cast<int64_t>(tk[k]);
+    if (t < 0 || t >= g.C_in) {
+      bad.record(t);
+      src[k] = e.zeros;
+    } else {
+      src[k] = e.table + (k * g.C_in + t) * g.C_out;
+    }
+  }
+}
+
+// pre[c] = scale * (0 + src[0][c] + ... + src[s-1][c]) + bias[c] + pos_bias[r % T_out][c] for columns
+// [c0, c1) of output row r (pre indexed from 0): the forward_epilogue of the gathered sum, operation for
+// operation. The forward and relu's recomputed mask both come from here, so they agree bit for bit.
+template <typename T>
+RHMFAST_CPU_INLINE void preactivation(const T* const* src, const Embedding<T>& e, const PatchShape& g, int64_t r, int64_t c0,
+                          int64_t c1, T* __restrict pre) {
+  const int64_t s = g.s, n = c1 - c0;
+  const T* __restrict b = e.bias + c0;
+  const T* __restrict pb = (e.pos_bias != nullptr ? e.pos_bias + (r % g.T_out) * g.C_out : e.zeros) + c0;
+  const T scale = e.scale;
+  if (s == 2) {
+    const T* __restrict a0 = src[0] + c0;
+    const T* __restrict a1 = src[1] + c0;
+    for (int64_t c = 0; c < n; ++c) pre[c] = (T(0) + a0[c] + a1[c]) * scale + b[c] + pb[c];
+  } else if (s == 3) {
+    const T* __restrict a0 = src[0] + c0;
+    const T* __restrict a1 = src[1] + c0;
+    const T* __restrict a2 = src[2] + c0;
+    for (int64_t c = 0; c < n; ++c) pre[c] = (T(0) + a0[c] + a1[c] + a2[c]) * scale + b[c] + pb[c];
+  } else {
+    const T* __restrict a0 = src[0] + c0;
+    for (int64_t c = 0; c < n; ++c) pre[c] = T(0) + a0[c];
+    for (int64_t k = 1; k < s; ++k) {
+      const T* __restrict ak = src[k] + c0;
+      for (int64_t c = 0; c < n; ++c) pre[c] += ak[c];
+    }
+    for (int64_t c = 0; c < n; ++c) pre[c] = pre[c] * scale + b[c] + pb[c];
+  }
+}
+
+// Output rows [r0, r1) of the forward, into y [rows, C].
+template <Activation A, typename Tok, typename T>
+RHMFAST_CPU_CLONES void embed_rows(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r0,
+                                   int64_t r1, T* y, BadToken& bad) {
+  const int64_t C = g.C_out;
+  std::vector<const T*> src(g.s);
+  for (int64_t r = r0; r < r1; ++r) {
+    row_sources<Tok, T>(tokens, e, g, r, src.data(), bad);
+    T* __restrict out = y + r * C;
+    preactivation<T>(src.data(), e, g, r, 0, C, out);
+    if constexpr (A == Activation::kRelu)
+      for (int64_t c = 0; c < C; ++c) out[c] = out[c] > T(0) ? out[c] : T(0);
+    if constexpr (A == Activation::kSquare)
+      for (int64_t c = 0; c < C; ++c) out[c] = out[c] * out[c];
+  }
+}
+
+// How the backward pass splits its work. Blocks (of consecutive output rows) fix the summation order
+// and depend on the shapes alone; column slices only split independent columns among threads.
+struct BackwardPlan {
+  int64_t blocks, rows_per_block, slices, slice_width;
+};
+
+BackwardPlan plan_backward(const PatchShape& g, int64_t partial_size) {
+  constexpr int64_t kMinRowsPerBlock = 512, kMaxBlocks = 64;
+  BackwardPlan p{};
+  p.blocks = std::clamp<int64_t>(g.rows() / kMinRowsPerBlock, 1, kMaxBlocks);
+  // The partials (blocks - 1 of them) take no more memory than the gradient itself (or 4 MiB of float).
+  const int64_t budget = std::max<int64_t>(g.rows() * g.C_out, int64_t{1} << 20);
+  while (p.blocks > 1 && (p.blocks - 1) * partial_size > budget) p.blocks /= 2;
+  p.rows_per_block = (g.rows() + p.blocks - 1) / p.blocks;
+  // Enough tasks to balance the threads: split columns (in multiples of 16) when blocks are few.
+  const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads() / p.blocks);
+  p.slices = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, g.C_out / 16));
+  p.slice_width = ((g.C_out + p.slices - 1) / p.slices + 15) / 16 * 16;
+  p.slices = (g.C_out + p.slice_width - 1) / p.slice_width;
+  return p;
+}
+
+// Where block p accumulates: the table gradient [s, v, C], the bias sum [C] and the position sums
+// [T_out, C], each null when not wanted. Block 0 writes the results themselves.
+template <typename T>
+struct Sums {
+  T* table;
+  T* bias;
+  T* pos;
+};
+
+// Adds rows [r0, r1), columns [c0, c1) of d = grad * act' into `sums` (zero-initialised), in row order.
+// saved: the forward output for relu (null: the mask is recomputed from e), the pre-activation for
+// square, unused for none.
+template <Activation A, typename Tok, typename T>
+RHMFAST_CPU_CLONES void accumulate_block(const Tok* tokens, const T* grad, const T* saved, const Embedding<T>& e,
+                                         const PatchShape& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                         Sums<T> sums, BadToken& bad) {
+  const int64_t s = g.s, v = g.C_in, C = g.C_out, width = c1 - c0;
+  std::vector<T> d_row(width);  // d of one row's slice: written once, then added s (+2) times from L1
+  std::vector<const T*> src(s);
+  T* __restrict d = d_row.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict gr = grad + r * C + c0;
+    if constexpr (A == Activation::kRelu) {
+      if (saved == nullptr) {
+        row_sources<Tok, T>(tokens, e, g, r, src.data(), bad);
+        preactivation<T>(src.data(), e, g, r, c0, c1, d);
+        for (int64_t c = 0; c < width; ++c) {
+          const T gc = gr[c];
+          d[c] = d[c] > T(0) ? gc : T(0);
+        }
+      } else {
+        const T* __restrict sv = saved + r * C + c0;
+        for (int64_t c = 0; c < width; ++c) {
+          const T gc = gr[c], yc = sv[c];  // both loads unconditional: a blend, not a branch
+          d[c] = yc > T(0) ? gc : T(0);
+        }
+      }
+    } else if constexpr (A == Activation::kSquare) {
+      const T* __restrict sv = saved + r * C + c0;
+      for (int64_t c = 0; c < width; ++c) d[c] = T(2) * sv[c] * gr[c];
+    } else {
+      for (int64_t c = 0; c < width; ++c) d[c] = gr[c];
+    }
+    if (sums.table != nullptr) {
+      const Tok* tk = tokens + r * s;
+      for (int64_t k = 0; k < s; ++k) {
+        const int64_t t = static_cast<int64_t>(tk[k]);
+        if (t < 0 || t >= v) {
+          bad.record(t);
+          continue;
+        }
+        T* __restrict row = sums.table + (k * v + t) * C + c0;
+        for (int64_t c = 0; c < width; ++c) row[c] += d[c];
+      }
+    }
+    if (sums.bias != nullptr) {
+      T* __restrict acc = sums.bias + c0;
+      for (int64_t c = 0; c < width; ++c) acc[c] += d[c];
+    }
+    if (sums.pos != nullptr) {
+      T* __restrict acc = sums.pos + (r % g.T_out) * C + c0;
+      for (int64_t c = 0; c < width; ++c) acc[c] += d[c];
+    }
+  }
+}
+
+// result[i] = ((result[i] + partial_1[i]) + partial_2[i]) + ... over a flat [rows, C] array: the blocks'
+// sums added in block order, whichever thread adds them.
+template <typename T>
+void reduce_partials(T* result, const T* partials, int64_t n_partials, int64_t partial_stride, int64_t rows,
+                     int64_t C) {
+  if (n_partials == 0) return;
+  at::parallel_for(0, rows, cpu::row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t p = 0; p < n_partials; ++p) {
+      const T* __restrict src = partials + p * partial_stride + r0 * C;
+      T* __restrict dst = result + r0 * C;
+      for (int64_t i = 0; i < (r1 - r0) * C; ++i) dst[i] += src[i];
+    }
+  });
 }
 
 }  // namespace
@@ -122,18 +249,19 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, table.options());
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
-    dispatch_tokens(tokens.scalar_type(), [&](auto tag) {
-      using Tok = decltype(tag);
-      const Tok* tk = tokens.data_ptr<Tok>();
-      const scalar_t* tab = table.data_ptr<scalar_t>();
-      scalar_t* out = y.data_ptr<scalar_t>();
-      const scalar_t* b = bias ? bias->data_ptr<scalar_t>() : nullptr;
-      const scalar_t* pb = pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr;
-      const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-      at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
-        gather_rows<Tok, scalar_t>(tk, tab, out, g, r0, r1, bad);
-        cpu::forward_epilogue<scalar_t>(out, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale), b, pb,
-                                        zeros.data(), act);
+    const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
+    const Embedding<scalar_t> e{table.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : zeros.data(),
+                                pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr, zeros.data(),
+                                static_cast<scalar_t>(scale)};
+    dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
+      dispatch_activation(act, [&](auto act_tag) {
+        using Tok = decltype(tok_tag);
+        constexpr Activation A = decltype(act_tag)::value;
+        const Tok* tk = tokens.data_ptr<Tok>();
+        scalar_t* out = y.data_ptr<scalar_t>();
+        at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
+          embed_rows<A, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
+        });
       });
     });
   });
@@ -142,45 +270,71 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& tokens_in, const at::Tensor& table,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias,
+    const at::Tensor& grad_out, const at::Tensor& tokens_in, const at::Tensor& table_in,
+    const std::optional<at::Tensor>& bias_in, const std::optional<at::Tensor>& pos_bias_in,
     const std::optional<at::Tensor>& out, int64_t patch_size, double scale, c10::string_view activation,
     std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
-  const PatchShape g = check_token_patch_embed(tokens_in, table, bias, pos_bias, patch_size);
-  check_layer_backward(grad_out, table, g, act, out, bias.has_value(), pos_bias.has_value(), output_mask[1],
-                       output_mask[2]);
-  const at::Tensor tokens = tokens_in.contiguous();
+  const PatchShape g = check_token_patch_embed(tokens_in, table_in, bias_in, pos_bias_in, patch_size);
+  check_layer_backward(grad_out, table_in, g, act, out, /*relu_recomputes=*/true, bias_in.has_value(),
+                       pos_bias_in.has_value(), output_mask[1], output_mask[2]);
+  const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
+  const auto bias = contiguous_or_none(bias_in);
+  const auto pos_bias = contiguous_or_none(pos_bias_in);
   at::Tensor saved;
-  if (act == Activation::kRelu) saved = out->contiguous();
+  if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
   if (act == Activation::kSquare) saved = token_patch_embed_cpu(tokens, table, bias, pos_bias, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
-  // relu and none fold their derivative and the bias sums into the scatter; square (and bias-only
-  // calls) materialise d = grad * act' first.
-  const bool fused = output_mask[0] && act != Activation::kSquare;
   at::Tensor grad_bias = output_mask[1] ? at::zeros({g.C_out}, opts) : no_grad_placeholder(table);
   at::Tensor grad_pos = output_mask[2] ? at::zeros({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
+  // One block's partial sums: [table | bias | pos] of the wanted parts, end to end.
+  const int64_t table_size = output_mask[0] ? table.numel() : 0, bias_size = output_mask[1] ? g.C_out : 0;
+  const int64_t pos_size = output_mask[2] ? g.T_out * g.C_out : 0;
+  const int64_t partial_size = table_size + bias_size + pos_size;
+  if (partial_size == 0 || g.rows() == 0) return {grad_table, grad_bias, grad_pos};
+  const BackwardPlan plan = plan_backward(g, partial_size);
+  at::Tensor partials = at::zeros({plan.blocks - 1, partial_size}, opts);
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_backward_cpu", [&] {
-    scalar_t* bias_sum = output_mask[1] ? grad_bias.data_ptr<scalar_t>() : nullptr;
-    scalar_t* pos_sum = output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr;
-    at::Tensor d = grad;
-    if (!fused && (act != Activation::kNone || bias_sum != nullptr || pos_sum != nullptr)) {
-      d = at::empty_like(grad);
-      cpu::activation_grad<scalar_t>(grad.data_ptr<scalar_t>(), saved.defined() ? saved.data_ptr<scalar_t>() : nullptr,
-                                     d.data_ptr<scalar_t>(), g.B, g.T_out, g.C_out, act, pos_sum, bias_sum);
-    }
-    if (output_mask[0]) {
-      dispatch_tokens(tokens.scalar_type(), [&](auto tag) {
-        using Tok = decltype(tag);
-        scatter_grad<Tok, scalar_t>(tokens.data_ptr<Tok>(), d.data_ptr<scalar_t>(),
-                                    fused && act == Activation::kRelu ? saved.data_ptr<scalar_t>() : nullptr,
-                                    grad_table.data_ptr<scalar_t>(), fused ? bias_sum : nullptr,
-                                    fused ? pos_sum : nullptr, g, bad);
+    const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
+    const Embedding<scalar_t> e{table.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : zeros.data(),
+                                pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr, zeros.data(),
+                                static_cast<scalar_t>(scale)};
+    scalar_t* part = partials.data_ptr<scalar_t>();
+    auto sums_of = [&](int64_t p) {
+      if (p == 0) {
+        return Sums<scalar_t>{output_mask[0] ? grad_table.data_ptr<scalar_t>() : nullptr,
+                              output_mask[1] ? grad_bias.data_ptr<scalar_t>() : nullptr,
+                              output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr};
+      }
+      scalar_t* base = part + (p - 1) * partial_size;
+      return Sums<scalar_t>{output_mask[0] ? base : nullptr, output_mask[1] ? base + table_size : nullptr,
+                            output_mask[2] ? base + table_size + bias_size : nullptr};
+    };
+    dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
+      dispatch_activation(act, [&](auto act_tag) {
+        using Tok = decltype(tok_tag);
+        constexpr Activation A = decltype(act_tag)::value;
+        const Tok* tk = tokens.data_ptr<Tok>();
+        const scalar_t* gr = grad.data_ptr<scalar_t>();
+        const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
+        at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
+          for (int64_t task = task0; task < task1; ++task) {
+            const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
+            const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
+            accumulate_block<A, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0, std::min(g.C_out, c0 + plan.slice_width),
+                                               sums_of(p), bad);
+          }
+        });
       });
-    }
+    });
+    const int64_t n = plan.blocks - 1;
+    if (output_mask[0]) reduce_partials(grad_table.data_ptr<scalar_t>(), part, n, partial_size, g.s * g.C_in, g.C_out);
+    if (output_mask[1]) reduce_partials(grad_bias.data_ptr<scalar_t>(), part + table_size, n, partial_size, 1, g.C_out);
+    if (output_mask[2])
+      reduce_partials(grad_pos.data_ptr<scalar_t>(), part + table_size + bias_size, n, partial_size, g.T_out, g.C_out);
   });
   bad.raise_if_seen(g.C_in);
   if (output_mask[0] && scale != 1.0) grad_table.mul_(scale);

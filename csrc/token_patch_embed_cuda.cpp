@@ -67,14 +67,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
     std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const PatchShape g = check_token_patch_embed(tokens_in, table, bias, pos_bias, patch_size);
-  check_layer_backward(grad_out, table, g, act, out, bias.has_value(), pos_bias.has_value(), output_mask[1],
-                       output_mask[2]);
+  check_layer_backward(grad_out, table, g, act, out, /*relu_recomputes=*/true, bias.has_value(), pos_bias.has_value(),
+                       output_mask[1], output_mask[2]);
   const c10::cuda::CUDAGuard guard(table.device());
   const at::Tensor tokens = tokens_in.contiguous();
   check_token_values(tokens, g.C_in);
   at::Tensor saved;
-  if (act == Activation::kRelu) saved = out->contiguous();
-  if (act == Activation::kSquare)
+  // relu's mask is the sign of the output or, without it, of the recomputed pre-activation.
+  if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
+  if (act == Activation::kSquare || (act == Activation::kRelu && !out.has_value()))
     saved = token_patch_embed_cuda(tokens, table, bias, pos_bias, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, TOKEN_DTYPES, TOLERANCE,
+from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, FLOAT_DTYPES, PATCH_SIZES, TOKEN_DTYPES, TOLERANCE,
                                assert_cuda_matches_cpu, assert_within_twice_torch_error, backend, cuda,
                                need_extension, one_hot_weight,
                                token_sample)
@@ -72,21 +72,50 @@ def test_opcheck():
                           (torch.randn_like(y), tokens, table, b, pb, y, 2, 0.5, "relu", [True, True, False]))
 
 
-def test_table_gradient_is_deterministic(backend):
-    # Few distinct tokens, many positions: every table row receives hundreds of additions.
-    tokens, table, b, pb = token_sample(64, 32, 3, 80, 2, torch.int64, torch.float32, seed=9, requires_grad=True)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES["cpu"])
+def test_relu_backward_recomputes_its_mask_without_out(dtype):
+    """Given no forward output, relu's backward takes its mask from the recomputed pre-activation: the
+    same gradients, bit for bit, as from the output (bad token ids are still refused)."""
+    need_extension()
+    tokens, table, b, pb = token_sample(37, 29, 6, 45, 3, torch.uint8, dtype, seed=7)  # 1073 rows, 2 blocks
+    y = torch.ops.rhmfast.token_patch_embed(tokens, table, b, pb, 3, 0.4, "relu")
+    assert 0 < (y == 0).float().mean() < 1  # the mask matters
+    grad = torch.randn_like(y)
+    mask = [True, True, True]
+    with_out = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, y, 3, 0.4, "relu", mask)
+    without = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask)
+    for g, h in zip(with_out, without):
+        assert torch.equal(g, h)
+    torch.library.opcheck(torch.ops.rhmfast.token_patch_embed_backward.default,
+                          (grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask))
+    tokens[5, 4] = 6
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=6\)"):
+        torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_table_gradient_is_deterministic(backend, activation):
+    # Few distinct tokens, many positions (2077 rows: several row blocks, the last one ragged): every
+    # table row receives hundreds of additions, whose order must not depend on the thread count.
+    tokens, table, b, pb = token_sample(67, 31, 3, 80, 2, torch.int64, torch.float32, seed=9, requires_grad=True)
+    grad = torch.randn(67, 31, 80, generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
     runs = []
     try:
         for n_threads in (threads, 1, threads):
             torch.set_num_threads(n_threads)
-            y = token_patch_embed(tokens, table, b, pb, patch_size=2, activation="relu")
-            runs.append(torch.autograd.grad(y, (table, b, pb), torch.full_like(y, 0.1)))
+            y = token_patch_embed(tokens, table, b, pb, patch_size=2, scale=0.7, activation=activation)
+            runs.append(torch.autograd.grad(y, (table, b, pb), grad))
     finally:
         torch.set_num_threads(threads)
-    for run in runs[1:]:
-        for g, g0 in zip(run, runs[0]):
-            assert torch.equal(g, g0)
+    if backend == "extension":  # the reference's scatter-add (torch's index backward) promises no order
+        for run in runs[1:]:
+            for g, g0 in zip(run, runs[0]):
+                assert torch.equal(g, g0)
+    exact = [t.detach().double().requires_grad_() for t in (table, b, pb)]
+    y64 = token_patch_embed(tokens, *exact, patch_size=2, scale=0.7, activation=activation)
+    for g, e in zip(runs[0], torch.autograd.grad(y64, exact, grad.double())):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-3)
 
 
 def test_non_contiguous_tokens(backend):

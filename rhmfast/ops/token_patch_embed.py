@@ -43,7 +43,10 @@ def _fake_backward(grad_out, tokens, table, bias, pos_bias, out, patch_size, sca
 
 def _setup_context(ctx, inputs, output):
     tokens, table, bias, pos_bias, patch_size, scale, activation = inputs
-    ctx.save_for_backward(tokens, table, bias, pos_bias, output if activation == "relu" else None)
+    # relu's backward needs the sign of the pre-activation. The CPU kernel recomputes it from the cached
+    # table faster than it could re-read the output from memory, so there the output is not kept alive.
+    keep_output = activation == "relu" and output.device.type != "cpu"
+    ctx.save_for_backward(tokens, table, bias, pos_bias, output if keep_output else None)
     ctx.config = (patch_size, scale, activation)
 
 
