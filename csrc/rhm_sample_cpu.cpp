@@ -1,9 +1,11 @@
 // CPU kernels of rhm_sample (iid / index modes) and rhm_decode; data layout in rhmfast/rhm_core.h.
 //
 // Samples are independent, so at::parallel_for splits the batch; each sample is expanded top-down
-// through two small level buffers, and the leaves go straight into its output row. In iid mode the
-// sample's Philox words are made first in one tight loop the compiler vectorises (the hot part), then
-// mapped to rule choices.
+// through two small level buffers, and the leaves go straight into its output row. In iid mode,
+// without the latent tree, several samples are expanded side by side, one per SIMD lane (16 with
+// AVX-512, 8 with AVX2: Philox, rule choices and rule look-ups all vectorised) or, for grammars the
+// lanes cannot take and on the scalar path, 8 per group in plain code; otherwise the sample's Philox
+// words are made first in one tight vectorised loop, then mapped to rule choices.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -335,7 +337,150 @@ __attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int
   }
   return suspect;
 }
+
+// The same lane-per-sample expansion with eight AVX2 lanes, for CPUs without AVX-512 (same scratch
+// layout with 8 entries per item, same conditions). AVX2 has no unsigned compare and no mask registers:
+// lo < n is a signed compare after flipping both sign bits, and the suspect lanes come back as a byte.
+constexpr int kLanes8 = 8;
+
+__attribute__((target("avx2"))) inline __m256i load8(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+__attribute__((target("avx2"))) inline void store8(void* p, __m256i x) {
+  _mm256_storeu_si256(static_cast<__m256i*>(p), x);
+}
+
+__attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m256i n, uint32_t* suspect) {
+  const __m256i even = _mm256_mul_epu32(w, n);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(w, 32), n);
+  const __m256i lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i below = _mm256_cmpgt_epi32(_mm256_xor_si256(n, sign), _mm256_xor_si256(lo, sign));
+  *suspect |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(below)));
+  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+template <int S, typename Sym>
+__attribute__((target("avx2"))) uint32_t expand8_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
+                                                      int32_t* words, int32_t* level_a, int32_t* level_b,
+                                                      uint32_t* leaves) {
+  const RhmShape& g = job.g;
+  const int32_t s = S > 0 ? S : g.s, L = g.L;
+  const int64_t d = level_start(s, L + 1) - g.n_internal, n_blocks = (g.n_internal + 1 + 3) / 4;
+  const int64_t level_size = static_cast<int64_t>(g.R) * g.m;
+  alignas(32) uint32_t lo[kLanes8], hi[kLanes8];
+  for (int lane = 0; lane < kLanes8; ++lane) {
+    const uint64_t i = job.start + static_cast<uint64_t>(first + lane);
+    lo[lane] = static_cast<uint32_t>(i);
+    hi[lane] = static_cast<uint32_t>(i >> 32);
+  }
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    __m256i x0 = _mm256_set1_epi32(static_cast<int>(b));
+    __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+    __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
+    uint32_t k0 = job.key.k0, k1 = job.key.k1;
+    for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo_avx2(m0, x0, &hi0, &lo0);
+      mulhilo_avx2(m1, x2, &hi1, &lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
+      x1 = lo1;
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
+      x3 = lo0;
+    }
+    __m256i* out = reinterpret_cast<__m256i*>(words + kLanes8 * 4 * b);
+    _mm256_storeu_si256(out, x0);
+    _mm256_storeu_si256(out + 1, x1);
+    _mm256_storeu_si256(out + 2, x2);
+    _mm256_storeu_si256(out + 3, x3);
+  }
+  uint32_t suspect = 0;
+  const __m256i label = mulhi_bounded_avx2(load8(words), _mm256_set1_epi32(g.n_classes), &suspect);
+  store8(labels + first, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(label)));
+  store8(labels + first + 4, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(label, 1)));
+  const __m256i vm = _mm256_set1_epi32(g.m), byte = _mm256_set1_epi32(0xFF);
+  int32_t* cur = level_a;
+  int32_t* next = level_b;
+  store8(cur, label);
+  const int* level_rules = reinterpret_cast<const int*>(job.packed_rules);
+  int64_t width = 1, node = 1;
+  for (int32_t l = 0; l < L; ++l, node += width, width *= s, level_rules += level_size) {
+    const bool last = l + 1 == L;
+    for (int64_t k = 0; k < width; ++k) {
+      const __m256i choice = mulhi_bounded_avx2(load8(words + kLanes8 * (node + k)), vm, &suspect);
+      const __m256i row = _mm256_add_epi32(_mm256_mullo_epi32(load8(cur + kLanes8 * k), vm), choice);
+      const __m256i children = _mm256_i32gather_epi32(level_rules, row, 4);
+      if (last) {
+        store8(leaves + kLanes8 * k, children);
+      } else {
+        for (int32_t c = 0; c < s; ++c)
+          store8(next + kLanes8 * (k * s + c), _mm256_and_si256(_mm256_srli_epi32(children, 8 * c), byte));
+      }
+    }
+    std::swap(cur, next);
+  }
+  // Leaves: node k's s children are the low s bytes of its packed word (little-endian x86).
+  const int64_t last_width = d / s;
+  for (int lane = 0; lane < kLanes8; ++lane) {
+    Sym* row = tokens + (first + lane) * d;
+    for (int64_t k = 0; k < last_width; ++k) {
+      const uint32_t packed = leaves[kLanes8 * k + lane];
+      if constexpr (std::is_same_v<Sym, uint8_t> && S > 0) {
+        std::memcpy(row + k * S, &packed, S);
+      } else {
+        for (int32_t c = 0; c < s; ++c) row[k * s + c] = static_cast<Sym>((packed >> (8 * c)) & 0xFFu);
+      }
+    }
+  }
+  return suspect;
+}
 #endif
+
+// Samples row0 .. row0 + kGroup - 1 in iid mode, expanded level by level side by side (scratch level
+// buffers hold kGroup values per node, lane fastest): one sample's rule look-ups form a dependent chain
+// through its level buffer, while the kGroup samples' look-ups are independent and overlap in the core.
+// words: the samples' Philox words, 4 * n_blocks per sample. Returns the lanes whose label or rule
+// words may be rejected by uniform_below (to be redone through the exact path).
+constexpr int kGroup = 8;
+
+template <int S, typename Sym>
+uint32_t expand_group(const Job& job, const Sym* leaf_rules, int64_t row0, const uint32_t* words,
+                      int64_t words_per_sample, int32_t* cur, int32_t* next, Sym* tokens, int64_t* labels) {
+  const RhmShape& g = job.g;
+  const int32_t s = S > 0 ? S : g.s, L = g.L;
+  const int64_t m = g.m, level_size = static_cast<int64_t>(g.R) * m * s;
+  const int64_t d = level_start(s, L + 1) - g.n_internal;
+  const uint32_t n_classes = static_cast<uint32_t>(g.n_classes), mu = static_cast<uint32_t>(m);
+  uint32_t suspicious = 0;
+  for (int j = 0; j < kGroup; ++j) {
+    const uint64_t x = static_cast<uint64_t>(words[j * words_per_sample]) * n_classes;
+    suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < n_classes) << j;
+    cur[j] = static_cast<int32_t>(x >> 32);
+    labels[row0 + j] = cur[j];
+  }
+  const int32_t* level_rules = job.rules;
+  int64_t width = 1, node = 1;  // word index of the level's first node (word 0 is the label's)
+  for (int32_t l = 0; l < L; ++l, node += width, width *= s, level_rules += level_size) {
+    const bool last = l + 1 == L;
+    for (int64_t k = 0; k < width; ++k) {
+      for (int j = 0; j < kGroup; ++j) {
+        const uint64_t x = static_cast<uint64_t>(words[j * words_per_sample + node + k]) * mu;
+        suspicious |= static_cast<uint32_t>(static_cast<uint32_t>(x) < mu) << j;
+        const int64_t r = (cur[k * kGroup + j] * m + static_cast<int64_t>(x >> 32)) * s;
+        if (last) {
+          copy_children<S>(tokens + (row0 + j) * d + k * s, leaf_rules + r, s);
+        } else {
+          for (int32_t c = 0; c < s; ++c) next[(k * s + c) * kGroup + j] = level_rules[r + c];
+        }
+      }
+    }
+    std::swap(cur, next);
+  }
+  return suspicious;
+}
 
 template <int S, typename Sym>
 void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t end, Sym* tokens, int64_t* labels,
@@ -362,15 +507,21 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
   const int64_t chunk = std::max<int64_t>(1, 1024 / n_blocks);
   std::vector<uint32_t> c0(chunk * n_blocks), c1(chunk * n_blocks), c2(chunk * n_blocks), words(4 * chunk * n_blocks);
   const uint32_t m = static_cast<uint32_t>(g.m);
+  std::vector<int32_t> group_a(kGroup * (d / g.s)), group_b(kGroup * (d / g.s));
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (kSimd == Simd::kAvx512 && tree == nullptr && g.n_internal <= kLaneMaxInternal && job.packed_rules != nullptr &&
-      static_cast<int64_t>(g.R) * g.m < (int64_t{1} << 31)) {
+  const bool lanes = tree == nullptr && g.n_internal <= kLaneMaxInternal && job.packed_rules != nullptr &&
+                     static_cast<int64_t>(g.R) * g.m < (int64_t{1} << 31);
+  if (lanes && kSimd != Simd::kScalar) {
     std::vector<int32_t> lane_words(kLanes * 4 * n_blocks), level_a(kLanes * (d / g.s)), level_b(kLanes * (d / g.s));
     std::vector<uint32_t> lane_leaves(kLanes * (d / g.s));
-    for (; begin + kLanes <= end; begin += kLanes) {
-      const __mmask16 redo = expand16_avx512<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(),
-                                                  level_b.data(), lane_leaves.data());
-      for (int lane = 0; lane < kLanes; ++lane) {
+    const int width = kSimd == Simd::kAvx512 ? kLanes : kLanes8;
+    for (; begin + width <= end; begin += width) {
+      const uint32_t redo = kSimd == Simd::kAvx512
+          ? expand16_avx512<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
+                                    lane_leaves.data())
+          : expand8_avx2<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
+                                 lane_leaves.data());
+      for (int lane = 0; lane < width; ++lane) {
         if (((redo >> lane) & 1u) != 0) expand_iid_exact<S>(job, leaf_rules, begin + lane, cur.data(), next.data(), tokens, labels, tree);
       }
     }
@@ -387,7 +538,18 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
       }
     }
     fill_words(job.key, c0.data(), c1.data(), c2.data(), count * n_blocks, words.data());
-    for (int64_t j = 0; j < count; ++j) {
+    int64_t j = 0;
+    if (tree == nullptr) {
+      for (; j + kGroup <= count; j += kGroup) {
+        const uint32_t redo = expand_group<S, Sym>(job, leaf_rules, first + j, words.data() + 4 * n_blocks * j,
+                                                   4 * n_blocks, group_a.data(), group_b.data(), tokens, labels);
+        for (int lane = 0; lane < kGroup; ++lane) {
+          if (((redo >> lane) & 1u) != 0)
+            expand_iid_exact<S>(job, leaf_rules, first + j + lane, cur.data(), next.data(), tokens, labels, tree);
+        }
+      }
+    }
+    for (; j < count; ++j) {
       const int64_t row = first + j;
       const uint64_t i = job.start + static_cast<uint64_t>(row);
       const uint32_t* w = words.data() + 4 * n_blocks * j;

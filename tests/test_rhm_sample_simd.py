@@ -1,5 +1,5 @@
-"""The CPU sampler has scalar, AVX2 and AVX-512 Philox paths and a sixteen-samples-per-register path
-for small trees; the machine picks the widest it supports. RHMFAST_CPU_SIMD caps the choice, so each
+"""The CPU sampler has scalar, AVX2 and AVX-512 Philox paths and lane paths for small trees (sixteen
+samples per AVX-512 register, eight per AVX2 register); the machine picks the widest it supports. RHMFAST_CPU_SIMD caps the choice, so each
 narrower path runs here in a subprocess and must give the widest path's bits."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import rhmfast
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Small trees (lane path: iid, <= 31 internal nodes, no tree, n >= 16 with a ragged tail) and larger
+# Small trees (lane paths: iid, <= 1023 internal nodes, no tree, n >= 16 with a ragged tail) and larger
 # ones (per-sample path), starts that cross 2^32.
 WORKLOAD = """
 import sys, torch, rhmfast
@@ -51,7 +51,7 @@ def test_capped_simd_paths_give_the_same_bits(cap, tmp_path):
 
 
 def _assert_window_matches_reference(rules, n_classes, seed, hit):
-    """Samples hit - 20 .. hit + 27 without the latent tree (the 16-lane path's territory): kernel and
+    """Samples hit - 20 .. hit + 27 without the latent tree (the lane paths' territory): kernel and
     reference agree, and the reference does take the rejection branch at `hit`."""
     from rhmfast.reference import rhm_sample as ref
     from rhmfast.ops.rhm_sample import rhm_sample
@@ -65,7 +65,7 @@ def _assert_window_matches_reference(rules, n_classes, seed, hit):
 @pytest.mark.skipif(not rhmfast.backends()["extension"], reason="the SIMD paths belong to the extension")
 def test_lane_path_redoes_a_rejected_label():
     """With n_classes = 244 the label word of sample 9458959 under seed 12345 is rejected by
-    uniform_below (found by a search over Philox words, checked here): the 16-lane path must hand that
+    uniform_below (found by a search over Philox words, checked here): the lane path must hand that
     sample to the exact path."""
     from rhmfast.reference.philox import philox4x32_10
 
@@ -79,7 +79,7 @@ def test_lane_path_redoes_a_rejected_label():
 @pytest.mark.skipif(not rhmfast.backends()["extension"], reason="the SIMD paths belong to the extension")
 def test_lane_path_redoes_a_rejected_rule_choice():
     """m close to 10^5 with small symbols: rejected rule-choice words occur within 2^16 samples; every
-    window around one matches the reference (16-lane path, no tree)."""
+    window around one matches the reference (lane path, no tree)."""
     from rhmfast.reference import rhm_sample as ref
 
     m = max(range(100_000, 100_400), key=lambda c: ((1 << 32) - c) % c)
