@@ -46,64 +46,69 @@ def copy_bandwidth(device: str) -> float:
     return src.numel() / median_time(lambda: dst.copy_(src), repeats=5, device=device)
 
 
-def run(device: str, quick: bool, tokens: int) -> list[dict]:
+def run(device: str, quick: bool, call_sizes: list[int]) -> list[dict]:
     rows = []
-    token_budget = min(tokens, 1 << 22) if quick else tokens
     for v, m, s, L in CONFIGS:
         grammar = rhmfast.RHM(v, m, s, L)
         grammar._baseline_rules = [r.to(device) for r in grammar.rules]
         d = grammar.input_dim
-        n = max(256, token_budget // d)
         n_onehot = max(64, (1 << (24 if quick else 27)) // (4 * v * d))  # ~128 MiB of float32 output
-        n_ref = max(64, n // 32)
         generator = torch.Generator(device=device).manual_seed(0)
         table = grammar.table(device)
-
-        def kernel(count=n):
-            return grammar.sample(count, seed=1, device=device)
-
-        def kernel_onehot(count=n_onehot):
-            x, _ = grammar.sample(count, seed=1, device=device)
-            return rhmfast.one_hot(x, v)
-
-        def ref(count=n_ref):
-            return reference.rhm_sample(table, grammar.n_classes, count, 1, 0, "iid", torch.uint8, False)
-
-        def baseline(count=n):
-            return per_level_baseline(grammar, count, generator, device)
-
-        def baseline_onehot(count=n_onehot):
-            x, _ = per_level_baseline(grammar, count, generator, device)
-            return F.one_hot(x.long(), v).float().permute(0, 2, 1)
-
-        cases = [
-            ("rhmfast", "tokens", kernel, n, d),
-            ("per-level torch", "tokens", baseline, n, d),
-            ("torch reference", "tokens", ref, n_ref, d),
-            ("rhmfast", "one-hot f32", kernel_onehot, n_onehot, 4 * v * d),
-            ("per-level torch", "one-hot f32", baseline_onehot, n_onehot, 4 * v * d),
+        cases = []
+        for size, tokens in enumerate(call_sizes):
+            n = max(256, (min(tokens, 1 << 22) if quick else tokens) // d)
+            cases += [
+                ("rhmfast", "tokens", tokens, lambda n=n: grammar.sample(n, seed=1, device=device), n, d),
+                ("per-level torch", "tokens", tokens,
+                 lambda n=n: per_level_baseline(grammar, n, generator, device), n, d),
+            ]
+            if size == 0:  # the reference is slow, and its speed does not depend on the call size
+                n_ref = max(64, n // 32)
+                cases.append(("torch reference", "tokens", tokens, lambda n_ref=n_ref: reference.rhm_sample(
+                    table, grammar.n_classes, n_ref, 1, 0, "iid", torch.uint8, False), n_ref, d))
+        cases += [
+            ("rhmfast", "one-hot f32", None,
+             lambda: rhmfast.one_hot(grammar.sample(n_onehot, seed=1, device=device)[0], v), n_onehot, 4 * v * d),
+            ("per-level torch", "one-hot f32", None,
+             lambda: F.one_hot(per_level_baseline(grammar, n_onehot, generator, device)[0].long(), v).float()
+             .permute(0, 2, 1), n_onehot, 4 * v * d),
         ]
-        for impl, output, fn, count, bytes_per_sample in cases:
+        mine = []
+        for impl, output, call, fn, count, bytes_per_sample in cases:
             seconds = median_time(fn, repeats=3 if quick else 7, device=device)
-            rows.append(dict(device=device, v=v, m=m, s=s, L=L, impl=impl, output=output, n=count,
-                             seconds=seconds, samples_per_s=count / seconds,
+            mine.append(dict(device=device, v=v, m=m, s=s, L=L, impl=impl, output=output, call=call, n=count,
+                             tokens_per_call=count * d, seconds=seconds, samples_per_s=count / seconds,
                              tokens_per_s=count * d / seconds, gb_per_s=count * bytes_per_sample / seconds / 1e9))
-        for output in ("tokens", "one-hot f32"):
-            base = next(r for r in rows if r["impl"] == "per-level torch" and r["output"] == output and r["v"] == v
-                        and r["L"] == L and r["device"] == device and r["s"] == s)
-            for r in rows:
-                if r["output"] == output and r["v"] == v and r["L"] == L and r["s"] == s and r["device"] == device:
-                    r["speedup_vs_per_level"] = r["samples_per_s"] / base["samples_per_s"]
+        for r in mine:  # against the baseline's run at the same call size
+            base = next(b for b in mine if b["impl"] == "per-level torch" and b["output"] == r["output"]
+                        and b["call"] == r["call"])
+            r["speedup_vs_per_level"] = r["samples_per_s"] / base["samples_per_s"]
+        rows += mine
     return rows
 
 
+def goals(rows, call_sizes) -> list[dict]:
+    """The issue's CPU goal, per call size: rhmfast >= 20x the per-level baseline on token output."""
+    out = []
+    for tokens in call_sizes:
+        ratios = {(r["v"], r["m"], r["s"], r["L"]): r["speedup_vs_per_level"] for r in rows
+                  if r["impl"] == "rhmfast" and r["output"] == "tokens" and r["device"] == "cpu" and r["call"] == tokens}
+        if ratios:
+            worst = min(ratios, key=ratios.get)
+            out.append(dict(tokens_per_call=tokens, worst_config=worst, worst=ratios[worst],
+                            best=max(ratios.values()), met=ratios[worst] >= 20))
+    return out
+
+
 def table(rows, bandwidth, label) -> str:
-    lines = [f"| (v, m, s, L) | output | impl | samples/s | Mtokens/s | GB/s | x per-level | % of {label} |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| (v, m, s, L) | output | impl | tokens/call | samples/s | Mtokens/s | GB/s | x per-level | "
+             f"% of {label} |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| ({r['v']}, {r['m']}, {r['s']}, {r['L']}) | {r['output']} | {r['impl']} | "
-                     f"{r['samples_per_s']:.3g} | {r['tokens_per_s'] / 1e6:.0f} | {r['gb_per_s']:.2f} | "
-                     f"{r['speedup_vs_per_level']:.1f} | {100 * r['gb_per_s'] * 1e9 / bandwidth:.1f} |")
+                     f"{r['tokens_per_call']:.3g} | {r['samples_per_s']:.3g} | {r['tokens_per_s'] / 1e6:.0f} | "
+                     f"{r['gb_per_s']:.2f} | {r['speedup_vs_per_level']:.1f} | "
+                     f"{100 * r['gb_per_s'] * 1e9 / bandwidth:.1f} |")
     return "\n".join(lines)
 
 
@@ -112,17 +117,20 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when available")
-    parser.add_argument("--tokens", type=int, default=1 << 25,
-                        help="tokens per call (default 2^25); small calls reuse freed memory, large ones pay "
-                             "the page faults of fresh output")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1 << 22, 1 << 25],
+                        help="tokens per call, one or more (default 2^22 and 2^25): calls up to a few MiB reuse "
+                             "memory the allocator freed, larger ones pay the page faults of fresh output")
     args = parser.parse_args()
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     info = machine()
     info["backends"] = rhmfast.backends()
+    info["tokens_per_call"] = args.tokens
     payload = {"machine": info, "results": {}}
     markdown = [f"# RHM generation throughput\n\n{info['date']}, torch {info['torch']}, {info['cpu']} "
-                f"({info['torch_threads']} threads){', ' + info['gpu'] if 'gpu' in info else ''}; "
-                f"{args.tokens} tokens per call.\n"]
+                f"({info['cpu_flags']}; {info['torch_threads']} threads)"
+                f"{', ' + info['gpu'] if 'gpu' in info else ''}; tokens per call: "
+                f"{', '.join(str(t) for t in args.tokens)}. Medians of 7 calls; 'x per-level' compares with "
+                "the per-level baseline at the same call size.\n"]
     for device in devices:
         bandwidth = write_bandwidth(device) if device == "cpu" else copy_bandwidth(device)
         label = "fill_ bandwidth" if device == "cpu" else "copy bandwidth"
@@ -132,9 +140,17 @@ def main():
         header = f"\n## {device}: {label} {bandwidth / 1e9:.1f} GB/s\n"
         print(header + "\n" + text)
         markdown.append(header + "\n" + text + "\n")
-    info["tokens_per_call"] = args.tokens
-    name = "generate_" + "_".join(devices) + ("_quick" if args.quick else "") + \
-        ("" if args.tokens == 1 << 25 else f"_tokens{args.tokens}")
+    goal_rows = goals([r for res in payload["results"].values() for r in res["rows"]], args.tokens)
+    payload["goals"] = goal_rows
+    if goal_rows:
+        markdown.append("\n## Goal: rhmfast >= 20x the per-level baseline on token output (CPU)\n\n"
+                        "| tokens/call | worst (v, m, s, L) | worst | best | met |\n|---:|---|---:|---:|---|\n")
+        for g in goal_rows:
+            line = (f"| {g['tokens_per_call']} | {g['worst_config']} | {g['worst']:.1f}x | {g['best']:.1f}x | "
+                    f"{'yes' if g['met'] else 'no'} |")
+            print("goal:", line)
+            markdown.append(line + "\n")
+    name = "generate_" + "_".join(devices) + ("_quick" if args.quick else "")
     paths = write_results(name, payload, "".join(markdown), args.out)
     print("\nwrote", *paths)
 

@@ -20,6 +20,7 @@ def machine() -> dict:
         pass
     info = {
         "cpu": cpu,
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -30,6 +31,22 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def cpu_flags() -> str:
+    """CPU family/model and widest vector extension: machines sold under one name (say "AMD EPYC")
+    differ in both, and the speed ratios of these benchmarks follow them."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.machine()
+    flags = set(fields.get("flags", "").split())
+    simd = next((x for x in ("avx512f", "avx2", "avx", "sse4_2") if x in flags), "baseline")
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
 
 
 def median_time(fn, *, repeats: int = 7, warmup: int = 1, device: str = "cpu") -> float:
