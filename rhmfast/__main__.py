@@ -81,6 +81,14 @@ def _add_run_flags(parser) -> None:
                            help=HELP.get(key, "") + default)
 
 
+def _add_pool_flags(parser) -> None:
+    """--workers and --threads of the commands that run many trainings at once (demo, sweep)."""
+    parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1 by default: the models are small, and runs in parallel "
+                             "use the cores better)")
+
+
 def _grid_from_args(args) -> list[dict]:
     """The configs of the --config file and the flags; a bad grid ends the command with its reason."""
     from rhmfast.grid import EXTRA_KEYS, sweep_configs
@@ -226,10 +234,7 @@ def main(argv=None) -> None:
     e.add_argument("--n_test", type=int, default=2048)
     e.add_argument("--eps", type=_eps, default=0.1, help=_eps.__doc__)
     e.add_argument("--seed_rules", type=int, default=1)
-    e.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
-    e.add_argument("--threads", type=int, default=1,
-                   help="torch threads per run (1 by default: the models are small, and runs in parallel "
-                        "use the cores better)")
+    _add_pool_flags(e)
     e.add_argument("--out", default="out/demo", help="the report; the run records go to OUT/runs")
     e.set_defaults(run=demo)
     sw = commands.add_parser("sweep", help="run a grid of trainings, resumably, on a local pool or Ray",
@@ -238,8 +243,7 @@ def main(argv=None) -> None:
     sw.add_argument("--config", help="a TOML file of grid keys (top level shared, [[grid]] tables united)")
     sw.add_argument("--out", default="out/sweep", help="the result store (one JSON record per run)")
     sw.add_argument("--engine", choices=("local", "ray"), default="local")
-    sw.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
-    sw.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    _add_pool_flags(sw)
     sw.add_argument("--retries", type=int, default=2, help="retries of a run whose worker dies")
     sw.add_argument("--address", default=None, help="Ray: join this cluster ('auto' or host:port)")
     sw.add_argument("--gpus_per_run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a GPU)")
