@@ -247,6 +247,33 @@ void expand_iid_exact(const Job& job, const Sym* leaf_rules, int64_t row, int32_
 constexpr int64_t kLaneMaxInternal = 1023;
 constexpr int kLanes = 16;
 
+// Philox counter words 1 and 2 (the sample index's halves) of samples first .. first + lanes - 1.
+inline void lane_counters(const Job& job, int64_t first, int lanes, uint32_t* lo, uint32_t* hi) {
+  for (int lane = 0; lane < lanes; ++lane) {
+    const uint64_t i = job.start + static_cast<uint64_t>(first + lane);
+    lo[lane] = static_cast<uint32_t>(i);
+    hi[lane] = static_cast<uint32_t>(i >> 32);
+  }
+}
+
+// The lane kernels' leaves into the samples' token rows: node k's s children are the low s bytes of
+// its packed word leaves[lanes * k + lane] (little-endian x86).
+template <int S, typename Sym>
+inline void write_leaves(const uint32_t* leaves, int lanes, int64_t first, int64_t last_width, int32_t s, int64_t d,
+                         Sym* tokens) {
+  for (int lane = 0; lane < lanes; ++lane) {
+    Sym* row = tokens + (first + lane) * d;
+    for (int64_t k = 0; k < last_width; ++k) {
+      const uint32_t packed = leaves[lanes * k + lane];
+      if constexpr (std::is_same_v<Sym, uint8_t> && S > 0) {
+        std::memcpy(row + k * S, &packed, S);
+      } else {
+        for (int32_t c = 0; c < s; ++c) row[k * s + c] = static_cast<Sym>((packed >> (8 * c)) & 0xFFu);
+      }
+    }
+  }
+}
+
 // High words of w * n per lane; lanes whose low word falls below n (where uniform_below might
 // reject) are added to *suspect.
 __attribute__((target("avx512f"))) inline __m512i mulhi_bounded(__m512i w, __m512i n, __mmask16* suspect) {
@@ -271,11 +298,7 @@ __attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int
   const int64_t d = level_start(s, L + 1) - g.n_internal, n_blocks = (g.n_internal + 1 + 3) / 4;
   const int64_t level_size = static_cast<int64_t>(g.R) * g.m;
   alignas(64) uint32_t lo[kLanes], hi[kLanes];
-  for (int lane = 0; lane < kLanes; ++lane) {
-    const uint64_t i = job.start + static_cast<uint64_t>(first + lane);
-    lo[lane] = static_cast<uint32_t>(i);
-    hi[lane] = static_cast<uint32_t>(i >> 32);
-  }
+  lane_counters(job, first, kLanes, lo, hi);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int64_t b = 0; b < n_blocks; ++b) {
@@ -322,19 +345,7 @@ __attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int
     }
     std::swap(cur, next);
   }
-  // Leaves: node k's s children are the low s bytes of its packed word (little-endian x86).
-  const int64_t last_width = d / s;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    Sym* row = tokens + (first + lane) * d;
-    for (int64_t k = 0; k < last_width; ++k) {
-      const uint32_t packed = leaves[kLanes * k + lane];
-      if constexpr (std::is_same_v<Sym, uint8_t> && S > 0) {
-        std::memcpy(row + k * S, &packed, S);
-      } else {
-        for (int32_t c = 0; c < s; ++c) row[k * s + c] = static_cast<Sym>((packed >> (8 * c)) & 0xFFu);
-      }
-    }
-  }
+  write_leaves<S, Sym>(leaves, kLanes, first, d / s, s, d, tokens);
   return suspect;
 }
 
@@ -369,11 +380,7 @@ __attribute__((target("avx2"))) uint32_t expand8_avx2(const Job& job, int64_t fi
   const int64_t d = level_start(s, L + 1) - g.n_internal, n_blocks = (g.n_internal + 1 + 3) / 4;
   const int64_t level_size = static_cast<int64_t>(g.R) * g.m;
   alignas(32) uint32_t lo[kLanes8], hi[kLanes8];
-  for (int lane = 0; lane < kLanes8; ++lane) {
-    const uint64_t i = job.start + static_cast<uint64_t>(first + lane);
-    lo[lane] = static_cast<uint32_t>(i);
-    hi[lane] = static_cast<uint32_t>(i >> 32);
-  }
+  lane_counters(job, first, kLanes8, lo, hi);
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int64_t b = 0; b < n_blocks; ++b) {
@@ -422,19 +429,7 @@ __attribute__((target("avx2"))) uint32_t expand8_avx2(const Job& job, int64_t fi
     }
     std::swap(cur, next);
   }
-  // Leaves: node k's s children are the low s bytes of its packed word (little-endian x86).
-  const int64_t last_width = d / s;
-  for (int lane = 0; lane < kLanes8; ++lane) {
-    Sym* row = tokens + (first + lane) * d;
-    for (int64_t k = 0; k < last_width; ++k) {
-      const uint32_t packed = leaves[kLanes8 * k + lane];
-      if constexpr (std::is_same_v<Sym, uint8_t> && S > 0) {
-        std::memcpy(row + k * S, &packed, S);
-      } else {
-        for (int32_t c = 0; c < s; ++c) row[k * s + c] = static_cast<Sym>((packed >> (8 * c)) & 0xFFu);
-      }
-    }
-  }
+  write_leaves<S, Sym>(leaves, kLanes8, first, d / s, s, d, tokens);
   return suspect;
 }
 #endif

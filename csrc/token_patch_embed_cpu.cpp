@@ -70,6 +70,13 @@ struct Embedding {
   T scale;
 };
 
+template <typename T>
+Embedding<T> embedding_of(const at::Tensor& table, const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& pos_bias, const std::vector<T>& zeros, double scale) {
+  return {table.data_ptr<T>(), bias ? bias->data_ptr<T>() : zeros.data(), pos_bias ? pos_bias->data_ptr<T>() : nullptr,
+          zeros.data(), static_cast<T>(scale)};
+}
+
 // Points src[k] at the table row of output row r's k-th token; a bad id is recorded and reads zeros.
 template <typename Tok, typename T>
 RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r, const T** src,
@@ -250,9 +257,7 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e{table.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : zeros.data(),
-                                pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr, zeros.data(),
-                                static_cast<scalar_t>(scale)};
+    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, bias, pos_bias, zeros, scale);
     dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
       dispatch_activation(act, [&](auto act_tag) {
         using Tok = decltype(tok_tag);
@@ -299,9 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_backward_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e{table.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : zeros.data(),
-                                pos_bias ? pos_bias->data_ptr<scalar_t>() : nullptr, zeros.data(),
-                                static_cast<scalar_t>(scale)};
+    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, bias, pos_bias, zeros, scale);
     scalar_t* part = partials.data_ptr<scalar_t>();
     auto sums_of = [&](int64_t p) {
       if (p == 0) {
