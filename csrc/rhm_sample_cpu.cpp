@@ -48,30 +48,32 @@ __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i a, __m256i b, _
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-__attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
-                                                      const uint32_t* c2, int64_t count, uint32_t* words) {
+// Ten Philox4x32 rounds on eight counters at once (lane = counter), in place.
+__attribute__((target("avx2"))) inline void philox10_avx2(__m256i& x0, __m256i& x1, __m256i& x2, __m256i& x3,
+                                                          PhiloxKey key) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  __m256i k0[10], k1[10];
-  for (uint32_t r = 0; r < 10; ++r) {
-    k0[r] = _mm256_set1_epi32(static_cast<int>(key.k0 + r * 0x9E3779B9u));
-    k1[r] = _mm256_set1_epi32(static_cast<int>(key.k1 + r * 0xBB67AE85u));
+  uint32_t k0 = key.k0, k1 = key.k1;
+  for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo_avx2(m0, x0, &hi0, &lo0);
+    mulhilo_avx2(m1, x2, &hi1, &lo1);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
+    x1 = lo1;
+    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
+    x3 = lo0;
   }
+}
+
+__attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
+                                                      const uint32_t* c2, int64_t count, uint32_t* words) {
   int64_t f = 0;
   for (; f + 8 <= count; f += 8) {
     __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + f));
     __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + f));
     __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + f));
     __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
-    for (int r = 0; r < 10; ++r) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo_avx2(m0, x0, &hi0, &lo0);
-      mulhilo_avx2(m1, x2, &hi1, &lo1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0[r]);
-      x1 = lo1;
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1[r]);
-      x3 = lo0;
-    }
+    philox10_avx2(x0, x1, x2, x3, key);
     // Transpose lanes (x0..x3 of 8 blocks) into block-major order.
     const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
     const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
@@ -381,23 +383,12 @@ __attribute__((target("avx2"))) uint32_t expand8_avx2(const Job& job, int64_t fi
   const int64_t level_size = static_cast<int64_t>(g.R) * g.m;
   alignas(32) uint32_t lo[kLanes8], hi[kLanes8];
   lane_counters(job, first, kLanes8, lo, hi);
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int64_t b = 0; b < n_blocks; ++b) {
     __m256i x0 = _mm256_set1_epi32(static_cast<int>(b));
     __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
     __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
     __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
-    uint32_t k0 = job.key.k0, k1 = job.key.k1;
-    for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo_avx2(m0, x0, &hi0, &lo0);
-      mulhilo_avx2(m1, x2, &hi1, &lo1);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
-      x1 = lo1;
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
-      x3 = lo0;
-    }
+    philox10_avx2(x0, x1, x2, x3, job.key);
     __m256i* out = reinterpret_cast<__m256i*>(words + kLanes8 * 4 * b);
     _mm256_storeu_si256(out, x0);
     _mm256_storeu_si256(out + 1, x1);
