@@ -351,10 +351,10 @@ __attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int
   return suspect;
 }
 
-// The same lane-per-sample expansion with eight AVX2 lanes, for CPUs without AVX-512 (same scratch
-// layout with 8 entries per item, same conditions). AVX2 has no unsigned compare and no mask registers:
-// lo < n is a signed compare after flipping both sign bits, and the suspect lanes come back as a byte.
-constexpr int kLanes8 = 8;
+// The same lane-per-sample expansion for CPUs without AVX-512 (same conditions), in P groups of eight
+// AVX2 lanes: with P = 2 it takes sixteen samples and the AVX-512 path's scratch layout, and the second
+// group's gathers overlap the first's. AVX2 has no unsigned compare and no mask registers: lo < n is a
+// signed compare after flipping both sign bits, and the suspect lanes come back as a byte.
 
 __attribute__((target("avx2"))) inline __m256i load8(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
@@ -373,54 +373,70 @@ __attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m
   return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-template <int S, typename Sym>
-__attribute__((target("avx2"))) uint32_t expand8_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
-                                                      int32_t* words, int32_t* level_a, int32_t* level_b,
-                                                      uint32_t* leaves) {
+template <int P, int S, typename Sym>
+__attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
+                                                     int32_t* words, int32_t* level_a, int32_t* level_b,
+                                                     uint32_t* leaves) {
+  constexpr int kWidth = 8 * P;  // lanes per item in the scratch
+  static_assert(kWidth <= kLanes, "the scratch holds kLanes lanes per item");
   const RhmShape& g = job.g;
   const int32_t s = S > 0 ? S : g.s, L = g.L;
   const int64_t d = level_start(s, L + 1) - g.n_internal, n_blocks = (g.n_internal + 1 + 3) / 4;
   const int64_t level_size = static_cast<int64_t>(g.R) * g.m;
-  alignas(32) uint32_t lo[kLanes8], hi[kLanes8];
-  lane_counters(job, first, kLanes8, lo, hi);
+  alignas(32) uint32_t lo[kWidth], hi[kWidth];
+  lane_counters(job, first, kWidth, lo, hi);
   for (int64_t b = 0; b < n_blocks; ++b) {
-    __m256i x0 = _mm256_set1_epi32(static_cast<int>(b));
-    __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-    __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
-    philox10_avx2(x0, x1, x2, x3, job.key);
-    __m256i* out = reinterpret_cast<__m256i*>(words + kLanes8 * 4 * b);
-    _mm256_storeu_si256(out, x0);
-    _mm256_storeu_si256(out + 1, x1);
-    _mm256_storeu_si256(out + 2, x2);
-    _mm256_storeu_si256(out + 3, x3);
+    for (int p = 0; p < P; ++p) {
+      __m256i x0 = _mm256_set1_epi32(static_cast<int>(b));
+      __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo + 8 * p));
+      __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi + 8 * p));
+      __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
+      philox10_avx2(x0, x1, x2, x3, job.key);
+      int32_t* out = words + kWidth * 4 * b + 8 * p;
+      store8(out, x0);
+      store8(out + kWidth, x1);
+      store8(out + 2 * kWidth, x2);
+      store8(out + 3 * kWidth, x3);
+    }
   }
   uint32_t suspect = 0;
-  const __m256i label = mulhi_bounded_avx2(load8(words), _mm256_set1_epi32(g.n_classes), &suspect);
-  store8(labels + first, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(label)));
-  store8(labels + first + 4, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(label, 1)));
+  const __m256i n_classes = _mm256_set1_epi32(g.n_classes);
+  for (int p = 0; p < P; ++p) {
+    uint32_t lanes = 0;
+    const __m256i label = mulhi_bounded_avx2(load8(words + 8 * p), n_classes, &lanes);
+    suspect |= lanes << (8 * p);
+    store8(labels + first + 8 * p, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(label)));
+    store8(labels + first + 8 * p + 4, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(label, 1)));
+    store8(level_a + 8 * p, label);
+  }
   const __m256i vm = _mm256_set1_epi32(g.m), byte = _mm256_set1_epi32(0xFF);
   int32_t* cur = level_a;
   int32_t* next = level_b;
-  store8(cur, label);
   const int* level_rules = reinterpret_cast<const int*>(job.packed_rules);
   int64_t width = 1, node = 1;
   for (int32_t l = 0; l < L; ++l, node += width, width *= s, level_rules += level_size) {
     const bool last = l + 1 == L;
     for (int64_t k = 0; k < width; ++k) {
-      const __m256i choice = mulhi_bounded_avx2(load8(words + kLanes8 * (node + k)), vm, &suspect);
-      const __m256i row = _mm256_add_epi32(_mm256_mullo_epi32(load8(cur + kLanes8 * k), vm), choice);
-      const __m256i children = _mm256_i32gather_epi32(level_rules, row, 4);
-      if (last) {
-        store8(leaves + kLanes8 * k, children);
-      } else {
-        for (int32_t c = 0; c < s; ++c)
-          store8(next + kLanes8 * (k * s + c), _mm256_and_si256(_mm256_srli_epi32(children, 8 * c), byte));
+      __m256i children[P];
+      for (int p = 0; p < P; ++p) {  // P independent gathers in flight
+        uint32_t lanes = 0;
+        const __m256i choice = mulhi_bounded_avx2(load8(words + kWidth * (node + k) + 8 * p), vm, &lanes);
+        suspect |= lanes << (8 * p);
+        const __m256i row = _mm256_add_epi32(_mm256_mullo_epi32(load8(cur + kWidth * k + 8 * p), vm), choice);
+        children[p] = _mm256_i32gather_epi32(level_rules, row, 4);
+      }
+      for (int p = 0; p < P; ++p) {
+        if (last) {
+          store8(leaves + kWidth * k + 8 * p, children[p]);
+        } else {
+          for (int32_t c = 0; c < s; ++c)
+            store8(next + kWidth * (k * s + c) + 8 * p, _mm256_and_si256(_mm256_srli_epi32(children[p], 8 * c), byte));
+        }
       }
     }
     std::swap(cur, next);
   }
-  write_leaves<S, Sym>(leaves, kLanes8, first, d / s, s, d, tokens);
+  write_leaves<S, Sym>(leaves, kWidth, first, d / s, s, d, tokens);
   return suspect;
 }
 #endif
@@ -500,15 +516,15 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
   if (lanes && kSimd != Simd::kScalar) {
     std::vector<int32_t> lane_words(kLanes * 4 * n_blocks), level_a(kLanes * (d / g.s)), level_b(kLanes * (d / g.s));
     std::vector<uint32_t> lane_leaves(kLanes * (d / g.s));
-    const int width = kSimd == Simd::kAvx512 ? kLanes : kLanes8;
-    for (; begin + width <= end; begin += width) {
+    for (; begin + kLanes <= end; begin += kLanes) {
       const uint32_t redo = kSimd == Simd::kAvx512
           ? expand16_avx512<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
                                     lane_leaves.data())
-          : expand8_avx2<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
-                                 lane_leaves.data());
-      for (int lane = 0; lane < width; ++lane) {
-        if (((redo >> lane) & 1u) != 0) expand_iid_exact<S>(job, leaf_rules, begin + lane, cur.data(), next.data(), tokens, labels, tree);
+          : expand_avx2<2, S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
+                                   lane_leaves.data());
+      for (int lane = 0; lane < kLanes; ++lane) {
+        if (((redo >> lane) & 1u) != 0)
+          expand_iid_exact<S>(job, leaf_rules, begin + lane, cur.data(), next.data(), tokens, labels, tree);
       }
     }
   }
