@@ -27,6 +27,10 @@ def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
     return False
 
 
+def _group_listing(pgid: int) -> str:
+    return subprocess.run(["ps", "-o", "pid,stat,etime,cmd", "-g", str(pgid)], capture_output=True, text=True).stdout
+
+
 @pytest.mark.slow
 def test_sweep_killed_at_random_moments_resumes_to_every_run_exactly_once(tmp_path, rng):
     store = tmp_path / "store"
@@ -34,8 +38,10 @@ def test_sweep_killed_at_random_moments_resumes_to_every_run_exactly_once(tmp_pa
     argv = [sys.executable, "-m", "rhmfast", "sweep", *[f"--{k}={v}" for k, v in grid.items()], "--workers", "2",
             "--out", str(store)]
     expected = sorted(config_hash(c) for c in expand(grid))
+    # A few kills at random moments (a sweep takes ~5-10 s from start-up here), then a restart left to
+    # finish: how many runs each attempt completes depends on the machine's speed, never the outcome.
     kills = 0
-    for attempt in range(12):
+    for _ in range(4):
         sweep = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             sweep.wait(timeout=rng.uniform(1.0, 6.0))
@@ -44,12 +50,13 @@ def test_sweep_killed_at_random_moments_resumes_to_every_run_exactly_once(tmp_pa
             sweep.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop
             sweep.wait()
             kills += 1
-            assert _wait_for_group_exit(sweep.pid, 20.0), "a killed sweep left workers running"
+            assert _wait_for_group_exit(sweep.pid, 60.0), \
+                f"a killed sweep left workers running:\n{_group_listing(sweep.pid)}"
     else:
-        pytest.fail("the sweep never finished between kills")
+        sweep = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        sweep.wait(timeout=300)
     assert sweep.returncode == 0
     assert kills >= 1, "no kill landed: the test tested nothing"
     names = sorted(os.listdir(store))
     assert names == sorted(f"{h}.json" for h in expected)  # no temporaries, no quarantined records
     assert sorted(r["hash"] for r in ResultStore(store).records()) == expected
-
