@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rhmfast  # noqa: E402
-from common import machine, median_time, write_results  # noqa: E402
+from common import device_tag, machine, median_time, write_results  # noqa: E402
 from rhmfast.reference import rhm_sample as reference  # noqa: E402
 
 CONFIGS = [(32, 8, 2, 3), (16, 4, 2, 6), (64, 16, 2, 4), (8, 4, 3, 4), (32, 8, 2, 10)]
@@ -150,7 +150,7 @@ def main():
                     f"{'yes' if g['met'] else 'no'} |")
             print("goal:", line)
             markdown.append(line + "\n")
-    name = "generate_" + "_".join(devices) + ("_quick" if args.quick else "")
+    name = "generate_" + "_".join(device_tag(d) for d in devices) + ("_quick" if args.quick else "")
     paths = write_results(name, payload, "".join(markdown), args.out)
     print("\nwrote", *paths)
 

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import rhmfast
-from rhmfast.nn import PatchConv1d, TokenPatchEmbedding
-from rhmfast.ops.patch_conv_stack import patch_conv_stack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rhmfast  # noqa: E402
+from common import device_tag, machine  # noqa: E402
+from rhmfast.nn import PatchConv1d, TokenPatchEmbedding  # noqa: E402
+from rhmfast.ops.patch_conv_stack import patch_conv_stack  # noqa: E402
 
 
 def sync(device):
@@ -321,15 +323,15 @@ def main(argv=None):
     goal_rows = goals(rows, device)
     for g in goal_rows:
         print(f"goal: {g['goal']}: {g['value']:.2f}x -> {'met' if g['met'] else 'NOT met'}")
-    cpu_name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {cpu_name}",
-                machine=f"{platform.machine()} {cpu_name}, {os.cpu_count()} cores", torch=torch.__version__,
+    info = machine()
+    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {info['cpu']}",
+                machine=f"{platform.machine()} {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores",
+                torch=torch.__version__,
                 threads=torch.get_num_threads(), dtype=str(args.dtype), quick=args.quick, rounds=args.rounds,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 python=sys.version.split()[0], backends=rhmfast.backends())
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"patchconv_{device.type}.json")
+                                   f"patchconv_{device_tag(device.type)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(dict(meta=meta, results=rows, goals=goal_rows), f, indent=1)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, write_results  # noqa: E402
+from common import device_tag, machine, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import HierarchicalCNN  # noqa: E402
@@ -140,7 +140,7 @@ def main(argv=None):
     info = machine()
     goals = {"v=32 m=8 s=2 L=3": 2.0, "v=16 m=4 s=2 L=6": 3.0}
     lines = ["# hCNN training throughput (CPU)", "",
-             f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}, "
+             f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}, "
              f"{info['date']}. Width {args.width}, batch {args.batch}, SGD lr 0.1 momentum 0.9; a step includes "
              f"drawing the batch. Median over {rounds} rounds of {steps} steps, candidates interleaved.", "",
              "| config | library formulation (samples/s) | rhmfast (samples/s) | speedup (wall) | speedup (CPU time) "
@@ -152,7 +152,7 @@ def main(argv=None):
                      f"{'yes' if r['speedup_wall'] >= goal else 'no'} |")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
-    name = "train_cpu" if args.threads is None else f"train_cpu_{args.threads}thread"
+    name = f"train_{device_tag('cpu')}" + ("" if args.threads is None else f"_{args.threads}thread")
     paths = write_results(name, dict(machine=info, quick=args.quick, rounds=rounds, steps=steps, rows=rows),
                           markdown, args.out)
     print("wrote", *paths)

@@ -33,6 +33,15 @@ def machine() -> dict:
     return info
 
 
+def device_tag(device: str) -> str:
+    """The device part of a result file's name: "cpu-avx2" / "cpu-avx512" (the vector width moves every
+    CPU ratio, so runs on the two kinds of machine are kept apart), or the device type."""
+    if device != "cpu":
+        return device
+    simd = cpu_flags().rsplit(", ", 1)[-1]
+    return "cpu-" + ("avx512" if simd == "avx512f" else simd)
+
+
 def cpu_flags() -> str:
     """CPU family/model and widest vector extension: machines sold under one name (say "AMD EPYC")
     differ in both, and the speed ratios of these benchmarks follow them."""
