@@ -48,21 +48,32 @@ __attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i a, __m256i b, _
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// Ten Philox4x32 rounds on eight counters at once (lane = counter), in place.
+// Ten Philox4x32 rounds on eight counters at once (lane = counter), in place. The rounds run on the
+// even and the odd lanes separately, each lane in the low half of a 64-bit slot: _mm256_mul_epu32 then
+// yields the whole product (lo in the low half, hi one shift away) and the high halves are don't-care
+// (the multiplier reads only low halves), so no blends are needed until the lanes are merged at the end.
 __attribute__((target("avx2"))) inline void philox10_avx2(__m256i& x0, __m256i& x1, __m256i& x2, __m256i& x3,
                                                           PhiloxKey key) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  __m256i e[4] = {x0, x1, x2, x3};
+  __m256i o[4] = {_mm256_srli_epi64(x0, 32), _mm256_srli_epi64(x1, 32), _mm256_srli_epi64(x2, 32),
+                  _mm256_srli_epi64(x3, 32)};
   uint32_t k0 = key.k0, k1 = key.k1;
   for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-    __m256i hi0, lo0, hi1, lo1;
-    mulhilo_avx2(m0, x0, &hi0, &lo0);
-    mulhilo_avx2(m1, x2, &hi1, &lo1);
-    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
-    x1 = lo1;
-    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
-    x3 = lo0;
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (__m256i* x : {e, o}) {
+      const __m256i p0 = _mm256_mul_epu32(m0, x[0]), p1 = _mm256_mul_epu32(m1, x[2]);
+      x[0] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x[1]), key0);
+      x[1] = p1;
+      x[2] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), x[3]), key1);
+      x[3] = p0;
+    }
   }
+  x0 = _mm256_blend_epi32(e[0], _mm256_slli_epi64(o[0], 32), 0xAA);
+  x1 = _mm256_blend_epi32(e[1], _mm256_slli_epi64(o[1], 32), 0xAA);
+  x2 = _mm256_blend_epi32(e[2], _mm256_slli_epi64(o[2], 32), 0xAA);
+  x3 = _mm256_blend_epi32(e[3], _mm256_slli_epi64(o[3], 32), 0xAA);
 }
 
 __attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
