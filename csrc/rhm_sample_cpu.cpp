@@ -362,11 +362,6 @@ __attribute__((target("avx512f"))) __mmask16 expand16_avx512(const Job& job, int
   return suspect;
 }
 
-// The same lane-per-sample expansion for CPUs without AVX-512 (same conditions), in P groups of eight
-// AVX2 lanes: with P = 2 it takes sixteen samples and the AVX-512 path's scratch layout, and the second
-// group's gathers overlap the first's. AVX2 has no unsigned compare and no mask registers: lo < n is a
-// signed compare after flipping both sign bits, and the suspect lanes come back as a byte.
-
 __attribute__((target("avx2"))) inline __m256i load8(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
@@ -374,6 +369,8 @@ __attribute__((target("avx2"))) inline void store8(void* p, __m256i x) {
   _mm256_storeu_si256(static_cast<__m256i*>(p), x);
 }
 
+// mulhi_bounded with eight lanes: AVX2 has no unsigned compare and no mask registers, so lo < n is a
+// signed compare after flipping both sign bits, and the suspect lanes come back as a byte.
 __attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m256i n, uint32_t* suspect) {
   const __m256i even = _mm256_mul_epu32(w, n);
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(w, 32), n);
@@ -384,6 +381,9 @@ __attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m
   return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
+// The same lane-per-sample expansion for CPUs without AVX-512 (same conditions), in P groups of eight
+// AVX2 lanes: with P = 2 it takes sixteen samples and the AVX-512 path's scratch layout, and the second
+// group's gathers overlap the first's.
 template <int P, int S, typename Sym>
 __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
                                                      int32_t* words, int32_t* level_a, int32_t* level_b,
