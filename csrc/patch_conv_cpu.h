@@ -3,7 +3,6 @@
 // parallel grain their row-wise passes share.
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 

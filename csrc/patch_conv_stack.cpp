@@ -219,9 +219,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> patch_c
   }
   add_output_grad(0);
   if (!grad.defined()) grad = at::zeros_like(outs[0]);
-  // The CPU kernel recomputes relu's mask from the cached table faster than it re-reads outs[0].
-  const OptTensor out0 = tokens.is_cpu() ? std::nullopt : OptTensor(outs[0]);
-  auto [gt, gb, gpb] = token_patch_embed_backward(grad, tokens, table, bias_of(biases, 0), out0, patch_size,
+  auto [gt, gb, gpb] = token_patch_embed_backward(grad, tokens, table, bias_of(biases, 0), outs[0], patch_size,
                                                   scales[0], activation, {true, with_bias, false});
   if (with_bias) grad_biases[0] = gb;
   return {gt, grad_weights, grad_biases};
