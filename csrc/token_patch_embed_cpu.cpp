@@ -59,6 +59,16 @@ void dispatch_activation(Activation act, Fn&& fn) {
   }
 }
 
+// Patch sizes 2 and 3 (the RHM's usual ones) get kernels with unrolled column loops; 0 stands for any other.
+template <typename Fn>
+void dispatch_patch_size(int64_t s, Fn&& fn) {
+  switch (s) {
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    default: fn(std::integral_constant<int, 0>{}); break;
+  }
+}
+
 // What the forward reads besides the tokens. bias and zeros are [C] (zeros stands in for a missing
 // bias and for the rows of bad ids: adding 0 is exact); pos_bias [T_out, C] or null.
 template <typename T>
@@ -93,50 +103,77 @@ RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, co
   }
 }
 
-// pre[c] = scale * (0 + src[0][c] + ... + src[s-1][c]) + bias[c] + pos_bias[r % T_out][c] for columns
-// [c0, c1) of output row r (pre indexed from 0): the forward_epilogue of the gathered sum, operation for
-// operation. The forward and relu's recomputed mask both come from here, so they agree bit for bit.
+// What one output row reads: its s table rows (s = 2, 3; a2 unused for 2), bias and pos_bias rows.
 template <typename T>
-RHMFAST_CPU_INLINE void preactivation(const T* const* src, const Embedding<T>& e, const PatchShape& g, int64_t r, int64_t c0,
-                          int64_t c1, T* __restrict pre) {
-  const int64_t s = g.s, n = c1 - c0;
+struct RowInputs {
+  const T *a0, *a1, *a2, *b, *pb;
+  T scale;
+};
+
+// Pre-activation of columns [c, c + lanes of V): scale * (0 + a0 + a1 (+ a2)) + b + pb, the
+// forward_epilogue of the gathered sum, operation for operation. The forward and relu's recomputed mask
+// both come from here, so they agree bit for bit.
+template <int S, typename V, typename T>
+RHMFAST_CPU_INLINE V pre_at(const RowInputs<T>& in, int64_t c) {
+  V z = V{} + cpu::load<V>(in.a0 + c) + cpu::load<V>(in.a1 + c);
+  if constexpr (S == 3) z += cpu::load<V>(in.a2 + c);
+  return z * in.scale + cpu::load<V>(in.b + c) + cpu::load<V>(in.pb + c);
+}
+
+template <Activation A, typename V>
+RHMFAST_CPU_INLINE V activate(V z) {
+  if constexpr (A == Activation::kRelu) return z > V{} ? z : V{};
+  if constexpr (A == Activation::kSquare) return z * z;
+  return z;
+}
+
+// Row r's pos_bias row (zeros when absent).
+template <typename T>
+RHMFAST_CPU_INLINE const T* pos_row(const Embedding<T>& e, const PatchShape& g, int64_t r) {
+  return e.pos_bias != nullptr ? e.pos_bias + (r % g.T_out) * g.C_out : e.zeros;
+}
+
+// pre[c - c0] for columns [c0, c1) of output row r, any patch size (the loop for s > 3).
+template <typename T>
+RHMFAST_CPU_INLINE void preactivation(const T* const* src, const Embedding<T>& e, const PatchShape& g, int64_t r,
+                                      int64_t c0, int64_t c1, T* __restrict pre) {
+  const int64_t n = c1 - c0;
   const T* __restrict b = e.bias + c0;
-  const T* __restrict pb = (e.pos_bias != nullptr ? e.pos_bias + (r % g.T_out) * g.C_out : e.zeros) + c0;
-  const T scale = e.scale;
-  if (s == 2) {
-    const T* __restrict a0 = src[0] + c0;
-    const T* __restrict a1 = src[1] + c0;
-    for (int64_t c = 0; c < n; ++c) pre[c] = (T(0) + a0[c] + a1[c]) * scale + b[c] + pb[c];
-  } else if (s == 3) {
-    const T* __restrict a0 = src[0] + c0;
-    const T* __restrict a1 = src[1] + c0;
-    const T* __restrict a2 = src[2] + c0;
-    for (int64_t c = 0; c < n; ++c) pre[c] = (T(0) + a0[c] + a1[c] + a2[c]) * scale + b[c] + pb[c];
+  const T* __restrict pb = pos_row(e, g, r) + c0;
+  const T* __restrict a0 = src[0] + c0;
+  for (int64_t c = 0; c < n; ++c) pre[c] = T(0) + a0[c];
+  for (int64_t k = 1; k < g.s; ++k) {
+    const T* __restrict ak = src[k] + c0;
+    for (int64_t c = 0; c < n; ++c) pre[c] += ak[c];
+  }
+  for (int64_t c = 0; c < n; ++c) pre[c] = pre[c] * e.scale + b[c] + pb[c];
+}
+
+// Output row r = act(pre-activation): vectors of columns, then the scalar tail (s = 2, 3).
+template <Activation A, int S, typename T>
+RHMFAST_CPU_INLINE void embed_row(const T* const* src, const Embedding<T>& e, const PatchShape& g, int64_t r,
+                                  T* out) {
+  const int64_t C = g.C_out;
+  if constexpr (S == 2 || S == 3) {
+    const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, e.bias, pos_row(e, g, r), e.scale};
+    int64_t c = 0;
+    for (; c + cpu::kLanes<T> <= C; c += cpu::kLanes<T>)
+      cpu::store(out + c, activate<A>(pre_at<S, cpu::Vec<T>>(in, c)));
+    for (; c < C; ++c) out[c] = activate<A>(pre_at<S, T>(in, c));
   } else {
-    const T* __restrict a0 = src[0] + c0;
-    for (int64_t c = 0; c < n; ++c) pre[c] = T(0) + a0[c];
-    for (int64_t k = 1; k < s; ++k) {
-      const T* __restrict ak = src[k] + c0;
-      for (int64_t c = 0; c < n; ++c) pre[c] += ak[c];
-    }
-    for (int64_t c = 0; c < n; ++c) pre[c] = pre[c] * scale + b[c] + pb[c];
+    preactivation<T>(src, e, g, r, 0, C, out);
+    for (int64_t c = 0; c < C; ++c) out[c] = activate<A>(out[c]);
   }
 }
 
 // Output rows [r0, r1) of the forward, into y [rows, C].
-template <Activation A, typename Tok, typename T>
+template <Activation A, int S, typename Tok, typename T>
 RHMFAST_CPU_CLONES void embed_rows(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r0,
                                    int64_t r1, T* y, BadToken& bad) {
-  const int64_t C = g.C_out;
   std::vector<const T*> src(g.s);
   for (int64_t r = r0; r < r1; ++r) {
     row_sources<Tok, T>(tokens, e, g, r, src.data(), bad);
-    T* __restrict out = y + r * C;
-    preactivation<T>(src.data(), e, g, r, 0, C, out);
-    if constexpr (A == Activation::kRelu)
-      for (int64_t c = 0; c < C; ++c) out[c] = out[c] > T(0) ? out[c] : T(0);
-    if constexpr (A == Activation::kSquare)
-      for (int64_t c = 0; c < C; ++c) out[c] = out[c] * out[c];
+    embed_row<A, S, T>(src.data(), e, g, r, y + r * g.C_out);
   }
 }
 
@@ -154,7 +191,8 @@ BackwardPlan plan_backward(const PatchShape& g, int64_t partial_size) {
   const int64_t budget = std::max<int64_t>(g.rows() * g.C_out, int64_t{1} << 20);
   while (p.blocks > 1 && (p.blocks - 1) * partial_size > budget) p.blocks /= 2;
   p.rows_per_block = (g.rows() + p.blocks - 1) / p.blocks;
-  // Enough tasks to balance the threads: split columns (in multiples of 16) when blocks are few.
+  // Enough tasks to balance the threads: split columns (in multiples of 16) when blocks are few. (Slices
+  // narrow enough to keep a partial table in L1 measured slower: they turn the gradient reads strided.)
   const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads() / p.blocks);
   p.slices = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, g.C_out / 16));
   p.slice_width = ((g.C_out + p.slices - 1) / p.slices + 15) / 16 * 16;
@@ -171,59 +209,110 @@ struct Sums {
   T* pos;
 };
 
+// Where one row's d = grad * act' goes: its s table rows (o2 unused for s = 2) and the first NSums of
+// sum0, sum1 (the bias sum and/or the row's position sums, those wanted), all distinct rows. saved: the
+// forward output for relu (null: the mask is recomputed), the pre-activation for square.
+template <typename T>
+struct RowTargets {
+  const T *grad, *saved;
+  T *o0, *o1, *o2, *sum0, *sum1;
+};
+
+// d for columns [c, c + lanes of V) added into the row's targets (s = 2, 3).
+template <Activation A, bool Recompute, int S, int NSums, typename V, typename T>
+RHMFAST_CPU_INLINE void scatter_at(const RowInputs<T>& in, const RowTargets<T>& to, int64_t c) {
+  const V gc = cpu::load<V>(to.grad + c);  // loaded unconditionally: relu's select is a blend, not a branch
+  V d;
+  if constexpr (A == Activation::kRelu) {
+    V z;
+    if constexpr (Recompute) z = pre_at<S, V>(in, c);
+    else z = cpu::load<V>(to.saved + c);
+    d = z > V{} ? gc : V{};
+  } else if constexpr (A == Activation::kSquare) {
+    d = T(2) * cpu::load<V>(to.saved + c) * gc;
+  } else {
+    d = gc;
+  }
+  cpu::store(to.o0 + c, cpu::load<V>(to.o0 + c) + d);
+  cpu::store(to.o1 + c, cpu::load<V>(to.o1 + c) + d);
+  if constexpr (S == 3) cpu::store(to.o2 + c, cpu::load<V>(to.o2 + c) + d);
+  if constexpr (NSums >= 1) cpu::store(to.sum0 + c, cpu::load<V>(to.sum0 + c) + d);
+  if constexpr (NSums == 2) cpu::store(to.sum1 + c, cpu::load<V>(to.sum1 + c) + d);
+}
+
+template <Activation A, bool Recompute, int S, int NSums, typename T>
+RHMFAST_CPU_INLINE void scatter_row(const RowInputs<T>& in, const RowTargets<T>& to, int64_t n) {
+  int64_t c = 0;
+  for (; c + cpu::kLanes<T> <= n; c += cpu::kLanes<T>) scatter_at<A, Recompute, S, NSums, cpu::Vec<T>>(in, to, c);
+  for (; c < n; ++c) scatter_at<A, Recompute, S, NSums, T>(in, to, c);
+}
+
+template <Activation A, int S, int NSums, typename T>
+RHMFAST_CPU_INLINE void scatter_row(const RowInputs<T>& in, const RowTargets<T>& to, int64_t n) {
+  if (A == Activation::kRelu && to.saved == nullptr)
+    scatter_row<A, true, S, NSums>(in, to, n);
+  else
+    scatter_row<A, false, S, NSums>(in, to, n);
+}
+
 // Adds rows [r0, r1), columns [c0, c1) of d = grad * act' into `sums` (zero-initialised), in row order.
 // saved: the forward output for relu (null: the mask is recomputed from e), the pre-activation for
 // square, unused for none.
-template <Activation A, typename Tok, typename T>
+template <Activation A, int S, typename Tok, typename T>
 RHMFAST_CPU_CLONES void accumulate_block(const Tok* tokens, const T* grad, const T* saved, const Embedding<T>& e,
                                          const PatchShape& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                                          Sums<T> sums, BadToken& bad) {
   const int64_t s = g.s, v = g.C_in, C = g.C_out, width = c1 - c0;
-  std::vector<T> d_row(width);  // d of one row's slice: written once, then added s (+2) times from L1
+  // The table rows of bad ids (or all, when the table gradient is not wanted) go to rows of `trash`
+  // (never read), so that every row runs the same loop; its last row holds d for s > 3.
+  std::vector<T> trash((s + 1) * width);
   std::vector<const T*> src(s);
-  T* __restrict d = d_row.data();
+  std::vector<T*> dst(s);
   for (int64_t r = r0; r < r1; ++r) {
-    const T* __restrict gr = grad + r * C + c0;
-    if constexpr (A == Activation::kRelu) {
-      if (saved == nullptr) {
-        row_sources<Tok, T>(tokens, e, g, r, src.data(), bad);
-        preactivation<T>(src.data(), e, g, r, c0, c1, d);
-        for (int64_t c = 0; c < width; ++c) {
-          const T gc = gr[c];
-          d[c] = d[c] > T(0) ? gc : T(0);
-        }
-      } else {
-        const T* __restrict sv = saved + r * C + c0;
-        for (int64_t c = 0; c < width; ++c) {
-          const T gc = gr[c], yc = sv[c];  // both loads unconditional: a blend, not a branch
-          d[c] = yc > T(0) ? gc : T(0);
-        }
-      }
-    } else if constexpr (A == Activation::kSquare) {
-      const T* __restrict sv = saved + r * C + c0;
-      for (int64_t c = 0; c < width; ++c) d[c] = T(2) * sv[c] * gr[c];
-    } else {
-      for (int64_t c = 0; c < width; ++c) d[c] = gr[c];
+    const Tok* tk = tokens + r * s;
+    for (int64_t k = 0; k < s; ++k) {
+      const int64_t t = static_cast<int64_t>(tk[k]);
+      const bool ok = t >= 0 && t < v;
+      if (!ok) bad.record(t);
+      src[k] = (ok ? e.table + (k * v + t) * C : e.zeros) + c0;
+      dst[k] = ok && sums.table != nullptr ? sums.table + (k * v + t) * C + c0 : trash.data() + k * width;
     }
-    if (sums.table != nullptr) {
-      const Tok* tk = tokens + r * s;
-      for (int64_t k = 0; k < s; ++k) {
-        const int64_t t = static_cast<int64_t>(tk[k]);
-        if (t < 0 || t >= v) {
-          bad.record(t);
-          continue;
+    T* bias_sum = sums.bias != nullptr ? sums.bias + c0 : nullptr;
+    T* pos_sum = sums.pos != nullptr ? sums.pos + (r % g.T_out) * C + c0 : nullptr;
+    const T* gr = grad + r * C + c0;
+    const T* sv = saved != nullptr ? saved + r * C + c0 : nullptr;
+    if constexpr (S == 2 || S == 3) {
+      const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, e.bias + c0, pos_row(e, g, r) + c0, e.scale};
+      RowTargets<T> to{gr, sv, dst[0], dst[1], S == 3 ? dst[2] : nullptr, bias_sum, pos_sum};
+      if (bias_sum == nullptr) std::swap(to.sum0, to.sum1);
+      switch ((bias_sum != nullptr) + (pos_sum != nullptr)) {
+        case 0: scatter_row<A, S, 0>(in, to, width); break;
+        case 1: scatter_row<A, S, 1>(in, to, width); break;
+        default: scatter_row<A, S, 2>(in, to, width); break;
+      }
+    } else {
+      T* __restrict d = trash.data() + s * width;
+      if constexpr (A == Activation::kRelu) {
+        if (sv == nullptr) {
+          for (int64_t k = 0; k < s; ++k) src[k] -= c0;  // preactivation takes row starts
+          preactivation<T>(src.data(), e, g, r, c0, c1, d);
+          for (int64_t c = 0; c < width; ++c) d[c] = d[c] > T(0) ? gr[c] : T(0);
+        } else {
+          for (int64_t c = 0; c < width; ++c) d[c] = sv[c] > T(0) ? gr[c] : T(0);
         }
-        T* __restrict row = sums.table + (k * v + t) * C + c0;
+      } else if constexpr (A == Activation::kSquare) {
+        for (int64_t c = 0; c < width; ++c) d[c] = T(2) * sv[c] * gr[c];
+      } else {
+        for (int64_t c = 0; c < width; ++c) d[c] = gr[c];
+      }
+      for (int64_t k = 0; k < s; ++k) {
+        T* __restrict row = dst[k];
         for (int64_t c = 0; c < width; ++c) row[c] += d[c];
       }
-    }
-    if (sums.bias != nullptr) {
-      T* __restrict acc = sums.bias + c0;
-      for (int64_t c = 0; c < width; ++c) acc[c] += d[c];
-    }
-    if (sums.pos != nullptr) {
-      T* __restrict acc = sums.pos + (r % g.T_out) * C + c0;
-      for (int64_t c = 0; c < width; ++c) acc[c] += d[c];
+      if (bias_sum != nullptr)
+        for (int64_t c = 0; c < width; ++c) bias_sum[c] += d[c];
+      if (pos_sum != nullptr)
+        for (int64_t c = 0; c < width; ++c) pos_sum[c] += d[c];
     }
   }
 }
@@ -260,12 +349,15 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
     const Embedding<scalar_t> e = embedding_of<scalar_t>(table, bias, pos_bias, zeros, scale);
     dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
       dispatch_activation(act, [&](auto act_tag) {
-        using Tok = decltype(tok_tag);
-        constexpr Activation A = decltype(act_tag)::value;
-        const Tok* tk = tokens.data_ptr<Tok>();
-        scalar_t* out = y.data_ptr<scalar_t>();
-        at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
-          embed_rows<A, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
+        dispatch_patch_size(g.s, [&](auto s_tag) {
+          using Tok = decltype(tok_tag);
+          constexpr Activation A = decltype(act_tag)::value;
+          constexpr int S = decltype(s_tag)::value;
+          const Tok* tk = tokens.data_ptr<Tok>();
+          scalar_t* out = y.data_ptr<scalar_t>();
+          at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
+            embed_rows<A, S, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
+          });
         });
       });
     });
@@ -318,18 +410,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
     };
     dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
       dispatch_activation(act, [&](auto act_tag) {
-        using Tok = decltype(tok_tag);
-        constexpr Activation A = decltype(act_tag)::value;
-        const Tok* tk = tokens.data_ptr<Tok>();
-        const scalar_t* gr = grad.data_ptr<scalar_t>();
-        const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
-        at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
-          for (int64_t task = task0; task < task1; ++task) {
-            const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
-            const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
-            accumulate_block<A, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0, std::min(g.C_out, c0 + plan.slice_width),
-                                               sums_of(p), bad);
-          }
+        dispatch_patch_size(g.s, [&](auto s_tag) {
+          using Tok = decltype(tok_tag);
+          constexpr Activation A = decltype(act_tag)::value;
+          constexpr int S = decltype(s_tag)::value;
+          const Tok* tk = tokens.data_ptr<Tok>();
+          const scalar_t* gr = grad.data_ptr<scalar_t>();
+          const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
+          at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
+            for (int64_t task = task0; task < task1; ++task) {
+              const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
+              const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
+              accumulate_block<A, S, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0,
+                                                    std::min(g.C_out, c0 + plan.slice_width), sums_of(p), bad);
+            }
+          });
         });
       });
     });

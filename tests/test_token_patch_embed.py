@@ -72,25 +72,32 @@ def test_opcheck():
                           (torch.randn_like(y), tokens, table, b, pb, y, 2, 0.5, "relu", [True, True, False]))
 
 
+@pytest.mark.parametrize("s", PATCH_SIZES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES["cpu"])
-def test_relu_backward_recomputes_its_mask_without_out(dtype):
+@pytest.mark.parametrize("mask", [[True, True, True], [True, False, True], [False, True, False]])
+def test_relu_backward_recomputes_its_mask_without_out(dtype, s, mask):
     """Given no forward output, relu's backward takes its mask from the recomputed pre-activation: the
     same gradients, bit for bit, as from the output (bad token ids are still refused)."""
     need_extension()
-    tokens, table, b, pb = token_sample(37, 29, 6, 45, 3, torch.uint8, dtype, seed=7)  # 1073 rows, 2 blocks
-    y = torch.ops.rhmfast.token_patch_embed(tokens, table, b, pb, 3, 0.4, "relu")
+    # 1073 rows (2 blocks); 45 channels: whole vectors and a scalar tail
+    tokens, table, b, pb = token_sample(37, 29, 6, 45, s, torch.uint8, dtype, seed=7)
+    y = torch.ops.rhmfast.token_patch_embed(tokens, table, b, pb, s, 0.4, "relu")
     assert 0 < (y == 0).float().mean() < 1  # the mask matters
     grad = torch.randn_like(y)
-    mask = [True, True, True]
-    with_out = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, y, 3, 0.4, "relu", mask)
-    without = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask)
+    with_out = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, y, s, 0.4, "relu", mask)
+    without = torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, s, 0.4, "relu", mask)
     for g, h in zip(with_out, without):
         assert torch.equal(g, h)
+    exact = [t.double().clone().requires_grad_() for t in (table, b, pb)]
+    y64 = reference.token_patch_embed(tokens, *exact, patch_size=s, scale=0.4, activation="relu")
+    for g, e, wanted in zip(without, torch.autograd.grad(y64, exact, grad.double()), mask):
+        if wanted:
+            torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
     torch.library.opcheck(torch.ops.rhmfast.token_patch_embed_backward.default,
-                          (grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask))
+                          (grad, tokens, table, b, pb, None, s, 0.4, "relu", mask))
     tokens[5, 4] = 6
     with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=6\)"):
-        torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, 3, 0.4, "relu", mask)
+        torch.ops.rhmfast.token_patch_embed_backward(grad, tokens, table, b, pb, None, s, 0.4, "relu", mask)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
