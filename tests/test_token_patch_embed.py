@@ -180,3 +180,12 @@ def test_cuda_matches_cpu(dtype):
     args, grads, grad_cuda = assert_cuda_matches_cpu(op, reference_op, (table, b, pb), dtype)
     again = torch.autograd.grad(op(*args), args, grad_cuda)
     assert all(torch.equal(g, h) for g, h in zip(grads, again))  # deterministic table gradient on the GPU
+
+
+def test_double_backward_raises():
+    need_extension()
+    tokens, table, b, pb = token_sample(2, 3, 5, 4, 2, torch.int64, torch.float64, requires_grad=True)
+    y = torch.ops.rhmfast.token_patch_embed(tokens, table, b, pb, 2, 1.0, "square")  # the op, whatever the backend
+    (g_table,) = torch.autograd.grad(y.sum(), table, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        g_table.sum().backward()

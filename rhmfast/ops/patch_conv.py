@@ -1,12 +1,13 @@
 """``patch_conv``: a Conv1d with kernel = stride = patch_size on channels-last activations, as one GEMM
-with a fused epilogue. Dispatcher op ``torch.ops.rhmfast.patch_conv`` with fake kernel and autograd
-(its backward is the op ``patch_conv_backward``), or the pure-PyTorch reference without the extension.
+with a fused epilogue. Dispatcher op ``torch.ops.rhmfast.patch_conv`` with fake kernel (here) and autograd
+(in C++, csrc/patch_conv_autograd.cpp; its backward is the op ``patch_conv_backward``), or the pure-PyTorch
+reference without the extension.
 """
 from __future__ import annotations
 
 import torch
 
-from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import patch_conv as reference
 
 
@@ -38,24 +39,6 @@ def _fake_backward(grad_out, x, weight, bias, pos_bias, out, patch_size, scale, 
     return tuple(x.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, pos_bias, patch_size, scale, activation = inputs
-    # relu's derivative is read off the output; square recomputes its pre-activation from x.
-    ctx.save_for_backward(x, weight, bias, pos_bias, output if activation == "relu" else None)
-    ctx.config = (patch_size, scale, activation)
-
-
-def _backward(ctx, grad_out):
-    x, weight, bias, pos_bias, out = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:4])
-    grads = (None,) * 4
-    if any(mask):
-        grads = torch.ops.rhmfast.patch_conv_backward(grad_out, x, weight, bias, pos_bias, out, *ctx.config, mask)
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
-
-
 if _REGISTERED:
     torch.library.register_fake("rhmfast::patch_conv")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_backward")(_fake_backward)
-    torch.library.register_autograd("rhmfast::patch_conv", _backward, setup_context=_setup_context)
-    forbid_double_backward("rhmfast::patch_conv_backward")

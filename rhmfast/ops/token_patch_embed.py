@@ -1,13 +1,14 @@
 """``token_patch_embed``: the first patchwise layer straight from token ids, as a gather-sum of s table
 rows per output position (equal to ``patch_conv`` on the one-hot input). Dispatcher op with fake kernel
-and autograd (backward op ``token_patch_embed_backward``, deterministic table gradient), or the
-pure-PyTorch reference without the extension.
+(here) and autograd (in C++, csrc/token_patch_embed_autograd.cpp; backward op
+``token_patch_embed_backward``, deterministic table gradient), or the pure-PyTorch reference without the
+extension.
 """
 from __future__ import annotations
 
 import torch
 
-from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import token_patch_embed as reference
 from rhmfast.reference.patch_conv import check_activation
 
@@ -41,28 +42,6 @@ def _fake_backward(grad_out, tokens, table, bias, pos_bias, out, patch_size, sca
     return tuple(table.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 
 
-def _setup_context(ctx, inputs, output):
-    tokens, table, bias, pos_bias, patch_size, scale, activation = inputs
-    # relu's backward needs the sign of the pre-activation. The CPU kernel can recompute it from the
-    # cached table (measured within 15% of re-reading a cached output), so on the CPU the output is not
-    # kept alive by autograd; the CUDA kernel reads the saved output.
-    keep_output = activation == "relu" and output.device.type != "cpu"
-    ctx.save_for_backward(tokens, table, bias, pos_bias, output if keep_output else None)
-    ctx.config = (patch_size, scale, activation)
-
-
-def _backward(ctx, grad_out):
-    tokens, table, bias, pos_bias, out = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[1:4])
-    grads = (None,) * 3
-    if any(mask):
-        grads = torch.ops.rhmfast.token_patch_embed_backward(grad_out, tokens, table, bias, pos_bias, out,
-                                                             *ctx.config, mask)
-    return (None,) + tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None, None, None)
-
-
 if _REGISTERED:
     torch.library.register_fake("rhmfast::token_patch_embed")(_fake)
     torch.library.register_fake("rhmfast::token_patch_embed_backward")(_fake_backward)
-    torch.library.register_autograd("rhmfast::token_patch_embed", _backward, setup_context=_setup_context)
-    forbid_double_backward("rhmfast::token_patch_embed_backward")
