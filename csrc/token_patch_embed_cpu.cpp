@@ -13,6 +13,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -69,22 +70,30 @@ void dispatch_patch_size(int64_t s, Fn&& fn) {
   }
 }
 
-// What the forward reads besides the tokens. bias and zeros are [C] (zeros stands in for a missing
-// bias and for the rows of bad ids: adding 0 is exact); pos_bias [T_out, C] or null.
+// What the forward reads besides the tokens: the table, the offset rows (bias + pos_bias, see
+// offset_of) and zeros [C], which stand in for the rows of bad ids and for a missing bias.
 template <typename T>
 struct Embedding {
   const T* table;
-  const T* bias;
-  const T* pos_bias;
+  const T* offset;
+  int64_t offset_stride;  // C: one offset row per position; 0: one row for all
   const T* zeros;
   T scale;
 };
 
+// bias + pos_bias as one [T_out, C] tensor when pos_bias is given (added once per call rather than per
+// row), else the bias itself; undefined when neither is given.
+at::Tensor offset_of(const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias) {
+  if (pos_bias) return bias ? at::add(*pos_bias, *bias).contiguous() : pos_bias->contiguous();
+  return bias ? bias->contiguous() : at::Tensor();
+}
+
 template <typename T>
-Embedding<T> embedding_of(const at::Tensor& table, const std::optional<at::Tensor>& bias,
-                          const std::optional<at::Tensor>& pos_bias, const std::vector<T>& zeros, double scale) {
-  return {table.data_ptr<T>(), bias ? bias->data_ptr<T>() : zeros.data(), pos_bias ? pos_bias->data_ptr<T>() : nullptr,
-          zeros.data(), static_cast<T>(scale)};
+Embedding<T> embedding_of(const at::Tensor& table, const at::Tensor& offset, const std::vector<T>& zeros,
+                          double scale) {
+  const bool per_position = offset.defined() && offset.dim() == 2;
+  return {table.data_ptr<T>(), offset.defined() ? offset.data_ptr<T>() : zeros.data(),
+          per_position ? offset.size(1) : 0, zeros.data(), static_cast<T>(scale)};
 }
 
 // Points src[k] at the table row of output row r's k-th token; a bad id is recorded and reads zeros.
@@ -106,18 +115,18 @@ RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, co
 // What one output row reads: its s table rows (s = 2, 3; a2 unused for 2), bias and pos_bias rows.
 template <typename T>
 struct RowInputs {
-  const T *a0, *a1, *a2, *b, *pb;
+  const T *a0, *a1, *a2, *offset;
   T scale;
 };
 
-// Pre-activation of columns [c, c + lanes of V): scale * (0 + a0 + a1 (+ a2)) + b + pb, the
-// forward_epilogue of the gathered sum, operation for operation. The forward and relu's recomputed mask
-// both come from here, so they agree bit for bit.
+// Pre-activation of columns [c, c + lanes of V): scale * (a0 + a1 (+ a2)) + offset. The forward and
+// relu's recomputed mask both come from here, so they agree bit for bit. (patch_conv's epilogue adds
+// bias and pos_bias one after the other, so the two layers may differ in the last bit.)
 template <int S, typename V, typename T>
 RHMFAST_CPU_INLINE V pre_at(const RowInputs<T>& in, int64_t c) {
-  V z = V{} + cpu::load<V>(in.a0 + c) + cpu::load<V>(in.a1 + c);
+  V z = cpu::load<V>(in.a0 + c) + cpu::load<V>(in.a1 + c);
   if constexpr (S == 3) z += cpu::load<V>(in.a2 + c);
-  return z * in.scale + cpu::load<V>(in.b + c) + cpu::load<V>(in.pb + c);
+  return z * in.scale + cpu::load<V>(in.offset + c);
 }
 
 template <Activation A, typename V>
@@ -127,10 +136,10 @@ RHMFAST_CPU_INLINE V activate(V z) {
   return z;
 }
 
-// Row r's pos_bias row (zeros when absent).
+// Row r's offset row.
 template <typename T>
-RHMFAST_CPU_INLINE const T* pos_row(const Embedding<T>& e, const PatchShape& g, int64_t r) {
-  return e.pos_bias != nullptr ? e.pos_bias + (r % g.T_out) * g.C_out : e.zeros;
+RHMFAST_CPU_INLINE const T* offset_row(const Embedding<T>& e, const PatchShape& g, int64_t r) {
+  return e.offset_stride == 0 ? e.offset : e.offset + (r % g.T_out) * e.offset_stride;
 }
 
 // pre[c - c0] for columns [c0, c1) of output row r, any patch size (the loop for s > 3).
@@ -138,15 +147,14 @@ template <typename T>
 RHMFAST_CPU_INLINE void preactivation(const T* const* src, const Embedding<T>& e, const PatchShape& g, int64_t r,
                                       int64_t c0, int64_t c1, T* __restrict pre) {
   const int64_t n = c1 - c0;
-  const T* __restrict b = e.bias + c0;
-  const T* __restrict pb = pos_row(e, g, r) + c0;
+  const T* __restrict off = offset_row(e, g, r) + c0;
   const T* __restrict a0 = src[0] + c0;
-  for (int64_t c = 0; c < n; ++c) pre[c] = T(0) + a0[c];
+  for (int64_t c = 0; c < n; ++c) pre[c] = a0[c];
   for (int64_t k = 1; k < g.s; ++k) {
     const T* __restrict ak = src[k] + c0;
     for (int64_t c = 0; c < n; ++c) pre[c] += ak[c];
   }
-  for (int64_t c = 0; c < n; ++c) pre[c] = pre[c] * e.scale + b[c] + pb[c];
+  for (int64_t c = 0; c < n; ++c) pre[c] = pre[c] * e.scale + off[c];
 }
 
 // Output row r = act(pre-activation): vectors of columns, then the scalar tail (s = 2, 3).
@@ -155,7 +163,7 @@ RHMFAST_CPU_INLINE void embed_row(const T* const* src, const Embedding<T>& e, co
                                   T* out) {
   const int64_t C = g.C_out;
   if constexpr (S == 2 || S == 3) {
-    const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, e.bias, pos_row(e, g, r), e.scale};
+    const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, offset_row(e, g, r), e.scale};
     int64_t c = 0;
     for (; c + cpu::kLanes<T> <= C; c += cpu::kLanes<T>)
       cpu::store(out + c, activate<A>(pre_at<S, cpu::Vec<T>>(in, c)));
@@ -282,7 +290,7 @@ RHMFAST_CPU_CLONES void accumulate_block(const Tok* tokens, const T* grad, const
     const T* gr = grad + r * C + c0;
     const T* sv = saved != nullptr ? saved + r * C + c0 : nullptr;
     if constexpr (S == 2 || S == 3) {
-      const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, e.bias + c0, pos_row(e, g, r) + c0, e.scale};
+      const RowInputs<T> in{src[0], src[1], S == 3 ? src[2] : nullptr, offset_row(e, g, r) + c0, e.scale};
       RowTargets<T> to{gr, sv, dst[0], dst[1], S == 3 ? dst[2] : nullptr, bias_sum, pos_sum};
       if (bias_sum == nullptr) std::swap(to.sum0, to.sum1);
       switch ((bias_sum != nullptr) + (pos_sum != nullptr)) {
@@ -340,13 +348,12 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   const Activation act = parse_activation(activation);
   const PatchShape g = check_token_patch_embed(tokens_in, table_in, bias_in, pos_bias_in, patch_size);
   const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
-  const auto bias = contiguous_or_none(bias_in);
-  const auto pos_bias = contiguous_or_none(pos_bias_in);
+  const at::Tensor offset = offset_of(bias_in, pos_bias_in);
   at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, table.options());
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, bias, pos_bias, zeros, scale);
+    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, offset, zeros, scale);
     dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
       dispatch_activation(act, [&](auto act_tag) {
         dispatch_patch_size(g.s, [&](auto s_tag) {
@@ -376,11 +383,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   check_layer_backward(grad_out, table_in, g, act, out, /*relu_recomputes=*/true, bias_in.has_value(),
                        pos_bias_in.has_value(), output_mask[1], output_mask[2]);
   const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
-  const auto bias = contiguous_or_none(bias_in);
-  const auto pos_bias = contiguous_or_none(pos_bias_in);
+  const at::Tensor offset = offset_of(bias_in, pos_bias_in);
   at::Tensor saved;
   if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
-  if (act == Activation::kSquare) saved = token_patch_embed_cpu(tokens, table, bias, pos_bias, patch_size, scale, "none");
+  if (act == Activation::kSquare) saved = token_patch_embed_cpu(tokens, table, bias_in, pos_bias_in, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
@@ -396,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_backward_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, bias, pos_bias, zeros, scale);
+    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, offset, zeros, scale);
     scalar_t* part = partials.data_ptr<scalar_t>();
     auto sums_of = [&](int64_t p) {
       if (p == 0) {
