@@ -340,6 +340,13 @@ void reduce_partials(T* result, const T* partials, int64_t n_partials, int64_t p
   });
 }
 
+// acc[c] += rows[r][c] for r = 0, 1, ..., n - 1 in order (rows [n, C]).
+template <typename T>
+void add_rows(T* __restrict acc, const T* __restrict rows, int64_t n, int64_t C) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < C; ++c) acc[c] += rows[r * C + c];
+}
+
 }  // namespace
 
 at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& table_in,
@@ -392,8 +399,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
   at::Tensor grad_bias = output_mask[1] ? at::zeros({g.C_out}, opts) : no_grad_placeholder(table);
   at::Tensor grad_pos = output_mask[2] ? at::zeros({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
+  // Every row's d lands in exactly one k = 0 table row and one position row, so when the table (or
+  // position) gradient is computed anyway, the bias gradient is the sum of those rows, and no row adds
+  // into it; only a bias gradient wanted alone is summed row by row.
+  const bool bias_from_table = output_mask[1] && output_mask[0];
+  const bool bias_from_pos = output_mask[1] && !output_mask[0] && output_mask[2];
+  const bool bias_by_row = output_mask[1] && !bias_from_table && !bias_from_pos;
   // One block's partial sums: [table | bias | pos] of the wanted parts, end to end.
-  const int64_t table_size = output_mask[0] ? table.numel() : 0, bias_size = output_mask[1] ? g.C_out : 0;
+  const int64_t table_size = output_mask[0] ? table.numel() : 0, bias_size = bias_by_row ? g.C_out : 0;
   const int64_t pos_size = output_mask[2] ? g.T_out * g.C_out : 0;
   const int64_t partial_size = table_size + bias_size + pos_size;
   if (partial_size == 0 || g.rows() == 0) return {grad_table, grad_bias, grad_pos};
@@ -407,11 +420,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
     auto sums_of = [&](int64_t p) {
       if (p == 0) {
         return Sums<scalar_t>{output_mask[0] ? grad_table.data_ptr<scalar_t>() : nullptr,
-                              output_mask[1] ? grad_bias.data_ptr<scalar_t>() : nullptr,
+                              bias_by_row ? grad_bias.data_ptr<scalar_t>() : nullptr,
                               output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr};
       }
       scalar_t* base = part + (p - 1) * partial_size;
-      return Sums<scalar_t>{output_mask[0] ? base : nullptr, output_mask[1] ? base + table_size : nullptr,
+      return Sums<scalar_t>{output_mask[0] ? base : nullptr, bias_by_row ? base + table_size : nullptr,
                             output_mask[2] ? base + table_size + bias_size : nullptr};
     };
     dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
@@ -436,9 +449,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
     });
     const int64_t n = plan.blocks - 1;
     if (output_mask[0]) reduce_partials(grad_table.data_ptr<scalar_t>(), part, n, partial_size, g.s * g.C_in, g.C_out);
-    if (output_mask[1]) reduce_partials(grad_bias.data_ptr<scalar_t>(), part + table_size, n, partial_size, 1, g.C_out);
+    if (bias_by_row) reduce_partials(grad_bias.data_ptr<scalar_t>(), part + table_size, n, partial_size, 1, g.C_out);
     if (output_mask[2])
       reduce_partials(grad_pos.data_ptr<scalar_t>(), part + table_size + bias_size, n, partial_size, g.T_out, g.C_out);
+    if (bias_from_table) add_rows(grad_bias.data_ptr<scalar_t>(), grad_table.data_ptr<scalar_t>(), g.C_in, g.C_out);
+    if (bias_from_pos) add_rows(grad_bias.data_ptr<scalar_t>(), grad_pos.data_ptr<scalar_t>(), g.T_out, g.C_out);
   });
   bad.raise_if_seen(g.C_in);
   if (output_mask[0] && scale != 1.0) grad_table.mul_(scale);

@@ -74,7 +74,7 @@ def test_opcheck():
 
 @pytest.mark.parametrize("s", PATCH_SIZES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES["cpu"])
-@pytest.mark.parametrize("mask", [[True, True, True], [True, False, True], [False, True, False]])
+@pytest.mark.parametrize("mask", [[True, True, True], [True, False, True], [False, True, True], [False, True, False]])
 def test_relu_backward_recomputes_its_mask_without_out(dtype, s, mask):
     """Given no forward output, relu's backward takes its mask from the recomputed pre-activation: the
     same gradients, bit for bit, as from the output (bad token ids are still refused)."""
