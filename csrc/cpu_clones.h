@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 // RHMFAST_CPU_INLINE marks the helpers such a function calls: inlined, they are compiled into each
@@ -24,6 +25,7 @@ namespace cpu {
 // registers in the default one. Kernels write their column loops once, as a template over V = T (the
 // tail) or V = Vec<T> (the body), so both compute the same bits; the compiler's own vectoriser gives up
 // on loops that read and write many rows it cannot prove apart.
+#if defined(__GNUC__) || defined(__clang__)
 template <typename T>
 struct Lanes {
   typedef T type __attribute__((vector_size(32)));
@@ -32,11 +34,19 @@ template <typename T>
 using Vec = typename Lanes<T>::type;
 template <typename T>
 inline constexpr int64_t kLanes = 32 / sizeof(T);
+#else  // no vector extension: the "vector" is one element, and the same loops stay correct
+template <typename T>
+using Vec = T;
+template <typename T>
+inline constexpr int64_t kLanes = 1;
+#endif
 
 // Functions that take or return a Vec are always inlined (RHMFAST_CPU_INLINE), so a 32-byte vector
 // never crosses a call; GCC's warning that AVX passes such values differently from baseline x86-64 is
 // therefore moot in every file that uses Vec.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 template <typename V, typename T>
 RHMFAST_CPU_INLINE V load(const T* p) {
@@ -44,7 +54,7 @@ RHMFAST_CPU_INLINE V load(const T* p) {
     return *p;
   } else {
     V v;
-    __builtin_memcpy(&v, p, sizeof v);
+    std::memcpy(&v, p, sizeof v);
     return v;
   }
 }
@@ -54,8 +64,9 @@ RHMFAST_CPU_INLINE void store(T* p, V v) {
   if constexpr (std::is_same_v<V, T>) {
     *p = v;
   } else {
-    __builtin_memcpy(p, &v, sizeof v);
+    std::memcpy(p, &v, sizeof v);
   }
 }
+
 }  // namespace cpu
 }  // namespace rhmfast
