@@ -8,8 +8,9 @@
 // To make its bits independent of scheduling, the output rows are cut into a number of blocks that
 // depends on the shapes only; block p adds its rows, in order, into its own partial sums (block 0
 // straight into the result), and the partials are then added in block order. grad is read once, d is
-// never written out, and the bias sums ride along. Without the forward output, relu's mask comes from
-// the pre-activation recomputed from the (cached) table rather than from a second pass over memory.
+// never written out (for s = 2, 3), and the position sums ride along; the bias gradient is taken from
+// the table (or position) gradient when that is computed. Without the forward output, relu's mask comes
+// from the pre-activation recomputed from the (cached) table rather than from a second pass over memory.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -98,8 +99,8 @@ Embedding<T> embedding_of(const at::Tensor& table, const at::Tensor& offset, con
 
 // Points src[k] at the table row of output row r's k-th token; a bad id is recorded and reads zeros.
 template <typename Tok, typename T>
-RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r, const T** src,
-                        BadToken& bad) {
+RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, const PatchShape& g, int64_t r,
+                                    const T** src, BadToken& bad) {
   const Tok* tk = tokens + r * g.s;  // tokens [B, T] contiguous: row r = (b, j) starts at b*T + j*s
   for (int64_t k = 0; k < g.s; ++k) {
     const int64_t t = static_cast<int64_t>(tk[k]);
@@ -112,7 +113,7 @@ RHMFAST_CPU_INLINE void row_sources(const Tok* tokens, const Embedding<T>& e, co
   }
 }
 
-// What one output row reads: its s table rows (s = 2, 3; a2 unused for 2), bias and pos_bias rows.
+// What one output row reads: its s table rows (s = 2, 3; a2 unused for 2) and its offset row.
 template <typename T>
 struct RowInputs {
   const T *a0, *a1, *a2, *offset;
@@ -304,9 +305,15 @@ RHMFAST_CPU_CLONES void accumulate_block(const Tok* tokens, const T* grad, const
         if (sv == nullptr) {
           for (int64_t k = 0; k < s; ++k) src[k] -= c0;  // preactivation takes row starts
           preactivation<T>(src.data(), e, g, r, c0, c1, d);
-          for (int64_t c = 0; c < width; ++c) d[c] = d[c] > T(0) ? gr[c] : T(0);
+          for (int64_t c = 0; c < width; ++c) {
+            const T gc = gr[c];  // loaded unconditionally: a blend, not a branch
+            d[c] = d[c] > T(0) ? gc : T(0);
+          }
         } else {
-          for (int64_t c = 0; c < width; ++c) d[c] = sv[c] > T(0) ? gr[c] : T(0);
+          for (int64_t c = 0; c < width; ++c) {
+            const T gc = gr[c];
+            d[c] = sv[c] > T(0) ? gc : T(0);
+          }
         }
       } else if constexpr (A == Activation::kSquare) {
         for (int64_t c = 0; c < width; ++c) d[c] = T(2) * sv[c] * gr[c];
@@ -393,7 +400,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   const at::Tensor offset = offset_of(bias_in, pos_bias_in);
   at::Tensor saved;
   if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
-  if (act == Activation::kSquare) saved = token_patch_embed_cpu(tokens, table, bias_in, pos_bias_in, patch_size, scale, "none");
+  if (act == Activation::kSquare)
+    saved = token_patch_embed_cpu(tokens, table, bias_in, pos_bias_in, patch_size, scale, "none");
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
