@@ -71,6 +71,16 @@ void dispatch_patch_size(int64_t s, Fn&& fn) {
   }
 }
 
+// fn(Tok{}, activation tag, patch-size tag): one kernel instance per token dtype, activation and s.
+template <typename Fn>
+void dispatch_kernel(at::ScalarType token_dtype, Activation act, int64_t s, Fn&& fn) {
+  dispatch_tokens(token_dtype, [&](auto tok_tag) {
+    dispatch_activation(act, [&](auto act_tag) {
+      dispatch_patch_size(s, [&](auto s_tag) { fn(tok_tag, act_tag, s_tag); });
+    });
+  });
+}
+
 // What the forward reads besides the tokens: the table, the offset rows (bias + pos_bias, see
 // offset_of) and zeros [C], which stand in for the rows of bad ids and for a missing bias.
 template <typename T>
@@ -368,18 +378,14 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
     const Embedding<scalar_t> e = embedding_of<scalar_t>(table, offset, zeros, scale);
-    dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
-      dispatch_activation(act, [&](auto act_tag) {
-        dispatch_patch_size(g.s, [&](auto s_tag) {
-          using Tok = decltype(tok_tag);
-          constexpr Activation A = decltype(act_tag)::value;
-          constexpr int S = decltype(s_tag)::value;
-          const Tok* tk = tokens.data_ptr<Tok>();
-          scalar_t* out = y.data_ptr<scalar_t>();
-          at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
-            embed_rows<A, S, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
-          });
-        });
+    dispatch_kernel(tokens.scalar_type(), act, g.s, [&](auto tok_tag, auto act_tag, auto s_tag) {
+      using Tok = decltype(tok_tag);
+      constexpr Activation A = decltype(act_tag)::value;
+      constexpr int S = decltype(s_tag)::value;
+      const Tok* tk = tokens.data_ptr<Tok>();
+      scalar_t* out = y.data_ptr<scalar_t>();
+      at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
+        embed_rows<A, S, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
       });
     });
   });
@@ -435,24 +441,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
       return Sums<scalar_t>{output_mask[0] ? base : nullptr, bias_by_row ? base + table_size : nullptr,
                             output_mask[2] ? base + table_size + bias_size : nullptr};
     };
-    dispatch_tokens(tokens.scalar_type(), [&](auto tok_tag) {
-      dispatch_activation(act, [&](auto act_tag) {
-        dispatch_patch_size(g.s, [&](auto s_tag) {
-          using Tok = decltype(tok_tag);
-          constexpr Activation A = decltype(act_tag)::value;
-          constexpr int S = decltype(s_tag)::value;
-          const Tok* tk = tokens.data_ptr<Tok>();
-          const scalar_t* gr = grad.data_ptr<scalar_t>();
-          const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
-          at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
-            for (int64_t task = task0; task < task1; ++task) {
-              const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
-              const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
-              accumulate_block<A, S, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0,
-                                                    std::min(g.C_out, c0 + plan.slice_width), sums_of(p), bad);
-            }
-          });
-        });
+    dispatch_kernel(tokens.scalar_type(), act, g.s, [&](auto tok_tag, auto act_tag, auto s_tag) {
+      using Tok = decltype(tok_tag);
+      constexpr Activation A = decltype(act_tag)::value;
+      constexpr int S = decltype(s_tag)::value;
+      const Tok* tk = tokens.data_ptr<Tok>();
+      const scalar_t* gr = grad.data_ptr<scalar_t>();
+      const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
+        for (int64_t task = task0; task < task1; ++task) {
+          const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
+          const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
+          accumulate_block<A, S, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0, std::min(g.C_out, c0 + plan.slice_width),
+                                                sums_of(p), bad);
+        }
       });
     });
     const int64_t n = plan.blocks - 1;
