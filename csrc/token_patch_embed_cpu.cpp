@@ -403,7 +403,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   check_layer_backward(grad_out, table_in, g, act, out, /*relu_recomputes=*/true, bias_in.has_value(),
                        pos_bias_in.has_value(), output_mask[1], output_mask[2]);
   const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
-  const at::Tensor offset = offset_of(bias_in, pos_bias_in);
+  // Only relu without the forward output recomputes pre-activations, and only they read the offset.
+  const bool recompute = act == Activation::kRelu && !out.has_value();
+  const at::Tensor offset = recompute ? offset_of(bias_in, pos_bias_in) : at::Tensor();
   at::Tensor saved;
   if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
   if (act == Activation::kSquare)
