@@ -64,3 +64,23 @@ def test_plot_writes_the_report_of_a_store(tmp_path, capsys):
     cli.main(["collect", str(tmp_path / "store")])
     cli.main(["plot", str(tmp_path / "store" / "results.parquet"), "--out", str(tmp_path / "again"), "--eps", "rand/10"])
     assert (tmp_path / "again" / "pstar.csv").read_text() == (report / "pstar.csv").read_text()
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_train_torchrun_nccl_on_one_gpu_matches_one_process(tmp_path):
+    """The NCCL path on one GPU: torchrun with a single rank (NCCL process group, sharded data, all-reduce)
+    stores the run a plain process on cuda stores, with the same test errors."""
+    from rhmfast.distributed import torchrun_command
+
+    train = ["-m", "rhmfast", "train", *RUN, "--device", "cuda"]
+    for name, command in (("one", [sys.executable, *train]), ("nccl", torchrun_command(train, 1))):
+        done = subprocess.run([*command, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    (one,) = ResultStore(tmp_path / "one").records()
+    (nccl,) = ResultStore(tmp_path / "nccl").records()
+    assert nccl["execution"]["engine"] == "torchrun" and nccl["execution"]["world_size"] == 1
+    assert one["hash"] == nccl["hash"] and one["execution"]["device"] == nccl["execution"]["device"] == "cuda"
+    assert [p["test_error"] for p in one["result"]["curve"]] == [p["test_error"] for p in nccl["result"]["curve"]]
+    for a, b in zip(one["result"]["curve"], nccl["result"]["curve"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
