@@ -215,6 +215,8 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
     hints=True adds hierarchical supervision: layer l < L also predicts, at each of its s^(L-l)
     positions, the latent symbol of generative level L-l there (a fresh linear head [H, v] / sqrt(H)),
     with cross-entropy weighted by hint_weight added to the class loss.
+    Data and the readout and hint heads go to the device of the model's parameters; the heads are drawn on
+    the CPU, so they are the same on every device.
     """
     if not isinstance(model, HierarchicalCNN):
         raise TypeError(f"rhmfast: train_layerwise_sgd trains a HierarchicalCNN, got {type(model).__name__}")
@@ -233,7 +235,10 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
                                                    width=model.width, norm=model.norm),
                        dict(rules=grammar.seed, data=seed_data, order=seed_order, readout=seed_readout,
                             model=model.seed))
-    (x_train, y_train, tree), (x_test, y_test, _) = grammar.split(n_train, n_test, seed=seed_data, return_tree=True)
+    device = next(model.parameters()).device
+    (x_train, y_train, tree), (x_test, y_test, _) = grammar.split(n_train, n_test, seed=seed_data, return_tree=True,
+                                                                  device=device)
+    # On the CPU: the same minibatch order and initial heads on every device.
     order = torch.Generator().manual_seed(seed_order)
     readout_gen = torch.Generator().manual_seed(seed_readout)
     for p in model.parameters():
@@ -242,9 +247,10 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
     beta = None
     try:
         for l in range(1, model.L + 1):
-            beta = torch.randn(model.width, model.n_classes, generator=readout_gen).requires_grad_()
+            beta = torch.randn(model.width, model.n_classes, generator=readout_gen).to(device).requires_grad_()
             use_hints = hints and l < model.L
-            hint_head = torch.randn(model.width, grammar.v, generator=readout_gen).requires_grad_() if use_hints else None
+            hint_head = (torch.randn(model.width, grammar.v, generator=readout_gen).to(device).requires_grad_()
+                         if use_hints else None)
             hint_targets = tree[model.L - l].long() if use_hints else None
             layer_params = model.layer_parameters(l)
             for p in layer_params:
@@ -266,6 +272,7 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
 
             def batches_of_epoch():
                 for idx in _minibatches(n_train, batch_size, order):
+                    idx = idx.to(device)
                     yield idx, y_train[idx]
 
             @torch.no_grad()
@@ -315,8 +322,8 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, *, s
     gram = x.t() @ x / n
     cross = targets.t() @ x / n
     if steps == 0:
-        return torch.linalg.solve(gram + lam * torch.eye(dim, dtype=x.dtype), cross.t()).t()
-    w = torch.zeros(n_classes, dim, dtype=x.dtype)
+        return torch.linalg.solve(gram + lam * torch.eye(dim, dtype=x.dtype, device=x.device), cross.t()).t()
+    w = torch.zeros(n_classes, dim, dtype=x.dtype, device=x.device)
     for _ in range(steps):
         w -= lr * (w @ gram - cross + lam * w)
     return w
@@ -332,6 +339,7 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
     between its normalised output on the first patch and the exact label posterior, on n_diagnostic
     samples independent of the training ones. Test, training and diagnostic samples are disjoint index
     ranges of the iid stream seed_data. An interrupted run keeps its finished stages and has no test error.
+    Data is generated on the device of the learner's parameters.
     """
     if (learner.v, learner.s, learner.L, learner.n_classes) != (grammar.v, grammar.s, grammar.L, grammar.n_classes):
         raise ValueError("rhmfast: the learner's (v, s, L, n_classes) must equal the grammar's, got "
@@ -349,7 +357,8 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                        dict(rules=grammar.seed, data=seed_data, model=learner.seed))
     # Everything comes from the iid stream seed_data, in disjoint index ranges: the test set first, then
     # each stage's training samples and its diagnostic samples. Different seed_data never share samples.
-    x_test, y_test = grammar.sample(n_test, seed=seed_data)
+    device = next(learner.parameters()).device
+    x_test, y_test = grammar.sample(n_test, seed=seed_data, device=device)
     position = n_test
     started = time.perf_counter()
     s, L = grammar.s, grammar.L
@@ -357,7 +366,7 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
         with tqdm(range(L, 0, -1), desc=f"ren scale={scale:g}", disable=not progress, leave=False) as bar:
             for l in bar:
                 n = sizes[l]
-                x, y = grammar.sample(n, seed=seed_data, start=position)
+                x, y = grammar.sample(n, seed=seed_data, start=position, device=device)
                 width = s ** (L - l + 1)  # tokens under the first level-l patch
                 with torch.no_grad():
                     h = learner.embeddings(x[:, :width], down_to=l)[-1]

@@ -197,3 +197,33 @@ def test_ren_interruption_keeps_the_finished_stages(monkeypatch):
     assert record.interrupted and record.stopped_by == "interrupted"
     assert [st["level"] for st in record.stages] == [3] and record.samples_seen == 80
     assert learner.W[2].abs().sum() > 0 and learner.W[1].abs().sum() == 0  # stage 2 left untouched
+
+
+# ---- CUDA: the trainers keep data, heads and fits on the model's device -------------------------
+
+@pytest.mark.cuda
+def test_ridge_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    x = torch.randn(200, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (200,))
+    for steps in (0, 50):
+        gpu = fit_ridge(x.cuda(), y.cuda(), 3, 0.1, steps=steps, lr=0.3)
+        assert gpu.is_cuda
+        torch.testing.assert_close(gpu.cpu(), fit_ridge(x, y, 3, 0.1, steps=steps, lr=0.3))
+
+
+@pytest.mark.cuda
+def test_layerwise_and_ren_trainers_run_on_cuda():
+    g = rhmfast.RHM(8, 2, 2, 3, seed=1)
+    model = hcnn(L=3, width=16).cuda()
+    record = train_layerwise_sgd(model, g, 128, n_test=128, hints=True, max_epochs=2, eval_every=1, progress=False)
+    assert [st["layer"] for st in record.stages] == [1, 2, 3] and 0.0 <= record.final_test_error <= 1.0
+    assert all(p.is_cuda for p in model.parameters())
+    learner = RenLayerwiseLearner(8, 2, 3, features="tensor", seed=3).cuda()
+    record = train_ren_layerwise(learner, g, 5, n_test=128, progress=False)
+    cpu = train_ren_layerwise(RenLayerwiseLearner(8, 2, 3, features="tensor", seed=3), g, 5, n_test=128,
+                              progress=False)
+    assert all(w.is_cuda for w in learner.W)
+    assert [st["n_samples"] for st in record.stages] == [st["n_samples"] for st in cpu.stages]
+    for a, b in zip(record.stages, cpu.stages):
+        assert a["posterior_distance"] == pytest.approx(b["posterior_distance"], rel=1e-5, abs=1e-9)
