@@ -8,19 +8,30 @@
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
+
+
+def _device_of(model) -> torch.device:
+    """Where a model's parameters (or buffers) live; the CPU for a model that has none."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
 
 def resample_below(grammar, symbols: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
     """Tokens [n, s^L] (int64) obtained by re-expanding the level-``level`` symbols [n, s^level] of a latent tree
-    down to the leaves with fresh, independent, uniform rule choices (drawn from generator)."""
+    down to the leaves with fresh, independent, uniform rule choices (drawn from generator, on its own device,
+    so a CPU generator gives the same tokens on every device). The tokens are on the device of ``symbols``."""
     if not 0 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [0, L = {grammar.L}], got {level}")
-    table = grammar.table()  # [L, R, m, s], rows indexed by symbol
+    table = grammar.table(symbols.device)  # [L, R, m, s], rows indexed by symbol
     current = symbols.long()
     for k in range(level, grammar.L):
-        choice = torch.randint(grammar.m, current.shape, generator=generator)
-        current = table[k][current, choice].long().flatten(1)
+        choice = torch.randint(grammar.m, current.shape, generator=generator, device=generator.device)
+        current = table[k][current, choice.to(current.device)].long().flatten(1)
     return current
 
 
@@ -33,13 +44,14 @@ def synonymic_sensitivity(model, grammar, n: int = 2048, seed: int = 0) -> torch
     f_k the flattened output of layer k, x^(l) the input x with its levels <= l kept and everything below
     re-expanded with fresh rule choices (so l = 0 keeps only the label), y an independent input. 0 means
     layer k is invariant to those synonymic exchanges, about 1 that it is as sensitive to them as to a new
-    input. x and y are the iid samples 0..n-1 and n..2n-1 of stream seed; the redraws come from a
-    generator seeded seed.
+    input. x and y are the iid samples 0..n-1 and n..2n-1 of stream seed; the redraws come from a (CPU)
+    generator seeded seed. The samples are drawn on the device of the model's parameters.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"rhmfast: n must be an int >= 1, got {n!r}")
-    x, _, tree = grammar.sample(n, seed=seed, return_tree=True)
-    y, _ = grammar.sample(n, seed=seed, start=n)
+    device = _device_of(model)
+    x, _, tree = grammar.sample(n, seed=seed, return_tree=True, device=device)
+    y, _ = grammar.sample(n, seed=seed, start=n, device=device)
     x, y = x.long(), y.long()
     gen = torch.Generator().manual_seed(seed)
     reps_x = [f.flatten(1) for f in model.layer_outputs(x)]
@@ -55,21 +67,23 @@ def synonymic_sensitivity(model, grammar, n: int = 2048, seed: int = 0) -> torch
 
 def first_patch_posterior(grammar, tree: list[torch.Tensor], level: int) -> torch.Tensor:
     """q^(level) of each sample's first level-``level`` patch [n, n_classes] (float64), read from
-    ``grammar.exact.label_posterior(level)`` through the patch's parent (tree[level-1][:, 0])."""
+    ``grammar.exact.label_posterior(level)`` through the patch's parent (tree[level-1][:, 0]), on the
+    tree's device."""
     posterior = grammar.exact.label_posterior(level)[:, 0]  # synonyms share it: rule 0 suffices
     row_of = torch.full((max(grammar.v, grammar.n_classes),), -1, dtype=torch.int64)
     row_of[grammar.parents[level - 1]] = torch.arange(grammar.parents[level - 1].numel())
-    return posterior[row_of[tree[level - 1][:, 0].long()]]
+    parent = tree[level - 1][:, 0].long()
+    return posterior.to(parent.device)[row_of.to(parent.device)[parent]]
 
 
 @torch.no_grad()
 def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 0, start: int = 0) -> float:
     """Mean ‖h^(level-1)_1(x) − q^(level)_{μ(x)}‖₂ over the iid samples start .. start+n-1 of stream seed:
     the learner's normalised output on the first level-``level`` patch against the exact label posterior
-    of that patch."""
+    of that patch. The samples are drawn on the device of the learner's parameters."""
     if not 1 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
-    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True)
+    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=_device_of(learner))
     width = grammar.s ** (grammar.L - level + 1)
     output = learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0]
     return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()

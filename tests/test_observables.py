@@ -1,11 +1,12 @@
 """Diagnostics: resampling below a level keeps the levels above, synonymic sensitivity of oracle
 representations, the exact first-patch posteriors, and the Ren learner's posterior distance."""
+import pytest
 import torch
 import torch.nn.functional as F
 
 import rhmfast
 from conftest import parse_back
-from rhmfast.models import RenLayerwiseLearner
+from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner
 from rhmfast.observables import first_patch_posterior, posterior_distance, resample_below, synonymic_sensitivity
 
 
@@ -75,3 +76,21 @@ def test_posterior_distance_of_an_untrained_and_a_planted_learner():
             for j, (a, b) in enumerate(rules.tolist()):
                 learner.W[1][:, a * 6 + b] = q[row, j]
     assert posterior_distance(learner, g, 2, n=1000, seed=7) < 1e-12
+
+
+@pytest.mark.cuda
+def test_diagnostics_follow_the_model_to_cuda():
+    """Samples are drawn where the model lives; the redraws (a CPU generator) and the posteriors match the CPU's."""
+    g = rhmfast.RHM(6, 2, 2, 3, seed=0)
+    x, _, tree = g.sample(500, seed=3, return_tree=True)
+    gen_cpu, gen_gpu = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    redrawn = resample_below(g, tree[1].cuda(), 1, gen_gpu)
+    assert redrawn.is_cuda and torch.equal(redrawn.cpu(), resample_below(g, tree[1], 1, gen_cpu))
+    q = first_patch_posterior(g, [t.cuda() for t in tree], 2)
+    assert q.is_cuda and torch.equal(q.cpu(), first_patch_posterior(g, tree, 2))
+    learner = RenLayerwiseLearner(6, 2, 3)  # W = 0: the distance is the mean norm of q
+    expected = posterior_distance(learner, g, 2, n=1000, seed=7)
+    assert posterior_distance(learner.cuda(), g, 2, n=1000, seed=7) == pytest.approx(expected, rel=1e-12)
+    model = HierarchicalCNN(6, 16, 2, 3, 6, seed=0)
+    S = synonymic_sensitivity(model, g, n=300, seed=4)
+    torch.testing.assert_close(synonymic_sensitivity(model.cuda(), g, n=300, seed=4).cpu(), S, rtol=1e-3, atol=1e-5)
