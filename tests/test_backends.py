@@ -272,3 +272,14 @@ def test_cuda_decode_matches_cpu(dtype, rng):
     cpu = g.decode(datum, dtype=dtype, return_tree=True)
     gpu = g.decode(datum.cuda(), dtype=dtype, return_tree=True, device="cuda")
     assert_same_result((gpu[0].cpu(), gpu[1].cpu(), [t.cpu() for t in gpu[2]]), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bound", [0, 7, (1 << 31) + 1])
+def test_cuda_philox_uniform_matches_cpu(bound):
+    """philox_uniform on a CUDA counter (the reference there: the extension's kernel is CPU-only) gives
+    the CPU bits, on the counter's device."""
+    counter = torch.arange(4 * 999, dtype=torch.int64).reshape(999, 4)
+    cpu = rhmfast.philox_uniform(counter, (1 << 63) + 5, bound)
+    gpu = rhmfast.philox_uniform(counter.cuda(), (1 << 63) + 5, bound)
+    assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)

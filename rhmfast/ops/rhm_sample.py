@@ -35,8 +35,9 @@ def philox_uniform(counter: torch.Tensor, seed: int, bound: int = 0) -> torch.Te
     """Philox4x32-10 blocks of ``counter`` (int64 [N, 4], entries < 2^32) under a 64-bit ``seed``.
 
     With ``bound`` = 0 the raw 32-bit words; with 1 <= bound < 2^32 each word mapped exactly to [0, bound).
+    The extension has a CPU kernel only: on other devices the reference (same bits) runs.
     """
-    if use_extension(counter.device):
+    if counter.device.type == "cpu" and use_extension(counter.device):
         return torch.ops.rhmfast.philox_uniform(counter, _as_int64(seed), bound)
     return philox_ref.philox_uniform(counter, seed, bound)
 
