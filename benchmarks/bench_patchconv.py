@@ -161,7 +161,7 @@ def bench_token(args, device):
             config = f"v={vocab} C={width} s={s} B={batch} T={t_out * s}"
             for mode in ("fwd", "fwd+bwd"):
                 wrap = no_grad if mode == "fwd" else train_step
-                medians = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device)
+                medians = measure({n: wrap(f) for n, f in cands.items()}, args.token_rounds, device)
                 work = moved * (1 if mode == "fwd" else 2)
                 rows += rows_for("token_patch_embed", config, mode, medians, work, "GB/s", "rhmfast TokenPatchEmbedding")
                 log(rows[-len(medians):])
@@ -289,7 +289,8 @@ def gpu_goals(rows):
 def markdown(meta, rows, goal_rows):
     lines = [f"# Patchwise layers benchmark ({meta['device']})", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
-             f"{meta['date']}; rounds {meta['rounds']}{' (quick)' if meta['quick'] else ''}. Median of interleaved "
+             f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
+             f"{' (quick)' if meta['quick'] else ''}. Median of interleaved "
              "rounds; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
     notes = {
         "patch_conv": "GFLOP/s: 2·rows·s·C_in·C_out per forward, 3x that for forward + backward (grad of x and W).",
@@ -341,12 +342,14 @@ def main(argv=None):
     args.trunk_batch = 64 if args.quick else 256
     args.trunk_widths = (64, 128, 256)
     args.rounds = args.rounds or (3 if args.quick else 7)
+    args.token_rounds = 5 * args.rounds  # token-layer calls take milliseconds: more rounds steady the medians
     print(rhmfast.backends(), flush=True)
     info = machine()
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {info['cpu']}",
                 machine=f"{platform.machine()} {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores",
                 torch=torch.__version__,
                 threads=torch.get_num_threads(), dtype=str(args.dtype), quick=args.quick, rounds=args.rounds,
+                token_rounds=args.token_rounds,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 python=sys.version.split()[0], backends=rhmfast.backends())
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
