@@ -13,8 +13,6 @@ import hashlib
 import json
 import math
 
-import torch
-
 from rhmfast.models import check_choice, check_positive_int
 
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
@@ -161,23 +159,19 @@ def sgd_arguments(config: dict) -> dict:
 
 
 def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
-    """Train the learner of one config and return its RunRecord. device: where end-to-end SGD runs (the
-    layerwise trainers run on the CPU)."""
+    """Train the learner of one config on `device` and return its RunRecord (every trainer keeps its data
+    on the model's device)."""
     from rhmfast.train import train_layerwise_sgd, train_ren_layerwise, train_sgd
 
     c = complete_config(config)
     grammar = grammar_of(c)
     check_feasible(c, grammar)
-    model = build_model(c)
-    if c["trainer"] == "sgd":
-        model = model.to(device)
-    elif torch.device(device).type != "cpu":
-        raise ValueError(f"rhmfast: trainer {c['trainer']!r} runs on the CPU only, got device {device!r}")
+    model = build_model(c).to(device)
     if c["trainer"] == "ren":
         scale = c["P"] / sum(c["m"] ** l for l in range(1, c["L"] + 1))
         return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], lam=c["ren_lam"],
                                    seed_data=c["seed_sample"], progress=progress)
-    if c["trainer"] == "sgd":  # the model is already on device
+    if c["trainer"] == "sgd":
         return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **sgd_arguments(c))
     return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
                                hint_weight=c["hint_weight"], progress=progress, seed_readout=c["seed_model"],

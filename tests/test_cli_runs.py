@@ -84,3 +84,11 @@ def test_train_torchrun_nccl_on_one_gpu_matches_one_process(tmp_path):
     assert [p["test_error"] for p in one["result"]["curve"]] == [p["test_error"] for p in nccl["result"]["curve"]]
     for a, b in zip(one["result"]["curve"], nccl["result"]["curve"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("trainer", [["--model", "ren"], ["--trainer", "layerwise"], ["--trainer", "layerwise_hints"]])
+def test_train_runs_every_trainer_on_the_device(tmp_path, device, trainer):
+    cli.main(["train", *RUN, *trainer, "--device", device, "--out", str(tmp_path)])
+    (record,) = ResultStore(tmp_path).records()
+    assert record["execution"]["device"] == device and 0 <= record["test_error"] <= 1
