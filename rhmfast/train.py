@@ -72,8 +72,9 @@ def test_error(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_B
     return count_errors(model, x, y, batch_size) / max(1, x.shape[0])
 
 
-def _minibatches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
+def _minibatches(n: int, batch_size: int, gen: torch.Generator, device="cpu"):
+    # Drawn on the generator's device (the same order everywhere), moved to `device` once per epoch.
+    order = torch.randperm(n, generator=gen).to(device)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
 
@@ -85,8 +86,9 @@ def _finish(record: RunRecord, started: float) -> RunRecord:
 
 
 def _whole_batch(loss, inputs):
-    """The minibatch's mean loss and size, for a process that holds all of it (``_epochs``' default)."""
-    return loss.item(), inputs.shape[0]
+    """The minibatch's mean loss (a tensor: no host sync) and size, for a process that holds all of it
+    (``_epochs``' default)."""
+    return loss.detach(), inputs.shape[0]
 
 
 def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, cosine, max_epochs,
@@ -96,25 +98,28 @@ def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, co
     Appends to record.curve; returns the last curve point. KeyboardInterrupt propagates to the caller.
 
     combine(loss, inputs), called between backward and the optimizer step, returns the minibatch's mean
-    loss and size: data-parallel training (``rhmfast.distributed``) sums the ranks' gradients there."""
+    loss (float or 0-dim tensor) and size: data-parallel training (``rhmfast.distributed``) sums the
+    ranks' gradients there. The epoch's loss is summed in float64 where the losses are and read once per
+    epoch (one host sync an epoch on a GPU, not one a step); the bits are those of a Python float sum."""
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_epochs) if cosine else None
     point = None
     with tqdm(range(1, max_epochs + 1), desc=desc, disable=not progress, leave=False) as bar:  # closed on Ctrl-C too
         for epoch in bar:
-            total, count = 0.0, 0
+            total, count = None, 0
             for inputs, targets in batches_of_epoch():
                 loss = loss_fn(inputs, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 mean_loss, n = combine(loss, inputs)
                 optimizer.step()
-                total += mean_loss * n
+                term = torch.as_tensor(mean_loss, dtype=torch.float64) * n
+                total = term if total is None else total + term
                 count += n
                 record.samples_seen += n
             if scheduler is not None:
                 scheduler.step()
-            train_loss = total / count
+            train_loss = total.item() / count
             if not math.isfinite(train_loss):
                 record.stopped_by = "diverged"
             elif train_loss < loss_threshold:
@@ -165,8 +170,7 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
         order = torch.Generator().manual_seed(seed_order)  # on the CPU: the same order on every device
 
         def batches_of_epoch():
-            for idx in _minibatches(n_train, batch_size, order):
-                idx = idx.to(device)
+            for idx in _minibatches(n_train, batch_size, order, device):
                 yield x_train[idx], y_train[idx]
 
     return _run_sgd(model, record, batches_of_epoch, lambda x, y: F.cross_entropy(model(x), y),
@@ -271,8 +275,7 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
                 return loss
 
             def batches_of_epoch():
-                for idx in _minibatches(n_train, batch_size, order):
-                    idx = idx.to(device)
+                for idx in _minibatches(n_train, batch_size, order, device):
                     yield idx, y_train[idx]
 
             @torch.no_grad()
