@@ -97,6 +97,11 @@ cudaError_t launch_activation_grad(FloatType type, const void* grad, const void*
         bias_sum_kernel<T><<<blocks_for(C, kThreads), kThreads, 0, stream>>>(acc, T_out, C,
                                                                              static_cast<T*>(grad_bias));
       }
+    } else if (grad_bias != nullptr && C > 0) {
+      // No positions (an empty sequence): the bias gradient is an empty sum, all zeros (the bits of
+      // 0.0 in every float type), and nothing else would write it.
+      const cudaError_t status = cudaMemsetAsync(grad_bias, 0, C * sizeof(T), stream);
+      if (status != cudaSuccess) return status;
     }
     return cudaGetLastError();
   });

@@ -130,3 +130,24 @@ def test_cuda_matches_cpu(dtype, activation):
     inputs = conv_sample(16, 32, 64, 48, 2, torch.float64, seed=4, requires_grad=True)
     cfg = dict(patch_size=2, scale=0.5, activation=activation)
     assert_cuda_matches_cpu(lambda *t: patch_conv(*t, **cfg), lambda *t: reference.patch_conv(*t, **cfg), inputs, dtype)
+
+
+def empty_sequence_grads(device):
+    """Gradients of patch_conv on sequences of length 0 (an empty batch of positions)."""
+    x, weight, b, pb = conv_sample(3, 0, 5, 4, 2, torch.float32, device=device, requires_grad=True)
+    y = patch_conv(x, weight, b, pb, patch_size=2, activation="relu")
+    return torch.autograd.grad(y, (x, weight, b, pb), torch.ones_like(y))
+
+
+def test_empty_sequence_gradients_are_empty_sums():
+    grad_x, grad_w, grad_b, grad_pb = empty_sequence_grads("cpu")
+    assert grad_x.shape == (3, 0, 5) and grad_pb.shape == (0, 4)
+    assert torch.equal(grad_w, torch.zeros(4, 10)) and torch.equal(grad_b, torch.zeros(4))
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_empty_sequence_gradients_match_cpu():
+    """The bias gradient of an empty sequence is an empty sum: zeros, written although no position is."""
+    for got, want in zip(empty_sequence_grads("cuda"), empty_sequence_grads("cpu")):
+        assert got.is_cuda and torch.equal(got.cpu(), want)

@@ -189,3 +189,23 @@ def test_double_backward_raises():
     (g_table,) = torch.autograd.grad(y.sum(), table, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         g_table.sum().backward()
+
+
+def empty_sequence_grads(device):
+    """Gradients of token_patch_embed on sequences of length 0."""
+    tokens, table, b, pb = token_sample(3, 0, 6, 4, 2, torch.int64, torch.float32, device=device, requires_grad=True)
+    y = token_patch_embed(tokens, table, b, pb, patch_size=2, activation="relu")
+    return torch.autograd.grad(y, (table, b, pb), torch.ones_like(y))
+
+
+def test_empty_sequence_gradients_are_empty_sums():
+    grad_table, grad_b, grad_pb = empty_sequence_grads("cpu")
+    assert torch.equal(grad_table, torch.zeros(2, 6, 4)) and torch.equal(grad_b, torch.zeros(4))
+    assert grad_pb.shape == (0, 4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_empty_sequence_gradients_match_cpu():
+    for got, want in zip(empty_sequence_grads("cuda"), empty_sequence_grads("cpu")):
+        assert got.is_cuda and torch.equal(got.cpu(), want)
