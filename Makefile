@@ -34,7 +34,8 @@ test: build check-cuda
 	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra
 
 # Compile-check every CUDA kernel with plain nvcc (no torch) for sm_80 and sm_90; fails on errors
-# and on register spills. Skipped, saying so, where nvcc is absent.
+# and on register spills. Also parses every C++ source as C++17, as torch before 2.12 builds them.
+# Skipped, saying so, where nvcc is absent.
 check-cuda:
 	PYTHON=$(PY) bash .ci/check_cuda.sh
 
