@@ -1,7 +1,7 @@
 // patch_conv_stack / patch_conv_stack_backward: a whole hCNN trunk (token layer, then L-1 patch
 // layers, one activation) under one autograd boundary (layout contract in patch_conv.h). Device-generic:
 // registered as CompositeExplicitAutograd, it calls the per-layer ops through the dispatcher, so it runs
-// the CPU or the CUDA layer kernels (autograd is registered once, in rhmfast/ops/patch_conv_stack.py).
+// the CPU or the CUDA layer kernels (autograd: patch_conv_stack_autograd.cpp).
 //
 // Forward returns every layer's output: layer l's output is layer l+1's input, so these are exactly
 // the tensors backward needs (for relu, outputs rather than pre-activations) and nothing is stored

@@ -82,6 +82,30 @@ def test_backward_is_deterministic(backend, vocab):
         assert all(torch.equal(g, g0) for g, g0 in zip(run, runs[0]))
 
 
+def test_frozen_parameters_get_no_gradient(backend):
+    """Layerwise training freezes layers: only the parameters that require grad get one, with the values
+    of a run where all do."""
+    tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 6, torch.float64, seed=5, bias=True,
+                                           requires_grad=True)
+    y = patch_conv_stack(tokens, table, weights, biases, patch_size=2, scales="hcnn")
+    want = torch.autograd.grad(y.sum(), (weights[1], biases[2]))
+    frozen = [p.detach() for p in (table, weights[0], biases[0], biases[1])]
+    y = patch_conv_stack(tokens, frozen[0], [frozen[1], weights[1]], [frozen[2], frozen[3], biases[2]],
+                         patch_size=2, scales="hcnn")
+    y.sum().backward()
+    assert all(p.grad is None for p in (table, weights[0], biases[0], biases[1]))
+    assert torch.equal(weights[1].grad, want[0]) and torch.equal(biases[2].grad, want[1])
+
+
+def test_double_backward_raises():
+    need_extension()
+    tokens, table, weights, _ = trunk([4, 3, 5], 5, 2, 3, 2, torch.float64, seed=6, requires_grad=True)
+    outs = torch.ops.rhmfast.patch_conv_stack(tokens, table, weights, [], 2, [1.0, 1.0, 1.0], "square")
+    (g_table,) = torch.autograd.grad(outs[-1].sum(), table, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        g_table.sum().backward()
+
+
 def test_opcheck():
     need_extension()
     op = torch.ops.rhmfast.patch_conv_stack.default

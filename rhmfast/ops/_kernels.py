@@ -15,12 +15,3 @@ def use_kernel(registered: bool, tensor: torch.Tensor) -> bool:
     """registered: op_registered(...) of the op, looked up once at import (it is not free per call)."""
     return registered and _backend.use_extension(tensor.device)
 
-
-def forbid_double_backward(backward_op: str) -> None:
-    """Registers an autograd kernel on a backward op that raises when differentiated, instead of the
-    dispatcher's fallback that would silently return wrong (zero) second derivatives."""
-
-    def _raise(ctx, *grads):
-        raise RuntimeError(f"rhmfast: {backward_op} is not differentiable (double backward is not supported)")
-
-    torch.library.register_autograd(backward_op, _raise, setup_context=lambda ctx, inputs, output: None)

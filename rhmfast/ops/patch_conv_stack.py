@@ -1,6 +1,7 @@
 """``patch_conv_stack``: a whole hCNN trunk (token layer + L-1 patch layers, one activation, per-layer
-scales) under one autograd boundary that saves only the layer outputs. Dispatcher op with fake kernel and
-autograd (backward op ``patch_conv_stack_backward``), or the pure-PyTorch reference without the extension.
+scales) under one autograd boundary that saves only the layer outputs. Dispatcher op with fake kernel (here)
+and autograd (in C++, csrc/patch_conv_stack_autograd.cpp; backward op ``patch_conv_stack_backward``), or the
+pure-PyTorch reference without the extension.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import torch
 
-from rhmfast.ops._kernels import forbid_double_backward, op_registered, use_kernel
+from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import patch_conv_stack as reference
 from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args
 from rhmfast.reference.token_patch_embed import check_token_patch_embed_args
@@ -70,27 +71,6 @@ def _fake_backward(grad_outs, tokens, table, weights, biases, outs, patch_size, 
             [b.new_empty(b.shape) for b in biases])
 
 
-def _setup_context(ctx, inputs, output):
-    tokens, table, weights, biases, patch_size, scales, activation = inputs
-    ctx.save_for_backward(tokens, table, *weights, *biases, *output)
-    ctx.counts = (len(weights), len(biases))
-    ctx.config = (patch_size, scales, activation)
-    # Outputs nobody used get None instead of a zero tensor that backward would have to add.
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_outs):
-    saved = ctx.saved_tensors
-    n_w, n_b = ctx.counts
-    tokens, table = saved[:2]
-    weights, biases, outs = saved[2:2 + n_w], saved[2 + n_w:2 + n_w + n_b], saved[2 + n_w + n_b:]
-    grad_table, grad_weights, grad_biases = torch.ops.rhmfast.patch_conv_stack_backward(
-        list(grad_outs), tokens, table, list(weights), list(biases), list(outs), *ctx.config)
-    return None, grad_table, list(grad_weights), list(grad_biases), None, None, None
-
-
 if _REGISTERED:
     torch.library.register_fake("rhmfast::patch_conv_stack")(_fake)
     torch.library.register_fake("rhmfast::patch_conv_stack_backward")(_fake_backward)
-    torch.library.register_autograd("rhmfast::patch_conv_stack", _backward, setup_context=_setup_context)
-    forbid_double_backward("rhmfast::patch_conv_stack_backward")
