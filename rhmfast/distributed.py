@@ -161,8 +161,8 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
         order = torch.Generator().manual_seed(settings["seed_order"])
 
         def batches_of_epoch():
-            for idx in _minibatches(n_train, batch_size, order):  # the same global order on every rank
-                mine = (idx[(idx >= lo) & (idx < hi)] - lo).to(device)
+            for idx in _minibatches(n_train, batch_size, order, device):  # the same global order on every rank
+                mine = idx[(idx >= lo) & (idx < hi)] - lo
                 yield x_train[mine], y_train[mine]
 
     def loss_sum(x, y):
