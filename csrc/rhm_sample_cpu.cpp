@@ -38,30 +38,39 @@ void fill_words_scalar(PhiloxKey key, const uint32_t* c0, const uint32_t* c1, co
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// Eight Philox blocks at once in AVX2 registers (lane = block). The compiler's own vectorisation of the
-// scalar loop is several times slower: it widens every 32x32->64-bit product to 64-bit lanes.
-// (hi, lo) 32-bit halves of a * b per lane: even and odd lanes multiply separately.
-__attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i a, __m256i b, __m256i* hi, __m256i* lo) {
-  const __m256i even = _mm256_mul_epu32(a, b);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
-  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+// The ten rounds' key words, each repeated across eight lanes: read as memory operands of the rounds'
+// xors, they cost nothing, where broadcasting them in every call took a quarter of its instructions.
+// (Filled with intrinsics: GCC 12.2 compiled the plain nested loop into code that stored k0 in both.)
+struct RoundKeys {
+  alignas(32) uint32_t k[10][2][8];
+};
+
+__attribute__((target("avx2"))) inline RoundKeys round_keys(PhiloxKey key) {
+  RoundKeys rk;
+  for (uint32_t r = 0; r < 10; ++r) {
+    const int k0 = static_cast<int>(key.k0 + r * 0x9E3779B9u), k1 = static_cast<int>(key.k1 + r * 0xBB67AE85u);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rk.k[r][0]), _mm256_set1_epi32(k0));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rk.k[r][1]), _mm256_set1_epi32(k1));
+  }
+  return rk;
 }
 
-// Ten Philox4x32 rounds on eight counters at once (lane = counter), in place. The rounds run on the
-// even and the odd lanes separately, each lane in the low half of a 64-bit slot: _mm256_mul_epu32 then
-// yields the whole product (lo in the low half, hi one shift away) and the high halves are don't-care
-// (the multiplier reads only low halves), so no blends are needed until the lanes are merged at the end.
+// Ten Philox4x32 rounds on eight counters at once (lane = counter), in place; the compiler's own
+// vectorisation of the scalar loop is several times slower (it widens every 32x32->64-bit product to
+// 64-bit lanes). The rounds run on the even and the odd lanes separately, each lane in the low half of a
+// 64-bit slot: _mm256_mul_epu32 then yields the whole product (lo in the low half, hi one shift away)
+// and the high halves are don't-care (the multiplier reads only low halves), so no blends are needed
+// until the lanes are merged at the end.
 __attribute__((target("avx2"))) inline void philox10_avx2(__m256i& x0, __m256i& x1, __m256i& x2, __m256i& x3,
-                                                          PhiloxKey key) {
+                                                          const RoundKeys& rk) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   __m256i e[4] = {x0, x1, x2, x3};
   __m256i o[4] = {_mm256_srli_epi64(x0, 32), _mm256_srli_epi64(x1, 32), _mm256_srli_epi64(x2, 32),
                   _mm256_srli_epi64(x3, 32)};
-  uint32_t k0 = key.k0, k1 = key.k1;
-  for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
+  for (int r = 0; r < 10; ++r) {
+    const __m256i key0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(rk.k[r][0]));
+    const __m256i key1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(rk.k[r][1]));
     for (__m256i* x : {e, o}) {
       const __m256i p0 = _mm256_mul_epu32(m0, x[0]), p1 = _mm256_mul_epu32(m1, x[2]);
       x[0] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), x[1]), key0);
@@ -78,13 +87,14 @@ __attribute__((target("avx2"))) inline void philox10_avx2(__m256i& x0, __m256i& 
 
 __attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
                                                       const uint32_t* c2, int64_t count, uint32_t* words) {
+  const RoundKeys rk = round_keys(key);
   int64_t f = 0;
   for (; f + 8 <= count; f += 8) {
     __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + f));
     __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + f));
     __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2 + f));
     __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
-    philox10_avx2(x0, x1, x2, x3, key);
+    philox10_avx2(x0, x1, x2, x3, rk);
     // Transpose lanes (x0..x3 of 8 blocks) into block-major order.
     const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
     const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
@@ -185,6 +195,9 @@ struct Job {
   FeistelDomain domain;    // index mode
   uint64_t per_class;      // index mode / decode
   const uint32_t* packed_rules;  // [L][R][m], child c of a rule in byte c; null unless R <= 256, s <= 4
+#if defined(__x86_64__) && defined(__GNUC__)
+  RoundKeys round_keys;    // key's round keys for the AVX2 lanes
+#endif
 };
 
 // With the patch size known at compile time a rule's children move as one small memcpy (a single
@@ -269,14 +282,57 @@ inline void lane_counters(const Job& job, int64_t first, int lanes, uint32_t* lo
   }
 }
 
+// uint8 leaves of nodes k0 .. k0 + 3 for lanes 8 p .. 8 p + 7 (S = 2, 3, 4): a 4x8 transpose of the
+// packed words, then each lane's 4 s bytes squeezed together and stored at once. A scalar copy per node
+// and lane took a third of the (8, 4, 3, 4) kernel's time.
+template <int S>
+__attribute__((target("avx2"))) inline void write_leaf_quad(const uint32_t* leaves, int lanes, int p, int64_t k0,
+                                                             uint8_t* rows, int64_t d) {
+  const __m256i* row = reinterpret_cast<const __m256i*>(leaves + lanes * k0 + 8 * p);
+  const int64_t step = lanes / 8;  // one node further, in vectors
+  const __m256i r0 = _mm256_loadu_si256(row), r1 = _mm256_loadu_si256(row + step);
+  const __m256i r2 = _mm256_loadu_si256(row + 2 * step), r3 = _mm256_loadu_si256(row + 3 * step);
+  const __m256i a0 = _mm256_unpacklo_epi32(r0, r1), a1 = _mm256_unpackhi_epi32(r0, r1);
+  const __m256i a2 = _mm256_unpacklo_epi32(r2, r3), a3 = _mm256_unpackhi_epi32(r2, r3);
+  // q[j]: lane j's four words in the low 128 bits, lane j + 4's in the high ones.
+  const __m256i q[4] = {_mm256_unpacklo_epi64(a0, a2), _mm256_unpackhi_epi64(a0, a2), _mm256_unpacklo_epi64(a1, a3),
+                        _mm256_unpackhi_epi64(a1, a3)};
+  // Keeps the low S bytes of each word, packed to the front of each 128-bit half.
+  const __m256i squeeze = S == 2 ? _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4,
+                                                    5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1)
+                                 : _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4,
+                                                    5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+  for (int j = 0; j < 4; ++j) {
+    const __m256i x = S == 4 ? q[j] : _mm256_shuffle_epi8(q[j], squeeze);
+    for (int half = 0; half < 2; ++half) {
+      const __m128i h = half == 0 ? _mm256_castsi256_si128(x) : _mm256_extracti128_si256(x, 1);
+      uint8_t* out = rows + (8 * p + j + 4 * half) * d + k0 * S;
+      if constexpr (S == 4) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), h);
+      } else {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out), h);
+        if constexpr (S == 3) {
+          const int32_t tail = _mm_cvtsi128_si32(_mm_srli_si128(h, 8));
+          std::memcpy(out + 8, &tail, 4);
+        }
+      }
+    }
+  }
+}
+
 // The lane kernels' leaves into the samples' token rows: node k's s children are the low s bytes of
-// its packed word leaves[lanes * k + lane] (little-endian x86).
+// its packed word leaves[lanes * k + lane] (little-endian x86). lanes is a multiple of 8.
 template <int S, typename Sym>
 inline void write_leaves(const uint32_t* leaves, int lanes, int64_t first, int64_t last_width, int32_t s, int64_t d,
                          Sym* tokens) {
+  int64_t done = 0;  // nodes written for every lane by the vector path
+  if constexpr (std::is_same_v<Sym, uint8_t> && S >= 2) {
+    for (; done + 4 <= last_width; done += 4)
+      for (int p = 0; p < lanes / 8; ++p) write_leaf_quad<S>(leaves, lanes, p, done, tokens + first * d, d);
+  }
   for (int lane = 0; lane < lanes; ++lane) {
     Sym* row = tokens + (first + lane) * d;
-    for (int64_t k = 0; k < last_width; ++k) {
+    for (int64_t k = done; k < last_width; ++k) {
       const uint32_t packed = leaves[lanes * k + lane];
       if constexpr (std::is_same_v<Sym, uint8_t> && S > 0) {
         std::memcpy(row + k * S, &packed, S);
@@ -384,7 +440,9 @@ __attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m
 // The same lane-per-sample expansion for CPUs without AVX-512 (same conditions), in P groups of eight
 // AVX2 lanes: with P = 2 it takes sixteen samples and the AVX-512 path's scratch layout, and the second
 // group's gathers overlap the first's.
-template <int P, int S, typename Sym>
+// Pow2 (m a power of two): a word's choice is its top log2(m) bits, which uniform_below never rejects
+// (its threshold 2^32 mod m is 0), and a rule's row is (symbol << log2 m) | choice.
+template <int P, int S, bool Pow2, typename Sym>
 __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
                                                      int32_t* words, int32_t* level_a, int32_t* level_b,
                                                      uint32_t* leaves) {
@@ -402,7 +460,7 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
       __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo + 8 * p));
       __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi + 8 * p));
       __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
-      philox10_avx2(x0, x1, x2, x3, job.key);
+      philox10_avx2(x0, x1, x2, x3, job.round_keys);
       int32_t* out = words + kWidth * 4 * b + 8 * p;
       store8(out, x0);
       store8(out + kWidth, x1);
@@ -421,6 +479,9 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
     store8(level_a + 8 * p, label);
   }
   const __m256i vm = _mm256_set1_epi32(g.m), byte = _mm256_set1_epi32(0xFF);
+  int bits = 0;
+  while ((int64_t{1} << bits) < g.m) ++bits;
+  const __m128i row_shift = _mm_cvtsi32_si128(bits), choice_shift = _mm_cvtsi32_si128(32 - bits);
   int32_t* cur = level_a;
   int32_t* next = level_b;
   const int* level_rules = reinterpret_cast<const int*>(job.packed_rules);
@@ -430,10 +491,16 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
     for (int64_t k = 0; k < width; ++k) {
       __m256i children[P];
       for (int p = 0; p < P; ++p) {  // P independent gathers in flight
-        uint32_t lanes = 0;
-        const __m256i choice = mulhi_bounded_avx2(load8(words + kWidth * (node + k) + 8 * p), vm, &lanes);
-        suspect |= lanes << (8 * p);
-        const __m256i row = _mm256_add_epi32(_mm256_mullo_epi32(load8(cur + kWidth * k + 8 * p), vm), choice);
+        const __m256i word = load8(words + kWidth * (node + k) + 8 * p), symbol = load8(cur + kWidth * k + 8 * p);
+        __m256i row;
+        if constexpr (Pow2) {
+          row = _mm256_or_si256(_mm256_sll_epi32(symbol, row_shift), _mm256_srl_epi32(word, choice_shift));
+        } else {
+          uint32_t lanes = 0;
+          const __m256i choice = mulhi_bounded_avx2(word, vm, &lanes);
+          suspect |= lanes << (8 * p);
+          row = _mm256_add_epi32(_mm256_mullo_epi32(symbol, vm), choice);
+        }
         children[p] = _mm256_i32gather_epi32(level_rules, row, 4);
       }
       for (int p = 0; p < P; ++p) {
@@ -527,12 +594,15 @@ void expand_range(const Job& job, const Sym* leaf_rules, int64_t begin, int64_t 
   if (lanes && kSimd != Simd::kScalar) {
     std::vector<int32_t> lane_words(kLanes * 4 * n_blocks), level_a(kLanes * (d / g.s)), level_b(kLanes * (d / g.s));
     std::vector<uint32_t> lane_leaves(kLanes * (d / g.s));
+    const bool pow2 = (g.m & (g.m - 1)) == 0;
     for (; begin + kLanes <= end; begin += kLanes) {
       const uint32_t redo = kSimd == Simd::kAvx512
           ? expand16_avx512<S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
                                     lane_leaves.data())
-          : expand_avx2<2, S, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(), level_b.data(),
-                                   lane_leaves.data());
+          : pow2 ? expand_avx2<2, S, true, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(),
+                                                level_b.data(), lane_leaves.data())
+                 : expand_avx2<2, S, false, Sym>(job, begin, tokens, labels, lane_words.data(), level_a.data(),
+                                                 level_b.data(), lane_leaves.data());
       for (int lane = 0; lane < kLanes; ++lane) {
         if (((redo >> lane) & 1u) != 0)
           expand_iid_exact<S>(job, leaf_rules, begin + lane, cur.data(), next.data(), tokens, labels, tree);
@@ -622,6 +692,9 @@ std::vector<uint32_t> pack_rules(const int32_t* rules, const RhmShape& g) {
 
 SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dtype, bool return_tree) {
   job.rules = rules.data_ptr<int32_t>();
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kSimd != Simd::kScalar) job.round_keys = round_keys(job.key);
+#endif
   const std::vector<uint32_t> packed = pack_rules(job.rules, job.g);
   job.packed_rules = packed.empty() ? nullptr : packed.data();
   auto [tokens, labels, tree] = allocate_outputs(job.g, n, dtype, return_tree, rules.options());
