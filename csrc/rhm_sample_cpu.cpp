@@ -195,6 +195,7 @@ struct Job {
   FeistelDomain domain;    // index mode
   uint64_t per_class;      // index mode / decode
   const uint32_t* packed_rules;  // [L][R][m], child c of a rule in byte c; null unless R <= 256, s <= 4
+  const uint32_t* paired_rules;  // [R][m][m][m], see pair_last_levels; null when not made
 #if defined(__x86_64__) && defined(__GNUC__)
   RoundKeys round_keys;    // key's round keys for the AVX2 lanes
 #endif
@@ -441,7 +442,9 @@ __attribute__((target("avx2"))) inline __m256i mulhi_bounded_avx2(__m256i w, __m
 // AVX2 lanes: with P = 2 it takes sixteen samples and the AVX-512 path's scratch layout, and the second
 // group's gathers overlap the first's.
 // Pow2 (m a power of two): a word's choice is its top log2(m) bits, which uniform_below never rejects
-// (its threshold 2^32 mod m is 0), and a rule's row is (symbol << log2 m) | choice.
+// (its threshold 2^32 mod m is 0), and a rule's row is (symbol << log2 m) | choice. With paired rules as
+// well (s = 2, see pair_last_levels) the row of a node of level L - 2 takes its two children's choices
+// too, and one gather yields its four leaves.
 template <int P, int S, bool Pow2, typename Sym>
 __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t first, Sym* tokens, int64_t* labels,
                                                      int32_t* words, int32_t* level_a, int32_t* level_b,
@@ -485,9 +488,13 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
   int32_t* cur = level_a;
   int32_t* next = level_b;
   const int* level_rules = reinterpret_cast<const int*>(job.packed_rules);
+  // With paired rules (S = 2, Pow2) the last two levels take one look-up per node of level L - 2.
+  const bool paired = Pow2 && S == 2 && job.paired_rules != nullptr;
+  const int32_t levels = paired ? L - 1 : L;
   int64_t width = 1, node = 1;
-  for (int32_t l = 0; l < L; ++l, node += width, width *= s, level_rules += level_size) {
-    const bool last = l + 1 == L;
+  for (int32_t l = 0; l < levels; ++l, node += width, width *= s, level_rules += level_size) {
+    const bool last = l + 1 == levels;
+    const int* table = paired && last ? reinterpret_cast<const int*>(job.paired_rules) : level_rules;
     for (int64_t k = 0; k < width; ++k) {
       __m256i children[P];
       for (int p = 0; p < P; ++p) {  // P independent gathers in flight
@@ -495,13 +502,19 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
         __m256i row;
         if constexpr (Pow2) {
           row = _mm256_or_si256(_mm256_sll_epi32(symbol, row_shift), _mm256_srl_epi32(word, choice_shift));
+          if (paired && last) {  // append the choices of the node's two children (level L - 1)
+            for (int64_t c = 0; c < 2; ++c) {
+              const __m256i child_word = load8(words + kWidth * (node + width + 2 * k + c) + 8 * p);
+              row = _mm256_or_si256(_mm256_sll_epi32(row, row_shift), _mm256_srl_epi32(child_word, choice_shift));
+            }
+          }
         } else {
           uint32_t lanes = 0;
           const __m256i choice = mulhi_bounded_avx2(word, vm, &lanes);
           suspect |= lanes << (8 * p);
           row = _mm256_add_epi32(_mm256_mullo_epi32(symbol, vm), choice);
         }
-        children[p] = _mm256_i32gather_epi32(level_rules, row, 4);
+        children[p] = _mm256_i32gather_epi32(table, row, 4);
       }
       for (int p = 0; p < P; ++p) {
         if (last) {
@@ -514,7 +527,10 @@ __attribute__((target("avx2"))) uint32_t expand_avx2(const Job& job, int64_t fir
     }
     std::swap(cur, next);
   }
-  write_leaves<S, Sym>(leaves, kWidth, first, d / s, s, d, tokens);
+  if (paired)
+    write_leaves<4, Sym>(leaves, kWidth, first, d / 4, 4, d, tokens);
+  else
+    write_leaves<S, Sym>(leaves, kWidth, first, d / s, s, d, tokens);
   return suspect;
 }
 #endif
@@ -690,6 +706,34 @@ std::vector<uint32_t> pack_rules(const int32_t* rules, const RhmShape& g) {
   return packed;
 }
 
+// For s = 2 and m a power of two: entry ((a m + c) m + c0) m + c1 holds, in its four bytes, the
+// grandchildren that symbol a of level L - 2 gets from rule c and its children's rules c0 and c1, so the
+// lane kernel expands the last two levels with one gather. Made only when the call's samples use each
+// entry several times over and the table stays within 1 MiB.
+std::vector<uint32_t> pair_last_levels(const uint32_t* packed, const RhmShape& g, int64_t n) {
+  std::vector<uint32_t> paired;
+  const int64_t m = g.m, entries = static_cast<int64_t>(g.R) * m * m * m;
+  if (packed == nullptr || g.s != 2 || g.L < 2 || (m & (m - 1)) != 0 || entries > (int64_t{1} << 18) ||
+      n * (int64_t{1} << (g.L - 2)) < 4 * entries)
+    return paired;
+  paired.resize(entries);
+  const uint32_t* upper = packed + static_cast<int64_t>(g.L - 2) * g.R * m;
+  const uint32_t* lower = packed + static_cast<int64_t>(g.L - 1) * g.R * m;
+  at::parallel_for(0, g.R, 1, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a)
+      for (int64_t c = 0; c < m; ++c) {
+        const uint32_t left = upper[a * m + c] & 0xFFu, right = (upper[a * m + c] >> 8) & 0xFFu;
+        uint32_t* out = paired.data() + (a * m + c) * m * m;
+        // Rows of symbols that cannot occur may hold anything: their entries are never read.
+        const bool valid = left < static_cast<uint32_t>(g.R) && right < static_cast<uint32_t>(g.R);
+        for (int64_t c0 = 0; c0 < m; ++c0)
+          for (int64_t c1 = 0; c1 < m; ++c1)
+            out[c0 * m + c1] = valid ? (lower[left * m + c0] & 0xFFFFu) | (lower[right * m + c1] << 16) : 0u;
+      }
+  });
+  return paired;
+}
+
 SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dtype, bool return_tree) {
   job.rules = rules.data_ptr<int32_t>();
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -697,6 +741,14 @@ SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dty
 #endif
   const std::vector<uint32_t> packed = pack_rules(job.rules, job.g);
   job.packed_rules = packed.empty() ? nullptr : packed.data();
+  std::vector<uint32_t> paired;
+#if defined(__x86_64__) && defined(__GNUC__)
+  // Only the AVX2 lane kernel reads paired rules (uint8 tokens, iid mode, no latent tree).
+  if (kSimd == Simd::kAvx2 && !return_tree && !job.decode && job.mode == SampleMode::kIid && dtype == at::kByte &&
+      job.g.n_internal <= kLaneMaxInternal)
+    paired = pair_last_levels(job.packed_rules, job.g, n);
+#endif
+  job.paired_rules = paired.empty() ? nullptr : paired.data();
   auto [tokens, labels, tree] = allocate_outputs(job.g, n, dtype, return_tree, rules.options());
   switch (dtype) {
     case at::kByte: run_typed<uint8_t>(job, n, tokens, labels, tree); break;

@@ -92,3 +92,23 @@ def test_lane_path_redoes_a_rejected_rule_choice():
     assert hits, "no rejected rule-choice word in the scanned range"
     for hit in hits:
         _assert_window_matches_reference(rules, 3, seed, hit)
+
+
+@pytest.mark.skipif(not rhmfast.backends()["extension"], reason="the SIMD paths belong to the extension")
+@pytest.mark.parametrize("v, m, L, n_classes, n", [(16, 4, 6, None, 3000), (32, 8, 4, None, 50_000),
+                                                    (4, 2, 2, None, 5000), (16, 4, 3, 4, 4001), (3, 1, 4, None, 300)])
+def test_paired_last_levels_match_reference(v, m, L, n_classes, n):
+    """For s = 2 and m a power of two, calls whose samples use each entry of the paired table
+    (R·m^3 entries, R = max(n_classes, v)) at least four times on average expand the last two levels
+    with one look-up on the AVX2 path; every size here is past that threshold, and root rows of
+    symbols that cannot occur (n_classes < v) must not matter."""
+    from rhmfast.reference import rhm_sample as ref
+    from rhmfast.ops.rhm_sample import rhm_sample
+
+    g = rhmfast.RHM(v, m, 2, L, n_classes=n_classes, seed=L)
+    rows = max(g.n_classes, v)
+    assert n * 2 ** (L - 2) >= 4 * rows * m ** 3  # the table is made
+    table = g.table("cpu")
+    a = rhm_sample(table, g.n_classes, n, 11, 5, "iid", torch.uint8, False)
+    b = ref.rhm_sample(table, g.n_classes, n, 11, 5, "iid", torch.uint8, False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
