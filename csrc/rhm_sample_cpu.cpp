@@ -85,6 +85,17 @@ __attribute__((target("avx2"))) inline void philox10_avx2(__m256i& x0, __m256i& 
   x3 = _mm256_blend_epi32(e[3], _mm256_slli_epi64(o[3], 32), 0xAA);
 }
 
+// Four rows of eight words -> q[j] holding column j of the rows in its low 128 bits and column j + 4 in
+// its high ones (the first two stages of a 4x8 transpose).
+__attribute__((target("avx2"))) inline void columns_4x8(__m256i r0, __m256i r1, __m256i r2, __m256i r3, __m256i q[4]) {
+  const __m256i a0 = _mm256_unpacklo_epi32(r0, r1), a1 = _mm256_unpackhi_epi32(r0, r1);
+  const __m256i a2 = _mm256_unpacklo_epi32(r2, r3), a3 = _mm256_unpackhi_epi32(r2, r3);
+  q[0] = _mm256_unpacklo_epi64(a0, a2);
+  q[1] = _mm256_unpackhi_epi64(a0, a2);
+  q[2] = _mm256_unpacklo_epi64(a1, a3);
+  q[3] = _mm256_unpackhi_epi64(a1, a3);
+}
+
 __attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32_t* c0, const uint32_t* c1,
                                                       const uint32_t* c2, int64_t count, uint32_t* words) {
   const RoundKeys rk = round_keys(key);
@@ -96,15 +107,13 @@ __attribute__((target("avx2"))) void fill_words_avx2(PhiloxKey key, const uint32
     __m256i x3 = _mm256_set1_epi32(static_cast<int>(kPurposeIid));
     philox10_avx2(x0, x1, x2, x3, rk);
     // Transpose lanes (x0..x3 of 8 blocks) into block-major order.
-    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
-    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i u[4];
+    columns_4x8(x0, x1, x2, x3, u);
     __m256i* out = reinterpret_cast<__m256i*>(words + 4 * f);
-    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
-    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
-    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
-    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(u[0], u[1], 0x20));
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(u[2], u[3], 0x20));
+    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(u[0], u[1], 0x31));
+    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(u[2], u[3], 0x31));
   }
   fill_words_scalar(key, c0 + f, c1 + f, c2 + f, count - f, words + 4 * f);
 }
@@ -291,13 +300,10 @@ __attribute__((target("avx2"))) inline void write_leaf_quad(const uint32_t* leav
                                                              uint8_t* rows, int64_t d) {
   const __m256i* row = reinterpret_cast<const __m256i*>(leaves + lanes * k0 + 8 * p);
   const int64_t step = lanes / 8;  // one node further, in vectors
-  const __m256i r0 = _mm256_loadu_si256(row), r1 = _mm256_loadu_si256(row + step);
-  const __m256i r2 = _mm256_loadu_si256(row + 2 * step), r3 = _mm256_loadu_si256(row + 3 * step);
-  const __m256i a0 = _mm256_unpacklo_epi32(r0, r1), a1 = _mm256_unpackhi_epi32(r0, r1);
-  const __m256i a2 = _mm256_unpacklo_epi32(r2, r3), a3 = _mm256_unpackhi_epi32(r2, r3);
   // q[j]: lane j's four words in the low 128 bits, lane j + 4's in the high ones.
-  const __m256i q[4] = {_mm256_unpacklo_epi64(a0, a2), _mm256_unpackhi_epi64(a0, a2), _mm256_unpacklo_epi64(a1, a3),
-                        _mm256_unpackhi_epi64(a1, a3)};
+  __m256i q[4];
+  columns_4x8(_mm256_loadu_si256(row), _mm256_loadu_si256(row + step), _mm256_loadu_si256(row + 2 * step),
+              _mm256_loadu_si256(row + 3 * step), q);
   // Keeps the low S bytes of each word, packed to the front of each 128-bit half.
   const __m256i squeeze = S == 2 ? _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4,
                                                     5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1)
