@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from rhmfast.grammar import shard_range
+from rhmfast.models import device_of
 from rhmfast.train import RunRecord, _minibatches, _run_sgd, _sgd_record, count_errors, train_sgd
 
 _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -136,7 +137,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
     record.config["world_size"] = world_size
     n_test, batch_size, seed_data = settings["n_test"], settings["batch_size"], settings["seed_data"]
 
-    device = next(model.parameters()).device
+    device = device_of(model)
     if dist.get_backend() == "nccl" and device.type != "cuda":
         raise RuntimeError("rhmfast: the NCCL backend needs the model on this rank's GPU, got device "
                            f"{device}; on CPU use the gloo backend")

@@ -3,6 +3,7 @@ baseline, and the layerwise learner of Ren et al. (SPEC §4). All take token ids
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,6 +17,15 @@ from rhmfast.reference.patch_conv import ACTIVATIONS
 
 NORMS = ("std", "mf")
 FEATURES = ("tensor", "rff", "tensor+rff")
+
+
+def device_of(model) -> torch.device:
+    """Where a model's parameters (or buffers) live; the CPU for a model that has none. Trainers and
+    observables generate their data there."""
+    if isinstance(model, nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
 
 def check_positive_int(name: str, value) -> int:

@@ -8,17 +8,9 @@
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-
-def _device_of(model) -> torch.device:
-    """Where a model's parameters (or buffers) live; the CPU for a model that has none."""
-    if isinstance(model, torch.nn.Module):
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            return tensor.device
-    return torch.device("cpu")
+from rhmfast.models import device_of
 
 
 def resample_below(grammar, symbols: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +41,7 @@ def synonymic_sensitivity(model, grammar, n: int = 2048, seed: int = 0) -> torch
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"rhmfast: n must be an int >= 1, got {n!r}")
-    device = _device_of(model)
+    device = device_of(model)
     x, _, tree = grammar.sample(n, seed=seed, return_tree=True, device=device)
     y, _ = grammar.sample(n, seed=seed, start=n, device=device)
     x, y = x.long(), y.long()
@@ -83,7 +75,7 @@ def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 
     of that patch. The samples are drawn on the device of the learner's parameters."""
     if not 1 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
-    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=_device_of(learner))
+    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=device_of(learner))
     width = grammar.s ** (grammar.L - level + 1)
     output = learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0]
     return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner, check_positive_int
+from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner, check_positive_int, device_of
 from rhmfast.observables import posterior_distance
 
 EVAL_BATCH = 8192
@@ -156,7 +156,7 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
     record = _sgd_record(model, grammar, n_train, n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, max_epochs=max_epochs, cosine=cosine, loss_threshold=loss_threshold,
                          eval_every=eval_every, online=online, seed_data=seed_data, seed_order=seed_order)
-    device = next(model.parameters()).device  # data is generated where the model lives
+    device = device_of(model)  # data is generated where the model lives
     if online:
         # One iid stream per seed_data: the test set is its first n_test samples, training reads on from there.
         x_test, y_test = grammar.sample(n_test, seed=seed_data, device=device)
@@ -239,7 +239,7 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
                                                    width=model.width, norm=model.norm),
                        dict(rules=grammar.seed, data=seed_data, order=seed_order, readout=seed_readout,
                             model=model.seed))
-    device = next(model.parameters()).device
+    device = device_of(model)
     (x_train, y_train, tree), (x_test, y_test, _) = grammar.split(n_train, n_test, seed=seed_data, return_tree=True,
                                                                   device=device)
     # On the CPU: the same minibatch order and initial heads on every device.
@@ -360,7 +360,7 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                        dict(rules=grammar.seed, data=seed_data, model=learner.seed))
     # Everything comes from the iid stream seed_data, in disjoint index ranges: the test set first, then
     # each stage's training samples and its diagnostic samples. Different seed_data never share samples.
-    device = next(learner.parameters()).device
+    device = device_of(learner)
     x_test, y_test = grammar.sample(n_test, seed=seed_data, device=device)
     position = n_test
     started = time.perf_counter()
