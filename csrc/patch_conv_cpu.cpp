@@ -4,12 +4,12 @@
 // here), written straight into the output, then one fused pass (scale, bias, per-position bias,
 // activation) while each row is in cache. Backward: one fused pass d = grad * act' (plus the bias sums),
 // then grad_x = d · (scale·W) and grad_W = scale · dᵀ · X, each only when asked for. The fused passes
-// get an AVX2 clone (cpu_clones.h).
+// get an AVX2 clone (cpu_clones.h). y, d and grad_x come from empty_output (large_output_cpu.h), so
+// large ones reuse freed huge-page mappings instead of faulting in fresh pages every step.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "large_output_cpu.h"
 #include "patch_conv_cpu.h"
 
 namespace rhmfast {
@@ -130,7 +131,7 @@ at::Tensor patch_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   const PatchShape g = check_patch_conv(x, weight, bias_in, pos_bias_in, patch_size);
   const auto bias = contiguous_or_none(bias_in);
   const auto pos_bias = contiguous_or_none(pos_bias_in);
-  at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, x.options());
+  at::Tensor y = empty_output({g.B, g.T_out, g.C_out}, x.options());
   at::Tensor y2 = y.view({g.rows(), g.C_out});
   at::mm_out(y2, patch_rows(x, g), weight.t());
   if (scale == 1.0 && !bias && !pos_bias && act == Activation::kNone) return y;
@@ -163,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   at::Tensor grad_pos = output_mask[3] ? at::empty({g.T_out, g.C_out}, x.options()) : no_grad_placeholder(x);
   at::Tensor d = grad;
   if (act != Activation::kNone || output_mask[2] || output_mask[3]) {
-    d = at::empty_like(grad);
+    d = empty_output(grad.sizes(), grad.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "patch_conv_backward_cpu", [&] {
       activation_grad<scalar_t>(grad.data_ptr<scalar_t>(), saved.defined() ? saved.data_ptr<scalar_t>() : nullptr,
                               d.data_ptr<scalar_t>(), g.B, g.T_out, g.C_out, act,
@@ -175,7 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   at::Tensor grad_x = no_grad_placeholder(x), grad_w = no_grad_placeholder(x);
   if (output_mask[0]) {
     // Scaling the small weight instead of the large gradient saves a pass over grad_x.
-    grad_x = at::mm(d2, scale == 1.0 ? weight : weight.mul(scale)).view({g.B, g.T, g.C_in});
+    grad_x = empty_output({g.B, g.T, g.C_in}, x.options());
+    at::Tensor grad_x2 = grad_x.view({g.rows(), g.s * g.C_in});
+    at::mm_out(grad_x2, d2, scale == 1.0 ? weight : weight.mul(scale));
   }
   if (output_mask[1]) {
     grad_w = at::mm(d2.t(), patch_rows(x, g));

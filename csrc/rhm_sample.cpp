@@ -1,9 +1,10 @@
 // Device-independent checks and allocation of the rhm_sample / rhm_decode ops (see rhm_sample.h).
 #include "rhm_sample.h"
 
-#include <ATen/ops/empty.h>
 #include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
+
+#include "large_output_cpu.h"
 
 namespace rhmfast {
 
@@ -107,12 +108,12 @@ at::Tensor check_datum(const RhmShape& g, const at::Tensor& datum, uint64_t* per
 SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
                               const at::TensorOptions& device) {
   const int64_t d = level_start(g.s, g.L + 1) - g.n_internal;  // s^L
-  at::Tensor tokens = at::empty({n, d}, device.dtype(dtype));
-  at::Tensor labels = at::empty({n}, device.dtype(at::kLong));
+  at::Tensor tokens = empty_output({n, d}, device.dtype(dtype));
+  at::Tensor labels = empty_output({n}, device.dtype(at::kLong));
   std::vector<at::Tensor> tree;
   if (return_tree) {
     int64_t width = 1;
-    for (int32_t l = 0; l < g.L; ++l, width *= g.s) tree.push_back(at::empty({n, width}, device.dtype(dtype)));
+    for (int32_t l = 0; l < g.L; ++l, width *= g.s) tree.push_back(empty_output({n, width}, device.dtype(dtype)));
   }
   return {tokens, labels, tree};
 }

@@ -38,7 +38,8 @@ StreamPlan plan_stream(const RhmShape& g, int64_t n, int64_t start, c10::string_
 // Checks datum numbers (int64, 1-D, in [0, pmax)); returns them contiguous and sets *per_class.
 at::Tensor check_datum(const RhmShape& g, const at::Tensor& datum, uint64_t* per_class);
 
-// tokens [n, s^L], labels [n] int64 and, if asked, the internal levels 0..L-1 ([n, s^l]).
+// tokens [n, s^L], labels [n] int64 and, if asked, the internal levels 0..L-1 ([n, s^l]); large CPU ones
+// from empty_output (large_output_cpu.h).
 SampleResult allocate_outputs(const RhmShape& g, int64_t n, at::ScalarType dtype, bool return_tree,
                               const at::TensorOptions& device);
 

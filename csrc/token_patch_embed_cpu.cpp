@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "large_output_cpu.h"
 #include "patch_conv_cpu.h"
 
 namespace rhmfast {
@@ -373,7 +374,7 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   const PatchShape g = check_token_patch_embed(tokens_in, table_in, bias_in, pos_bias_in, patch_size);
   const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
   const at::Tensor offset = offset_of(bias_in, pos_bias_in);
-  at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, table.options());
+  at::Tensor y = empty_output({g.B, g.T_out, g.C_out}, table.options());
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
