@@ -25,7 +25,7 @@ namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kMinBytes = size_t{4} << 20;  // below this, glibc's heap serves blocks well
-constexpr size_t kMaxCachedMappings = 8;
+constexpr size_t kMaxCachedMappings = 16;
 constexpr size_t kMaxCachedBytes = size_t{256} << 20;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }

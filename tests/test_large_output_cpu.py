@@ -58,9 +58,9 @@ def test_freed_output_memory_is_reused_and_aligned(grammar):
 
 
 def test_many_sizes_evict_and_stay_correct(grammar):
-    """More distinct sizes than the cache keeps, each freed and asked for again."""
+    """More distinct sizes than the cache keeps (16), each freed and asked for again."""
     table = grammar.table()
-    sizes = [(4 * MIB + k * 2 * MIB + 1) // 64 + 1 for k in range(12)]
+    sizes = [(4 * MIB + k * 2 * MIB + 1) // 64 + 1 for k in range(20)]
     for rounds in range(2):
         for i, n in enumerate(sizes):
             tokens = op_sample(table, grammar.n_classes, n, 100 + i, 0, "iid", torch.uint8, False)[0]
