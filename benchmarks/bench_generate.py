@@ -88,6 +88,33 @@ def run(device: str, quick: bool, call_sizes: list[int]) -> list[dict]:
     return rows
 
 
+def small_calls(device: str, batch: int, quick: bool) -> list[dict]:
+    """Microseconds per call at one training batch of samples, where fixed per-call costs (argument checks,
+    table preparation, dispatch) weigh more than the expansion itself."""
+    rows = []
+    generator = torch.Generator(device=device).manual_seed(0)
+    for v, m, s, L in CONFIGS:
+        grammar = rhmfast.RHM(v, m, s, L)
+        grammar._baseline_rules = [r.to(device) for r in grammar.rules]
+        repeats = 11 if quick else 101
+        mine = median_time(lambda: grammar.sample(batch, seed=1, device=device), repeats=repeats, warmup=5,
+                           device=device)
+        base = median_time(lambda: per_level_baseline(grammar, batch, generator, device), repeats=repeats, warmup=5,
+                           device=device)
+        rows.append(dict(device=device, v=v, m=m, s=s, L=L, batch=batch, rhmfast_us=mine * 1e6,
+                         per_level_us=base * 1e6, speedup_vs_per_level=base / mine))
+    return rows
+
+
+def small_table(rows) -> str:
+    lines = ["| (v, m, s, L) | samples/call | rhmfast us/call | per-level torch us/call | x per-level |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| ({r['v']}, {r['m']}, {r['s']}, {r['L']}) | {r['batch']} | {r['rhmfast_us']:.1f} | "
+                     f"{r['per_level_us']:.1f} | {r['speedup_vs_per_level']:.1f} |")
+    return "\n".join(lines)
+
+
 def goals(rows, call_sizes, bandwidths) -> list[dict]:
     """The issue's goals on token output, per device and call size: on the CPU rhmfast >= 20x the per-level
     baseline; on a GPU over 0.5 TB/s (reported against the device's measured copy bandwidth)."""
@@ -130,6 +157,7 @@ def main():
     parser.add_argument("--tokens", type=int, nargs="+", default=[1 << 22, 1 << 25],
                         help="tokens per call, one or more (default 2^22 and 2^25): calls up to a few MiB reuse "
                              "memory the allocator freed, larger ones pay the page faults of fresh output")
+    parser.add_argument("--batch", type=int, default=128, help="samples per call of the small-call table")
     args = parser.parse_args()
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     info = machine()
@@ -145,11 +173,15 @@ def main():
         bandwidth = write_bandwidth(device) if device == "cpu" else copy_bandwidth(device)
         label = "fill_ bandwidth" if device == "cpu" else "copy bandwidth"
         rows = run(device, args.quick, args.tokens)
-        payload["results"][device] = {"bandwidth_bytes_per_s": bandwidth, "bandwidth_kind": label, "rows": rows}
+        small = small_calls(device, args.batch, args.quick)
+        payload["results"][device] = {"bandwidth_bytes_per_s": bandwidth, "bandwidth_kind": label, "rows": rows,
+                                      "small_calls": small}
         text = table(rows, bandwidth, label)
         header = f"\n## {device}: {label} {bandwidth / 1e9:.1f} GB/s\n"
-        print(header + "\n" + text)
-        markdown.append(header + "\n" + text + "\n")
+        small_text = (f"\n### {device}: small calls (one training batch; medians of {11 if args.quick else 101} calls)\n\n"
+                      + small_table(small))
+        print(header + "\n" + text + "\n" + small_text)
+        markdown.append(header + "\n" + text + "\n" + small_text + "\n")
     goal_rows = goals([r for res in payload["results"].values() for r in res["rows"]], args.tokens,
                       {d: res["bandwidth_bytes_per_s"] for d, res in payload["results"].items()})
     payload["goals"] = goal_rows

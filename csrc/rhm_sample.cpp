@@ -4,6 +4,10 @@
 #include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <utility>
+
+#include "cpu_clones.h"
 #include "large_output_cpu.h"
 
 namespace rhmfast {
@@ -18,6 +22,25 @@ int64_t dtype_max(at::ScalarType dtype) {
     default:
       TORCH_CHECK_TYPE(false, "rhmfast: dtype must be uint8, int16, int32 or int64, got ", dtype);
   }
+}
+// min and max of p[0 .. n), n >= 1 (a vector loop in the AVX2 clone; SSE2 has no 32-bit min/max).
+RHMFAST_CPU_CLONES std::pair<int32_t, int32_t> int32_range(const int32_t* p, int64_t n) {
+  int32_t lo = p[0], hi = p[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = std::min(lo, p[i]);
+    hi = std::max(hi, p[i]);
+  }
+  return {lo, hi};
+}
+
+// The smallest and largest entry of the int32 rules. On the CPU a plain loop: the tables are small, and
+// at::aminmax's threaded reduction cost more than the whole table build of a small sampling call.
+std::pair<int64_t, int64_t> rules_range(const at::Tensor& rules) {
+  if (!rules.is_cpu()) {
+    const auto [lo, hi] = at::aminmax(rules);
+    return {lo.item<int64_t>(), hi.item<int64_t>()};
+  }
+  return int32_range(rules.data_ptr<int32_t>(), rules.numel());
 }
 }  // namespace
 
@@ -34,8 +57,7 @@ RhmShape check_rules(const at::Tensor& rules, int64_t n_classes, at::ScalarType 
   double d = 1;
   for (int64_t l = 0; l < L; ++l) d *= static_cast<double>(s);
   TORCH_CHECK_VALUE(d <= static_cast<double>(1ll << 31), "rhmfast: input length s^L must be <= 2^31, got ", d);
-  const auto [lo, hi] = at::aminmax(rules);
-  const int64_t min_symbol = lo.item<int64_t>(), max_symbol = hi.item<int64_t>();
+  const auto [min_symbol, max_symbol] = rules_range(rules);
   TORCH_CHECK(min_symbol >= 0 && max_symbol < R, "rhmfast: rules entries must be in [0, R=", R,
               "), found values in [", min_symbol, ", ", max_symbol, "]");
   const int64_t top = dtype_max(dtype);

@@ -699,15 +699,28 @@ void run_typed(const Job& job, int64_t n, at::Tensor& tokens, at::Tensor& labels
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { expand_range_any<Sym>(job, leaf_rules.data(), b, e, out, out_labels, tree_arg); });
 }
 
-// The rule table with a rule's children packed into the bytes of one word, for the lane path.
+// Rows [0, count) of a rule table with a rule's S children packed into the bytes of one word. S fixed at
+// compile time turns this into a vector loop; it runs on every sampling call.
+template <int S>
+void pack_rows(const int32_t* rules, int64_t count, uint32_t* packed) {
+  for (int64_t r = 0; r < count; ++r) {
+    uint32_t word = 0;
+    for (int c = 0; c < S; ++c) word |= static_cast<uint32_t>(rules[r * S + c]) << (8 * c);
+    packed[r] = word;
+  }
+}
+
+// The rule table with a rule's children packed into the bytes of one word, for the lane kernels
+// (empty when the call cannot use them: see lanes_possible).
 std::vector<uint32_t> pack_rules(const int32_t* rules, const RhmShape& g) {
   std::vector<uint32_t> packed;
   if (g.R > 256 || g.s > 4) return packed;
   packed.resize(static_cast<size_t>(g.L) * g.R * g.m);
-  for (size_t r = 0; r < packed.size(); ++r) {
-    uint32_t word = 0;
-    for (int32_t c = 0; c < g.s; ++c) word |= static_cast<uint32_t>(rules[r * g.s + c]) << (8 * c);
-    packed[r] = word;
+  const int64_t count = static_cast<int64_t>(packed.size());
+  switch (g.s) {
+    case 2: pack_rows<2>(rules, count, packed.data()); break;
+    case 3: pack_rows<3>(rules, count, packed.data()); break;
+    default: pack_rows<4>(rules, count, packed.data()); break;
   }
   return packed;
 }
@@ -740,19 +753,29 @@ std::vector<uint32_t> pair_last_levels(const uint32_t* packed, const RhmShape& g
   return paired;
 }
 
+// Whether the lane kernels, the only readers of the packed rules, can take some of this call's samples
+// (iid mode, no latent tree, a SIMD path, at least one full set of lanes).
+bool lanes_possible(const Job& job, int64_t n, bool return_tree) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return kSimd != Simd::kScalar && !return_tree && !job.decode && job.mode == SampleMode::kIid &&
+         job.g.n_internal <= kLaneMaxInternal && n >= kLanes;
+#else
+  return false;
+#endif
+}
+
 SampleResult run(const at::Tensor& rules, Job job, int64_t n, at::ScalarType dtype, bool return_tree) {
   job.rules = rules.data_ptr<int32_t>();
 #if defined(__x86_64__) && defined(__GNUC__)
   if (kSimd != Simd::kScalar) job.round_keys = round_keys(job.key);
 #endif
-  const std::vector<uint32_t> packed = pack_rules(job.rules, job.g);
+  const bool lanes = lanes_possible(job, n, return_tree);
+  const std::vector<uint32_t> packed = lanes ? pack_rules(job.rules, job.g) : std::vector<uint32_t>();
   job.packed_rules = packed.empty() ? nullptr : packed.data();
   std::vector<uint32_t> paired;
 #if defined(__x86_64__) && defined(__GNUC__)
-  // Only the AVX2 lane kernel reads paired rules (uint8 tokens, iid mode, no latent tree).
-  if (kSimd == Simd::kAvx2 && !return_tree && !job.decode && job.mode == SampleMode::kIid && dtype == at::kByte &&
-      job.g.n_internal <= kLaneMaxInternal)
-    paired = pair_last_levels(job.packed_rules, job.g, n);
+  // Only the AVX2 lane kernel reads paired rules (and only for uint8 tokens).
+  if (lanes && kSimd == Simd::kAvx2 && dtype == at::kByte) paired = pair_last_levels(job.packed_rules, job.g, n);
 #endif
   job.paired_rules = paired.empty() ? nullptr : paired.data();
   auto [tokens, labels, tree] = allocate_outputs(job.g, n, dtype, return_tree, rules.options());

@@ -173,7 +173,14 @@ def test_huge_grammar_decode_of_tensor_and_split_limits(huge):
 # ---- direct errors of the C++ op ---------------------------------------------------------------
 
 def _table():
-    return rhmfast.RHM(8, 2, 2, 2, seed=0).table()
+    return rhmfast.RHM(8, 2, 2, 2, seed=0).table()  # entries 0 .. 7
+
+
+def _poke(t, index, value):
+    """t with its flat entry `index` set to `value`: one bad entry, at either end of the scan."""
+    t = t.clone()
+    t.view(-1)[index] = value
+    return t
 
 
 OP_ERRORS = [
@@ -183,6 +190,8 @@ OP_ERRORS = [
     (lambda t: (t.transpose(2, 3), 8, 3, 0, 0, "iid", torch.uint8, False), RuntimeError, "contiguous"),
     (lambda t: (t - 1, 8, 3, 0, 0, "iid", torch.uint8, False), RuntimeError, r"rules entries must be in \[0, R=8\)"),
     (lambda t: (t + 8, 8, 3, 0, 0, "iid", torch.uint8, False), RuntimeError, r"rules entries must be in \[0, R=8\)"),
+    (lambda t: (_poke(t, -1, 8), 8, 3, 0, 0, "iid", torch.uint8, False), RuntimeError, r"found values in \[0, 8\]"),
+    (lambda t: (_poke(t, 0, -1), 8, 3, 0, 0, "iid", torch.uint8, False), RuntimeError, r"found values in \[-1, 7\]"),
     (lambda t: (torch.zeros(2, 8, 2, 1, dtype=torch.int32), 8, 1, 0, 0, "iid", torch.uint8, False),
      RuntimeError, r"s must be >= 2"),
     (lambda t: (torch.zeros(2, 8, 0, 2, dtype=torch.int32), 8, 1, 0, 0, "iid", torch.uint8, False),
