@@ -1,5 +1,5 @@
 """Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs: a sample-complexity
-experiment, rhmfast.demo), ``generate`` (generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
+experiment, rhmfast.demo), ``generate`` (a data set on disk, or generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
 and ``info``."""
 from __future__ import annotations
 
@@ -13,37 +13,51 @@ import torch
 from tqdm import tqdm
 
 import rhmfast
+from rhmfast.dataset import write_dataset
 
 
 def generate(args) -> None:
-    """Generate a large RHM data set in chunks, report throughput, and check it against the grammar."""
-    grammar = rhmfast.RHM(args.v, args.m, args.s, args.L, seed=args.seed_rules)
-    os.makedirs(args.out, exist_ok=True)
-    grammar.save(os.path.join(args.out, "grammar.json"))
+    """Generate a large RHM data set: with --out, write it as a resumable sharded data set
+    (rhmfast.dataset); without, only measure the throughput."""
+    for name, value, low in (("n", args.n, 0), ("start", args.start, 0), ("shard", args.shard, 1)):
+        if value < low:
+            raise SystemExit(f"rhmfast generate: --{name} must be >= {low}, got {value}")
+    try:
+        grammar = rhmfast.RHM(args.v, args.m, args.s, args.L, n_classes=args.n_classes, seed=args.seed_rules,
+                              rules=args.rules)
+    except ValueError as error:
+        raise SystemExit(f"rhmfast generate: {error}") from None
     print(f"{grammar}: input length {grammar.input_dim}, pmax = {grammar.pmax:.3e}")
     print("backends:", json.dumps(rhmfast.backends()))
-    tokens = torch.empty(args.n, grammar.input_dim, dtype=torch.uint8)
-    labels = torch.empty(args.n, dtype=torch.int64)
     start = time.perf_counter()
-    with tqdm(total=args.n, unit="sample", unit_scale=True, desc="generating") as bar:
-        for first in range(0, args.n, args.chunk):
-            count = min(args.chunk, args.n - first)
-            x, y = grammar.sample(count, seed=args.seed_sample, start=first)
-            tokens[first:first + count], labels[first:first + count] = x, y
-            bar.update(count)
+    if args.out is None:
+        with tqdm(total=args.n, unit="sample", unit_scale=True, desc="generating") as bar:
+            for first in range(0, args.n, args.shard):
+                count = min(args.shard, args.n - first)
+                grammar.sample(count, seed=args.seed_sample, start=args.start + first, mode=args.mode)
+                bar.update(count)
+        seconds = time.perf_counter() - start
+        gb = args.n * grammar.input_dim / 1e9
+        print(f"generated {args.n:,} samples ({gb:.2f} GB of tokens, not kept) in {seconds:.2f} s: "
+              f"{args.n / seconds:,.0f} samples/s")
+        return
+    try:
+        dataset = write_dataset(grammar, args.n, args.out, seed=args.seed_sample, start=args.start, mode=args.mode,
+                                shard_size=args.shard)
+    except ValueError as error:
+        raise SystemExit(f"rhmfast generate: {error}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"rhmfast generate: interrupted; the shards written so far are kept, run the same "
+                         "command again to finish") from None
     seconds = time.perf_counter() - start
-    gb = tokens.numel() / 1e9
-    print(f"generated {args.n:,} samples ({gb:.2f} GB of uint8 tokens) in {seconds:.2f} s: "
-          f"{args.n / seconds:,.0f} samples/s, {gb / seconds:.2f} GB/s")
-    # Chunking never changes a sample: the first chunks again, drawn in one call.
-    head = min(args.n, 4 * args.chunk)
-    x, y = grammar.sample(head, seed=args.seed_sample)
-    if not (torch.equal(x, tokens[:head]) and torch.equal(y, labels[:head])):
-        raise RuntimeError("chunked and one-call samples differ")
-    print(f"check: the first {head:,} samples drawn in one call equal the chunked ones")
-    path = os.path.join(args.out, "tokens.pt")
-    torch.save({"tokens": tokens[: args.save], "labels": labels[: args.save]}, path)
-    print(f"wrote {os.path.join(args.out, 'grammar.json')} and the first {args.save:,} samples to {path}")
+    size = sum(os.path.getsize(os.path.join(args.out, name)) for pair in dataset.manifest["shards"] for name in pair)
+    print(f"{args.out}: {len(dataset):,} samples in {dataset.n_shards} shards, {size / 1e9:.2f} GB "
+          f"({seconds:.2f} s this run); read it with rhmfast.dataset.open_dataset({args.out!r})")
+    if args.verify:
+        bad = dataset.verify()
+        if bad:
+            raise SystemExit(f"verify: shards {bad} differ from the stream; delete them and run again")
+        print(f"verify: all {dataset.n_shards} shards equal the stream, drawn again")
 
 
 def demo(args) -> None:
@@ -199,17 +213,23 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print the available backends")
     info.set_defaults(run=lambda args: print(json.dumps(rhmfast.backends(), indent=1)))
-    d = commands.add_parser("generate", help="generate a large RHM data set and report throughput")
+    d = commands.add_parser("generate", help="write a large RHM data set as resumable .npy shards (--out), or "
+                                             "only measure generation throughput")
     d.add_argument("--v", "--num_features", type=int, default=32)
     d.add_argument("--m", type=int, default=8)
     d.add_argument("--s", type=int, default=2)
     d.add_argument("--L", "--num_layers", type=int, default=6)
+    d.add_argument("--n_classes", type=int, default=None, help="default: v")
+    d.add_argument("--rules", default="pcsl", help="rule sampler: pcsl, pcsl-2023 or first-token-uniform")
     d.add_argument("--n", type=int, default=1 << 23, help="number of samples")
-    d.add_argument("--chunk", type=int, default=1 << 18)
+    d.add_argument("--start", type=int, default=0, help="index of the first sample in the stream")
+    d.add_argument("--mode", choices=("iid", "index"), default="iid",
+                   help="iid: independent samples; index: distinct samples (without replacement)")
+    d.add_argument("--shard", type=int, default=1 << 20, help="samples per shard (and per sampling call)")
     d.add_argument("--seed_rules", type=int, default=0)
     d.add_argument("--seed_sample", type=int, default=1)
-    d.add_argument("--save", type=int, default=1 << 16, help="how many samples to write to disk")
-    d.add_argument("--out", default="rhm-demo")
+    d.add_argument("--out", default=None, help="data set folder (re-run the same command to resume)")
+    d.add_argument("--verify", action="store_true", help="after writing, draw every shard again and compare")
     d.set_defaults(run=generate)
     e = commands.add_parser("demo", help="a small sample-complexity experiment: P* of the hCNN, the Ren layerwise "
                                          "learner and a fully-connected baseline",

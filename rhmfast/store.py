@@ -23,7 +23,8 @@ RECORD_VERSION = 1
 _TMP = ".tmp-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (temporary files are named by their writer's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,7 +127,7 @@ class ResultStore:
         removed = 0
         for name in os.listdir(self.path):
             head, sep, pid = name.rpartition(_TMP)
-            if sep and pid.isdigit() and not _pid_alive(int(pid)):
+            if sep and pid.isdigit() and not pid_alive(int(pid)):
                 os.remove(os.path.join(self.path, name))
                 removed += 1
         return removed
