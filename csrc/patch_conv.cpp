@@ -30,7 +30,7 @@ void check_float_dtype(const at::Tensor& t, const char* name) {
 }
 
 void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), "rhmfast: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "rhmfast: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
               ref.device());
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "rhmfast: ", name, " has dtype ", t.scalar_type(),
                    " but ", ref_name, " has dtype ", ref.scalar_type());
@@ -82,7 +82,7 @@ PatchShape check_token_patch_embed(const at::Tensor& tokens, const at::Tensor& t
   TORCH_CHECK_TYPE(d == at::kByte || d == at::kShort || d == at::kInt || d == at::kLong,
                    "rhmfast: tokens must be uint8, int16, int32 or int64, got ", d);
   check_float_dtype(table, "table");
-  TORCH_CHECK(tokens.device() == table.device(), "rhmfast: tokens are on ", tokens.device(), " but table is on ",
+  TORCH_CHECK_VALUE(tokens.device() == table.device(), "rhmfast: tokens are on ", tokens.device(), " but table is on ",
               table.device());
   TORCH_CHECK_VALUE(tokens.dim() == 2, "rhmfast: tokens must have shape [B, T], got ", tokens.sizes());
   TORCH_CHECK_VALUE(table.dim() == 3, "rhmfast: table must have shape [patch_size, vocab_size, C_out], got ",

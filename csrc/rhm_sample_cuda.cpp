@@ -64,7 +64,7 @@ SampleResult rhm_decode_cuda(const at::Tensor& rules, const at::Tensor& datum, i
   RhmSampleLaunch job{};
   job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);
   job.source = RhmSource::kDecode;
-  TORCH_CHECK(datum.device() == rules.device(), "rhmfast: datum numbers must be on the rules' device ",
+  TORCH_CHECK_VALUE(datum.device() == rules.device(), "rhmfast: datum numbers must be on the rules' device ",
               rules.device(), ", got ", datum.device());
   const at::Tensor numbers = check_datum(job.shape, datum, &job.per_class);
   job.datum = numbers.data_ptr<int64_t>();

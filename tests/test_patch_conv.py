@@ -77,9 +77,13 @@ def test_non_contiguous_inputs(backend):
     w_t = w.t().contiguous().t()
     for xi in (channels_first, batch_strided):
         torch.testing.assert_close(patch_conv(xi, w_t, b, pb, patch_size=2, activation="relu"), expected)
-    x.requires_grad_(True)
-    patch_conv(channels_first.requires_grad_(), w, b, pb, patch_size=2, activation="relu").sum().backward()
-    assert channels_first.grad is not None and channels_first.grad.shape == x.shape
+    grad_y = torch.randn(expected.shape, dtype=expected.dtype)
+    x_ref = x.clone().requires_grad_()
+    conv1d_reference(x_ref, w, b, pb, 2, 1.0, "relu").backward(grad_y)
+    for xi in (channels_first, batch_strided):
+        xi = xi.detach().requires_grad_()
+        patch_conv(xi, w_t, b, pb, patch_size=2, activation="relu").backward(grad_y)
+        torch.testing.assert_close(xi.grad, x_ref.grad)
 
 
 def test_errors(backend):
@@ -100,6 +104,13 @@ def test_errors(backend):
         patch_conv(x.to(torch.bfloat16), w.to(torch.bfloat16), patch_size=2)
     with pytest.raises(TypeError, match="weight"):
         patch_conv(x, w.double(), patch_size=2)
+    with pytest.raises(TypeError, match="bias has dtype"):
+        patch_conv(x, w, b.double(), patch_size=2)
+    # Devices are compared before anything runs (a meta tensor stands in for a second device here).
+    with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
+        patch_conv(x, w.to("meta"), patch_size=2)
+    with pytest.raises(ValueError, match="pos_bias is on meta but weight is on cpu"):
+        patch_conv(x, w, b, pb.to("meta"), patch_size=2)
 
 
 def test_double_backward_raises():

@@ -106,15 +106,11 @@ def test_table_gradient_is_deterministic(backend, activation):
     # table row receives hundreds of additions, whose order must not depend on the thread count.
     tokens, table, b, pb = token_sample(67, 31, 3, 80, 2, torch.int64, torch.float32, seed=9, requires_grad=True)
     grad = torch.randn(67, 31, 80, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
     runs = []
-    try:
-        for n_threads in (threads, 1, threads):
-            torch.set_num_threads(n_threads)
-            y = token_patch_embed(tokens, table, b, pb, patch_size=2, scale=0.7, activation=activation)
-            runs.append(torch.autograd.grad(y, (table, b, pb), grad))
-    finally:
-        torch.set_num_threads(threads)
+    for n_threads in (2, 1, 2):  # the conftest puts the session's thread count back
+        torch.set_num_threads(n_threads)
+        y = token_patch_embed(tokens, table, b, pb, patch_size=2, scale=0.7, activation=activation)
+        runs.append(torch.autograd.grad(y, (table, b, pb), grad))
     if backend == "extension":  # the reference's scatter-add (torch's index backward) promises no order
         for run in runs[1:]:
             for g, g0 in zip(run, runs[0]):
@@ -162,6 +158,12 @@ def test_errors(backend):
         token_patch_embed(tokens, table, b, pb[:1], patch_size=2)
     with pytest.raises(TypeError, match="table must be"):
         token_patch_embed(tokens, table.half(), patch_size=2)
+    with pytest.raises(TypeError, match="bias has dtype"):
+        token_patch_embed(tokens, table, b.double(), patch_size=2)
+    with pytest.raises(ValueError, match="tokens are on cpu but table is on meta"):  # meta: a second device
+        token_patch_embed(tokens, table.to("meta"), patch_size=2)
+    with pytest.raises(ValueError, match="bias is on meta but table is on cpu"):
+        token_patch_embed(tokens, table, b.to("meta"), patch_size=2)
 
 
 @pytest.mark.cuda

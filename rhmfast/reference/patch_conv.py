@@ -35,13 +35,19 @@ def check_float(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"rhmfast: {name} must be one of {names} on {t.device.type}, got {t.dtype}")
 
 
-def check_biases(bias, pos_bias, ref: torch.Tensor, t_out: int, c_out: int) -> None:
+def check_same(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
+    """t on ref's device (ValueError) with ref's dtype (TypeError), as the compiled ops check."""
+    if t.device != ref.device:
+        raise ValueError(f"rhmfast: {name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"rhmfast: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def check_biases(bias, pos_bias, ref: torch.Tensor, ref_name: str, t_out: int, c_out: int) -> None:
     for name, t, shape in (("bias", bias, (c_out,)), ("pos_bias", pos_bias, (t_out, c_out))):
         if t is None:
             continue
-        if t.dtype != ref.dtype or t.device != ref.device:
-            raise TypeError(f"rhmfast: {name} must match the weights' dtype {ref.dtype} and device {ref.device}, "
-                            f"got {t.dtype} on {t.device}")
+        check_same(t, ref, name, ref_name)
         if tuple(t.shape) != shape:
             raise ValueError(f"rhmfast: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
@@ -49,9 +55,7 @@ def check_biases(bias, pos_bias, ref: torch.Tensor, t_out: int, c_out: int) -> N
 def check_patch_conv_args(x, weight, bias, pos_bias, patch_size) -> tuple[int, int, int, int, int]:
     """Validates the arguments; returns (B, T, C_in, T_out, C_out)."""
     check_float(x, "x")
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise TypeError(f"rhmfast: weight must match x's dtype {x.dtype} and device {x.device}, "
-                        f"got {weight.dtype} on {weight.device}")
+    check_same(weight, x, "weight", "x")
     if x.dim() != 3:
         raise ValueError(f"rhmfast: x must have shape [B, T, C_in] (channels-last), got {list(x.shape)}")
     if weight.dim() != 2:
@@ -61,7 +65,7 @@ def check_patch_conv_args(x, weight, bias, pos_bias, patch_size) -> tuple[int, i
     if weight.shape[1] != patch_size * c_in:
         raise ValueError(f"rhmfast: weight has {weight.shape[1]} columns but patch_size*C_in = "
                          f"{patch_size}*{c_in} = {patch_size * c_in}")
-    check_biases(bias, pos_bias, weight, t_out, weight.shape[0])
+    check_biases(bias, pos_bias, weight, "weight", t_out, weight.shape[0])
     return batch, length, c_in, t_out, weight.shape[0]
 
 

@@ -30,7 +30,7 @@ def check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size) -> t
         raise ValueError("rhmfast: table must have vocab_size >= 1")
     batch, length = tokens.shape
     t_out = check_patch_size(patch_size, length)
-    check_biases(bias, pos_bias, table, t_out, table.shape[2])
+    check_biases(bias, pos_bias, table, "table", t_out, table.shape[2])
     return batch, length, table.shape[1], t_out, table.shape[2]
 
 
