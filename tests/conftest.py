@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import zlib
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ MASK32 = 0xFFFFFFFF
 INT64_LIMIT = 1 << 63
 
 SESSION_SEED = int(os.environ.get("RHMFAST_TEST_SEED", secrets.randbits(32)))
+SESSION_THREADS = torch.get_num_threads()
 
 
 def pytest_report_header(config):
@@ -50,12 +52,16 @@ def rng(request) -> random.Random:
     return random.Random(seed)
 
 
-@pytest.fixture
-def restore_threads():
-    """Restores torch's intra-op thread count after the test."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def isolated_torch_state(request):
+    """Every test starts with torch's global RNG seeded from the session seed and its id (inputs drawn
+    without a generator reproduce too) and leaves it as it found it; afterwards the intra-op thread count
+    is the session's again (tests set it, and so does code under test: sweep workers and the train
+    command take one thread, also from module fixtures that ran before this one)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(zlib.crc32(f"{SESSION_SEED}:{request.node.nodeid}".encode()))
+        yield
+    torch.set_num_threads(SESSION_THREADS)
 
 
 # ---- random grammars ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import rhmfast
 import rhmfast.__main__ as cli
 from rhmfast.store import ResultStore
 
@@ -92,3 +93,9 @@ def test_train_runs_every_trainer_on_the_device(tmp_path, device, trainer):
     cli.main(["train", *RUN, *trainer, "--device", device, "--out", str(tmp_path)])
     (record,) = ResultStore(tmp_path).records()
     assert record["execution"]["device"] == device and 0 <= record["test_error"] <= 1
+
+
+def test_info_prints_the_backends_as_json(capsys):
+    cli.main(["info"])
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads(json.dumps(rhmfast.backends()))

@@ -42,7 +42,7 @@ def test_memory_mapped_shards_are_copy_on_write(tmp_path, grammar):
 
 def test_resume_keeps_complete_shards_and_redoes_damaged_ones(tmp_path, grammar):
     write_dataset(grammar, 1000, tmp_path, shard_size=250, progress=False)
-    kept = os.stat(tmp_path / "tokens-00000.npy").st_mtime_ns, os.stat(tmp_path / "labels-00000.npy").st_mtime_ns
+    kept = os.stat(tmp_path / "tokens-00000.npy").st_ino, os.stat(tmp_path / "labels-00000.npy").st_ino  # a rewrite renames a new file in
     os.remove(tmp_path / "labels-00001.npy")  # a shard half written
     with open(tmp_path / "tokens-00002.npy", "r+b") as f:  # a truncated copy
         f.truncate(300)
@@ -50,7 +50,7 @@ def test_resume_keeps_complete_shards_and_redoes_damaged_ones(tmp_path, grammar)
     (tmp_path / f"tokens-00001.npy.tmp-{2 ** 22 + 12345}").write_bytes(b"left by a killed writer")
     dataset = write_dataset(grammar, 1000, tmp_path, shard_size=250, progress=False)
     assert dataset.verify() == []
-    assert (os.stat(tmp_path / "tokens-00000.npy").st_mtime_ns, os.stat(tmp_path / "labels-00000.npy").st_mtime_ns) == kept
+    assert (os.stat(tmp_path / "tokens-00000.npy").st_ino, os.stat(tmp_path / "labels-00000.npy").st_ino) == kept
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
 
 
@@ -144,6 +144,13 @@ def test_generate_command_writes_verifies_and_resumes(tmp_path, capsys):
     assert open_dataset(tmp_path).verify() == []
     with pytest.raises(SystemExit, match="its seed is 2, not 3"):
         main([*argv[:-4], "3", "--out", str(tmp_path)])
+
+
+def test_generate_command_without_out_only_measures(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["generate", "--v", "8", "--m", "2", "--L", "3", "--n", "1000", "--shard", "300"])
+    assert "generated 1,000 samples" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
 
 
 def test_generate_command_refuses_bad_flags(tmp_path):

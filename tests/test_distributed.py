@@ -72,7 +72,7 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.fixture(autouse=True)
-def one_thread(restore_threads):
+def one_thread():
     torch.set_num_threads(1)
 
 
@@ -185,5 +185,6 @@ def test_launch_torchrun_runs_rhmfast_in_n_processes_and_returns_the_exit_code()
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and command[-4:] == ["-m", "--", "rhmfast", "info"]
     assert "--standalone" in command and command[command.index("--nproc_per_node") + 1] == "2"
     assert distributed.launch_torchrun(["no-such-command"], 1) != 0
+    assert distributed.launch_torchrun(["info"], 2) == 0
     with pytest.raises(ValueError, match="nproc"):
         distributed.torchrun_command(["-m", "rhmfast"], 0)

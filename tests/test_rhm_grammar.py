@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import time
+import tracemalloc
 
 import pytest
 import torch
@@ -251,18 +251,22 @@ def test_op_rejects_pmax_overflow():
 
 # ---- construction speed ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,limit", [
-    ((256, 64, 2, 4), 1.0),
-    ((256, 64, 2, 4, 256, 0, "first-token-uniform"), 1.0),
-    ((64, 8, 4, 3), 0.3),
-    ((256, 8, 4, 2), 0.3),  # v^s = 2^32: enumerating the tuples could not even fit in memory
+@pytest.mark.parametrize("args", [
+    (256, 64, 2, 4),
+    (256, 64, 2, 4, 256, 0, "first-token-uniform"),
+    (64, 8, 4, 3),  # v^s = 2^24
+    (256, 8, 4, 2),  # v^s = 2^32: enumerating the tuples could not even fit in memory
 ])
-def test_large_grammars_build_fast(args, limit):
-    """Large grammars are built without enumerating v^s tuples (wall-clock bound, generous for CI)."""
-    t0 = time.perf_counter()
-    g = rhmfast.RHM(*args)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < limit, f"{g!r} took {elapsed:.2f}s"
+def test_large_grammars_never_enumerate_the_tuples(args):
+    """Building a large grammar allocates memory for its rules, not for its v^s tuples: the Python heap's
+    peak stays far below what a list or array of the tuples would take (128 MiB for 2^24 int64s)."""
+    tracemalloc.start()
+    try:
+        g = rhmfast.RHM(*args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{g!r}: Python heap peak {peak / 2**20:.1f} MiB"
     assert g.rules[-1].shape == (g.v, g.m, g.s)
 
 
@@ -273,7 +277,7 @@ def _tuples(v, s):
 
 
 def pcsl_model(v, n_classes, m, s, L, seed):
-    """SPEC §2 'pcsl': random.sample over all s-tuples in lexicographic order, one stream."""
+    """The 2024 reference library's 'pcsl' law: random.sample over all s-tuples in lexicographic order, one stream."""
     r = random.Random(seed)
     everything = _tuples(v, s)
     out = []
@@ -285,7 +289,7 @@ def pcsl_model(v, n_classes, m, s, L, seed):
 
 
 def pcsl_2023_model(v, n_classes, m, s, L, seed):
-    """SPEC §2 'pcsl-2023': per level shuffle all tuples, deal m per parent; parents = symbols of the
+    """The 2023 reference code's 'pcsl-2023' law: per level shuffle all tuples, deal m per parent; parents = symbols of the
     level above, increasing."""
     r = random.Random(seed)
     parents = list(range(n_classes))

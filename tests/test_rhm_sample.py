@@ -222,7 +222,7 @@ def test_chunk_invariance(mode, rng):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_thread_count_invariance(mode, restore_threads):
+def test_thread_count_invariance(mode):
     """One thread and two threads give identical samples (the batch is large enough to be split)."""
     g = rhmfast.RHM(16, 2, 4, 3, seed=3)  # 64 tokens: the kernel's grain is 1024 samples
     torch.set_num_threads(1)

@@ -16,15 +16,25 @@ from rhmfast.runs import config_hash
 from rhmfast.store import ResultStore
 
 
-def _wait_for_group_exit(pgid: int, timeout: float) -> bool:
+def _wait_until(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if condition():
             return True
-        time.sleep(0.1)
+        time.sleep(0.05)
     return False
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _records(store) -> int:
+    return len([name for name in os.listdir(store) if name.endswith(".json")]) if store.exists() else 0
 
 
 def _group_listing(pgid: int) -> str:
@@ -38,20 +48,22 @@ def test_sweep_killed_at_random_moments_resumes_to_every_run_exactly_once(tmp_pa
     argv = [sys.executable, "-m", "rhmfast", "sweep", *[f"--{k}={v}" for k, v in grid.items()], "--workers", "2",
             "--out", str(store)]
     expected = sorted(config_hash(c) for c in expand(grid))
-    # A few kills at random moments (a sweep takes ~5-10 s from start-up here), then a restart left to
-    # finish: how many runs each attempt completes depends on the machine's speed, never the outcome.
+    # Three kills, each at a random moment after the attempt has stored a record of its own (so its
+    # workers are busy mid-sweep), then a restart left to finish. How many runs an attempt completes
+    # depends on the machine's speed, never the outcome.
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
+        before = _records(store)
         sweep = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            sweep.wait(timeout=rng.uniform(1.0, 6.0))
+        assert _wait_until(lambda: sweep.poll() is not None or _records(store) > before, 300), "the sweep stalled"
+        time.sleep(rng.uniform(0.0, 1.0))
+        if sweep.poll() is not None:
             break  # finished before this kill
-        except subprocess.TimeoutExpired:
-            sweep.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop
-            sweep.wait()
-            kills += 1
-            assert _wait_for_group_exit(sweep.pid, 60.0), \
-                f"a killed sweep left workers running:\n{_group_listing(sweep.pid)}"
+        sweep.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop
+        sweep.wait()
+        kills += 1
+        assert _wait_until(lambda: _group_gone(sweep.pid), 60.0), \
+            f"a killed sweep left workers running:\n{_group_listing(sweep.pid)}"
     else:
         sweep = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         sweep.wait(timeout=300)

@@ -15,7 +15,7 @@ G4 = dict(v=8, m=2, s=2, L=4, seed=1)
 
 
 @pytest.fixture(autouse=True)
-def one_thread(restore_threads):
+def one_thread():
     """The models here are tiny: one thread is as fast, and cannot be oversubscribed on shared cores."""
     torch.set_num_threads(1)
 
