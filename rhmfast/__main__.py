@@ -129,7 +129,11 @@ def sweep(args) -> None:
         return
     options = dict(workers=args.workers, threads=args.threads, retries=args.retries)
     if args.engine == "ray":
-        options.update(address=args.address, gpus=args.gpus_per_run)
+        options.update(address=args.address, gpus=args.gpus_per_run, device=args.device)
+    elif args.device is not None:
+        if args.device == "cuda" and not torch.cuda.is_available():  # Ray's GPUs may be on other machines
+            raise SystemExit("rhmfast sweep: --device cuda, but torch sees no CUDA device")
+        options.update(device=args.device)
     outcome = run_sweep(configs, args.out, engine=args.engine, **options)
     print(f"sweep finished in {outcome['seconds']:.0f} s: {outcome['ran']} runs done now, "
           f"{outcome['stored_before']} stored before, {len(outcome['failures'])} failed; records in {args.out}")
@@ -227,7 +231,7 @@ def main(argv=None) -> None:
                    help="iid: independent samples; index: distinct samples (without replacement)")
     d.add_argument("--shard", type=int, default=1 << 20, help="samples per shard (and per sampling call)")
     d.add_argument("--seed_rules", type=int, default=0)
-    d.add_argument("--seed_sample", type=int, default=1)
+    d.add_argument("--seed_sample", type=int, default=0, help="the stream's seed (as write_dataset's seed)")
     d.add_argument("--out", default=None, help="data set folder (re-run the same command to resume)")
     d.add_argument("--verify", action="store_true", help="after writing, draw every shard again and compare")
     d.set_defaults(run=generate)
@@ -267,6 +271,9 @@ def main(argv=None) -> None:
     sw.add_argument("--retries", type=int, default=2, help="retries of a run whose worker dies")
     sw.add_argument("--address", default=None, help="Ray: join this cluster ('auto' or host:port)")
     sw.add_argument("--gpus_per_run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a GPU)")
+    sw.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="where runs train (default: cpu; with Ray and --gpus_per_run > 0, cuda). Local engine: "
+                         "every worker uses the current GPU")
     sw.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                     help="print the grid and its size, run nothing")
     sw.set_defaults(run=sweep)

@@ -3,6 +3,7 @@ anything runs."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import rhmfast.__main__ as cli
 from rhmfast.grid import expand, parse_values, sweep_configs
@@ -99,3 +100,32 @@ def test_learner_names_and_defaults():
 def test_cli_refuses_bad_engine_options(tmp_path, flag, value):
     with pytest.raises(SystemExit, match=f"{flag} must be >="):
         cli.main(["sweep", "--P", "10", "--n_test", "64", flag, value, "--out", str(tmp_path / "s")])
+
+
+@pytest.mark.parametrize("engine, device, expected", [
+    ("local", None, {}), ("local", "cpu", dict(device="cpu")), ("ray", None, dict(device=None, gpus=0.0)),
+    ("ray", "cuda", dict(device="cuda", gpus=0.5)),
+])
+def test_cli_passes_the_device_to_the_engine(tmp_path, monkeypatch, engine, device, expected):
+    import rhmfast.sweep
+
+    seen = {}
+
+    def fake_run_sweep(configs, out, *, engine, **options):
+        seen.update(options, engine=engine)
+        return dict(seconds=0.0, ran=0, stored_before=0, failures=[])
+
+    monkeypatch.setattr(rhmfast.sweep, "run_sweep", fake_run_sweep)
+    argv = ["sweep", "--P", "10", "--n_test", "64", "--engine", engine, "--out", str(tmp_path / "s")]
+    argv += ["--device", device] if device else []
+    argv += ["--gpus_per_run", "0.5"] if device == "cuda" else []
+    cli.main(argv)
+    assert seen["engine"] == engine and {k: seen.get(k) for k in expected} == expected
+    if engine == "local" and device is None:
+        assert "device" not in seen  # the engine's own default
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a machine with a GPU --device cuda is valid")
+def test_cli_refuses_a_local_cuda_sweep_without_a_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        cli.main(["sweep", "--P", "10", "--n_test", "64", "--device", "cuda", "--out", str(tmp_path / "s")])
