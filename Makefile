@@ -68,6 +68,7 @@ gpu-bench: build
 # The sample-complexity sweep of benchmarks/results/sweep_pstar (resumable: re-run to continue).
 sweep-pstar: build
 	$(PY) -m rhmfast sweep --config benchmarks/sweeps/pstar.toml --out out/sweep_pstar
+	$(PY) -m rhmfast collect out/sweep_pstar --out benchmarks/results/sweep_pstar/results.parquet
 	$(PY) -m rhmfast plot out/sweep_pstar --out benchmarks/results/sweep_pstar
 
 clean:

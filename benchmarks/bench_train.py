@@ -1,5 +1,5 @@
 """Training throughput of the hCNN (samples/s, data generation included): rhmfast against the 2024
-library's formulation, rebuilt here from SPEC §3 (one-hot float inputs from a per-level generator,
+library's formulation, rebuilt here from its description (one-hot float inputs from a per-level generator,
 F.conv1d layers divided by sqrt(C_in*s), ReLU, mean, readout), at the reference sizes.
 
 One training step = draw a fresh batch, forward, cross-entropy, backward, SGD (lr 0.1, momentum 0.9).

@@ -1,4 +1,4 @@
-"""Analysis of sample-complexity runs (SPEC §5): P*(ε), its bootstrap interval over seeds, the scaling of P*
+"""Analysis of sample-complexity runs: P*(ε), its bootstrap interval over seeds, the scaling of P*
 with n_c·m^L, plots and tables.
 
 The sweep-level entry points take rows, one per finished run, as a sweep's result store yields them: mappings

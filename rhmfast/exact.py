@@ -1,4 +1,4 @@
-"""Exact statistics of an RHM computed from its rules (SPEC §2), for tests and diagnostics."""
+"""Exact statistics of an RHM computed from its rules (Cagnetta et al. 2024), for tests and diagnostics."""
 from __future__ import annotations
 
 import torch

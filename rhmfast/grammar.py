@@ -1,4 +1,4 @@
-"""``rhmfast.RHM``: a Random Hierarchy Model grammar and its samplers (SPEC §2)."""
+"""``rhmfast.RHM``: a Random Hierarchy Model grammar and its samplers (Cagnetta et al. 2024)."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""Learners of the RHM: the hierarchical CNN of the reference recipe (SPEC §3), the shallow fully-connected
-baseline, and the layerwise learner of Ren et al. (SPEC §4). All take token ids [B, s^L] as input.
+"""Learners of the RHM: the hierarchical CNN of the 2024 reference library's recipe, the shallow
+fully-connected baseline, and the layerwise learner of Ren et al. (2026). All take token ids [B, s^L] as input.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class HierarchicalCNN(nn.Module):
 
     @property
     def lr_scale(self) -> float:
-        """Mean-field training multiplies the learning rate by H (SPEC §3)."""
+        """Mean-field training multiplies the learning rate by H (the 2024 reference library's recipe)."""
         return float(self.width) if self.norm == "mf" else 1.0
 
     def _scaled_biases(self, depth: int):
@@ -189,7 +189,7 @@ class FullyConnected(nn.Module):
 
 
 class RenLayerwiseLearner(nn.Module):
-    """The layerwise learner of Ren et al. (SPEC §4), levels counted from the root (level L = tokens).
+    """The layerwise learner of Ren et al. (2026), levels counted from the root (level L = tokens).
 
     Level l (L down to 1) maps each patch of s level-l embeddings to a level-(l-1) embedding
     h = W x / <1, W x>, x = Phi(h_1 ∘ ... ∘ h_s), with one W^(l) [n_classes, feature_dim] shared by the

@@ -4,7 +4,7 @@
   generative level l are redrawn (the input keeps its level-<=l symbols), relative to moving to an
   unrelated input.
 - ``posterior_distance``: for the Ren learner, the distance between a level's normalised output on the
-  first patch and the exact label posterior q^(l) of that patch (SPEC §2, §4).
+  first patch and the exact label posterior q^(l) of that patch (Cagnetta et al. 2024; Ren et al. 2026).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The samplers of RHM production rules (SPEC §2). Each returns, per level l = 0..L-1 (0 = root), the
+"""The samplers of RHM production rules (Cagnetta et al. 2024). Each returns, per level l = 0..L-1 (0 = root), the
 symbols that own rules (``parents``, int64 [n_parents]) and their rules (int64 [n_parents, m, s]).
 
 All randomness comes from a private ``random.Random(seed)``: the results are deterministic and never

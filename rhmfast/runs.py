@@ -32,7 +32,7 @@ DEFAULTS = dict(
     lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
     loss_threshold=1e-3, cosine=False, online=False,
     # Ren et al.: P is the total of the stages' fresh samples, N^(l) proportional to m^l
-    # ren_lam None: the ridge penalty 1/(v m) of SPEC §4
+    # ren_lam None: the ridge penalty 1/(v m) of Ren et al.
     ren_features=512, ren_sigma=0.28, ren_feature_kind="tensor+rff", ren_lam=None,
 )
 

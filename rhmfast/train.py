@@ -1,9 +1,9 @@
 """Trainers of the RHM learners, readable top to bottom.
 
-- ``train_sgd``: the reference recipe (SPEC §3) for end-to-end training of any model on token ids.
+- ``train_sgd``: the 2024 reference library's recipe for end-to-end training of any model on token ids.
 - ``train_layerwise_sgd``: the reference's layerwise schedule for the hCNN, optionally with hierarchical
   ("hint") supervision of the intermediate layers by the latent-tree symbols of their level.
-- ``train_ren_layerwise``: the algorithm of Ren et al. (SPEC §4), stage by stage, closed-form ridge.
+- ``train_ren_layerwise``: the algorithm of Ren et al. (2026), stage by stage, closed-form ridge.
 
 Every trainer returns a ``RunRecord``. Fixed seeds (rules: the grammar's; data: ``seed_data``; order of
 minibatches: ``seed_order``; model: the model's own) make a run repeatable bit for bit on CPU. Ctrl-C
@@ -310,7 +310,7 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
 
 
 def ren_stage_sizes(grammar, scale: float) -> dict[int, int]:
-    """N^(l) = ceil(scale * m^l) fresh samples for stage l (SPEC §4)."""
+    """N^(l) = ceil(scale * m^l) fresh samples for stage l (Ren et al. 2026)."""
     if not scale > 0:
         raise ValueError(f"rhmfast: scale must be > 0, got {scale!r}")
     return {l: math.ceil(scale * grammar.m**l) for l in range(grammar.L, 0, -1)}
@@ -335,7 +335,7 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, *, s
 def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.0, *, n_test: int = 4096,
                         lam: float | None = None, gd_steps: int = 0, gd_lr: float = 1.0, seed_data: int = 0,
                         n_diagnostic: int = 4096, progress: bool = True) -> RunRecord:
-    """Ren et al.'s layerwise algorithm (SPEC §4): for l = L, ..., 1, draw N^(l) = ceil(scale*m^l) fresh
+    """Ren et al.'s layerwise algorithm (2026): for l = L, ..., 1, draw N^(l) = ceil(scale*m^l) fresh
     samples, run the frozen levels below, take the first level-l patch and fit W^(l)
     by ridge regression onto the one-hot label, λ = 1/(v·m) by default (closed form, or gd_steps of
     gradient descent from W = 0). Each stage records its sample size and the mean distance ‖h − q^(l)‖₂

@@ -12,7 +12,7 @@ from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
 
 
 def library_hcnn(onehot, state, s, norm):
-    """The 2024 library's hCNN as SPEC §3 describes it, on one-hot input [B, v, s^L]: Conv1d layers with
+    """The 2024 reference library's hCNN as that library builds it, on one-hot input [B, v, s^L]: Conv1d layers with
     kernel = stride = s, each divided by sqrt(C_in*s), ReLU, mean over positions, readout / sqrt(H) or H."""
     h = onehot
     L = sum(1 for k in state if k.endswith(".weight"))
