@@ -30,35 +30,24 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{at::autocast::get_autocast_dispatch_key_from_device_type(D)};
 };
 
-template <c10::DeviceType D>
-at::Tensor patch_conv_autocast(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
-                               const OptTensor& pos_bias, int64_t patch_size, double scale,
-                               c10::string_view activation) {
+// patch_conv and token_patch_embed share their signature: (x or tokens, weight or table, bias, pos_bias,
+// patch_size, scale, activation). Token ids pass through cached_cast unchanged (it casts floats only).
+template <c10::DeviceType D, const char* Name>
+at::Tensor layer_autocast(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                          const OptTensor& pos_bias, int64_t patch_size, double scale, c10::string_view activation) {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rhmfast::patch_conv", "")
+                             .findSchemaOrThrow(Name, "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
                                                const OptTensor&, int64_t, double, c10::string_view)>();
   const NoAutocast<D> no_autocast;
   const at::ScalarType t = autocast_type<D>();
   using at::autocast::cached_cast;
-  return op.call(cached_cast(t, x, D), cached_cast(t, weight, D), cached_cast(t, bias, D),
+  return op.call(cached_cast(t, input, D), cached_cast(t, weight, D), cached_cast(t, bias, D),
                  cached_cast(t, pos_bias, D), patch_size, scale, activation);
 }
 
-template <c10::DeviceType D>
-at::Tensor token_patch_embed_autocast(const at::Tensor& tokens, const at::Tensor& table, const OptTensor& bias,
-                                      const OptTensor& pos_bias, int64_t patch_size, double scale,
-                                      c10::string_view activation) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rhmfast::token_patch_embed", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                               const OptTensor&, int64_t, double, c10::string_view)>();
-  const NoAutocast<D> no_autocast;
-  const at::ScalarType t = autocast_type<D>();
-  using at::autocast::cached_cast;
-  return op.call(tokens, cached_cast(t, table, D), cached_cast(t, bias, D), cached_cast(t, pos_bias, D),
-                 patch_size, scale, activation);
-}
+constexpr char kPatchConv[] = "rhmfast::patch_conv";
+constexpr char kTokenPatchEmbed[] = "rhmfast::token_patch_embed";
 
 // Lists as std::vector, the C++ signature of patch_conv_stack's other kernels.
 template <c10::DeviceType D>
@@ -79,15 +68,15 @@ Tensors patch_conv_stack_autocast(const at::Tensor& tokens, const at::Tensor& ta
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rhmfast, AutocastCPU, m) {
-  m.impl("patch_conv", &patch_conv_autocast<c10::DeviceType::CPU>);
-  m.impl("token_patch_embed", &token_patch_embed_autocast<c10::DeviceType::CPU>);
+  m.impl("patch_conv", &layer_autocast<c10::DeviceType::CPU, kPatchConv>);
+  m.impl("token_patch_embed", &layer_autocast<c10::DeviceType::CPU, kTokenPatchEmbed>);
   m.impl("patch_conv_stack", &patch_conv_stack_autocast<c10::DeviceType::CPU>);
 }
 
 // The dispatch key of CUDA's autocast is plain "Autocast"; registering it needs no CUDA in the build.
 TORCH_LIBRARY_IMPL(rhmfast, Autocast, m) {
-  m.impl("patch_conv", &patch_conv_autocast<c10::DeviceType::CUDA>);
-  m.impl("token_patch_embed", &token_patch_embed_autocast<c10::DeviceType::CUDA>);
+  m.impl("patch_conv", &layer_autocast<c10::DeviceType::CUDA, kPatchConv>);
+  m.impl("token_patch_embed", &layer_autocast<c10::DeviceType::CUDA, kTokenPatchEmbed>);
   m.impl("patch_conv_stack", &patch_conv_stack_autocast<c10::DeviceType::CUDA>);
 }
 
