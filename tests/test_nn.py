@@ -117,3 +117,15 @@ def test_torch_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(g, e)
     explanation = torch._dynamo.explain(model)(tokens)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_torch_export_keeps_the_ops_and_the_result(backend):
+    """torch.export gives a graph that calls rhmfast's ops (not a decomposition) and computes the same."""
+    torch.manual_seed(4)
+    model = TinyHCNN().eval()
+    tokens = torch.randint(0, 8, (5, 16))
+    exported = torch.export.export(model, (tokens,))
+    assert torch.equal(exported.module()(tokens), model(tokens))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    if backend == "extension":
+        assert {"rhmfast.token_patch_embed.default", "rhmfast.patch_conv.default"} <= targets, targets
