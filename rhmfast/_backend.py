@@ -55,6 +55,12 @@ def use_extension(device: torch.device | str | None = None) -> bool:
     return True
 
 
+def in_func_transform() -> bool:
+    """True inside torch.func transforms (grad, vmap, jacrev, ...). The layers then run the reference:
+    the transforms cannot go through the ops' C++ autograd, and they support every op it uses."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def backends() -> dict:
     """What is available: the extension, its CUDA kernels, OpenMP, versions, and what is in use."""
     state = _load()

@@ -12,6 +12,7 @@ def op_registered(name: str) -> bool:
 
 
 def use_kernel(registered: bool, tensor: torch.Tensor) -> bool:
-    """registered: op_registered(...) of the op, looked up once at import (it is not free per call)."""
-    return registered and _backend.use_extension(tensor.device)
+    """registered: op_registered(...) of the op, looked up once at import (it is not free per call).
+    Inside torch.func transforms the reference runs (see _backend.in_func_transform)."""
+    return registered and _backend.use_extension(tensor.device) and not _backend.in_func_transform()
 
