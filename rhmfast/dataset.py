@@ -165,6 +165,8 @@ def write_dataset(grammar: RHM, n: int, out: str | os.PathLike, *, seed: int = 0
     _check_count("shard_size", shard_size, 1)
     if mode not in ("iid", "index"):
         raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+    if mode == "index" and grammar.pmax >= 1 << 63:
+        raise ValueError(f"mode='index' needs pmax < 2^63, got pmax = {grammar.pmax}")
     if mode == "index" and start + n > grammar.pmax:
         raise ValueError(f"mode='index' draws without replacement: start + n must be <= pmax = {grammar.pmax}, "
                          f"got {start + n}")

@@ -102,6 +102,13 @@ def test_a_folder_of_another_grammar_is_refused(tmp_path, grammar):
         write_dataset(rhmfast.RHM(8, 2, 2, 3, seed=5), 100, tmp_path, progress=False)
 
 
+def test_index_mode_of_a_huge_grammar_is_refused_before_anything_is_written(tmp_path):
+    huge = rhmfast.RHM(64, 8, 2, 6, seed=0)  # pmax = 64 * 8^63
+    with pytest.raises(ValueError, match="pmax < 2\\^63"):
+        write_dataset(huge, 10, tmp_path / "d", mode="index", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(n=-1), ValueError, r"n must be >= 0"),
     (dict(n=10, shard_size=0), ValueError, r"shard_size must be >= 1"),
