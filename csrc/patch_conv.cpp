@@ -30,10 +30,10 @@ void check_float_dtype(const at::Tensor& t, const char* name) {
 }
 
 void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "rhmfast: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
-              ref.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "rhmfast: ", name, " has dtype ", t.scalar_type(),
-                   " but ", ref_name, " has dtype ", ref.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "rhmfast: ", name, " is on ", t.device(), ", ", ref_name, " on ",
+                    ref.device(), ": they must be on one device");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "rhmfast: ", name, " has dtype ", t.scalar_type(), ", ",
+                   ref_name, " ", ref.scalar_type(), ": they must have one dtype");
 }
 
 void check_biases(const PatchShape& g, const at::Tensor& weight, const char* weight_name,
@@ -69,8 +69,10 @@ PatchShape check_patch_conv(const at::Tensor& x, const at::Tensor& weight, const
   PatchShape g{x.size(0), x.size(1), x.size(2), patch_size, 0, weight.size(0)};
   check_patch_size(patch_size, g.T);
   g.T_out = g.T / patch_size;
-  TORCH_CHECK_VALUE(weight.size(1) == patch_size * g.C_in, "rhmfast: weight has ", weight.size(1),
-                    " columns but patch_size*C_in = ", patch_size, "*", g.C_in, " = ", patch_size * g.C_in);
+  // Compared by division: patch_size * C_in may overflow.
+  TORCH_CHECK_VALUE(weight.size(1) % patch_size == 0 && weight.size(1) / patch_size == g.C_in, "rhmfast: weight has ",
+                    weight.size(1), " columns but patch_size*C_in = ", patch_size, "*", g.C_in, " = ",
+                    static_cast<double>(patch_size) * static_cast<double>(g.C_in));
   check_biases(g, weight, "weight", bias, pos_bias);
   return g;
 }

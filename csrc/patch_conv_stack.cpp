@@ -29,6 +29,8 @@
 #include <tuple>
 #include <vector>
 
+#include "patch_conv.h"
+
 namespace rhmfast {
 namespace {
 
@@ -148,6 +150,7 @@ std::vector<at::Tensor> patch_conv_stack_impl(const at::Tensor& tokens, const at
   outs.push_back(token_patch_embed(tokens, table, bias_of(biases, 0), patch_size, scales[0], activation));
   size_t first = 0;  // first weight applied by the plain per-layer path
   if (use_distinct_patches(tokens, table, weights)) {
+    check_patch_conv(outs[0], weights[0], bias_of(biases, 1), std::nullopt, patch_size);  // as the plain path would
     const DistinctPatches d = distinct_patches(tokens, table.size(1), patch_size);
     const at::Tensor h = token_patch_embed(d.patches, table, bias_of(biases, 0), patch_size, scales[0], activation);
     const at::Tensor U = second_layer_table(h.view({d.count, -1}), weights[0], patch_size);
@@ -167,6 +170,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> patch_c
   const size_t L = weights.size() + 1;
   TORCH_CHECK_VALUE(outs.size() == L && grad_outs.size() == L, "rhmfast: outs and grad_outs must have one entry per "
                     "layer (", L, "), got ", outs.size(), " and ", grad_outs.size());
+  for (size_t l = 0; l < L; ++l) {
+    if (!grad_outs[l].has_value()) continue;
+    TORCH_CHECK_VALUE(grad_outs[l]->sizes() == outs[l].sizes(), "rhmfast: grad_outs[", l, "] must have the shape of "
+                      "outs[", l, "], ", outs[l].sizes(), ", got ", grad_outs[l]->sizes());
+    TORCH_CHECK_VALUE(grad_outs[l]->device() == table.device(), "rhmfast: grad_outs[", l, "] is on ",
+                      grad_outs[l]->device(), ", table on ", table.device(), ": they must be on one device");
+    TORCH_CHECK_TYPE(grad_outs[l]->scalar_type() == outs[l].scalar_type(), "rhmfast: grad_outs[", l, "] has dtype ",
+                     grad_outs[l]->scalar_type(), ", outs[", l, "] ", outs[l].scalar_type(), ": they must have one dtype");
+  }
   const bool with_bias = !biases.empty();
   std::vector<at::Tensor> grad_weights(L - 1), grad_biases(with_bias ? L : 0);
   at::Tensor grad;  // gradient of outs[l] flowing down; undefined while nothing above used it
@@ -193,6 +205,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> patch_c
     const at::Tensor h = token_patch_embed(d.patches, table, bias_of(biases, 0), s, scales[0], activation);
     const at::Tensor h2 = h.view({d.count, C});
     const at::Tensor& w2 = weights[0];
+    check_patch_conv(outs[0], w2, bias_of(biases, 1), std::nullopt, s);
     // Only square reads U's values (to recompute its pre-activation); the others need its shape.
     const at::Tensor U = activation == "square" ? second_layer_table(h2, w2, s)
                                                 : at::empty({s, d.count, w2.size(0)}, table.options());

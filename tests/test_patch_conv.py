@@ -107,10 +107,25 @@ def test_errors(backend):
     with pytest.raises(TypeError, match="bias has dtype"):
         patch_conv(x, w, b.double(), patch_size=2)
     # Devices are compared before anything runs (a meta tensor stands in for a second device here).
-    with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
+    with pytest.raises(ValueError, match="weight is on meta, x on cpu: they must be on one device"):
         patch_conv(x, w.to("meta"), patch_size=2)
-    with pytest.raises(ValueError, match="pos_bias is on meta but weight is on cpu"):
+    with pytest.raises(ValueError, match="pos_bias is on meta, weight on cpu"):
         patch_conv(x, w, b, pb.to("meta"), patch_size=2)
+
+
+def test_backward_op_checks_its_gradient_argument():
+    """The backward op (kernel or fake kernel) refuses a grad_out of another shape or device."""
+    need_extension()
+    x, w, b, pb = conv_sample(2, 3, 4, 5, 2, torch.float32)
+    op = torch.ops.rhmfast.patch_conv_backward
+    mask = [True, True, True, False]
+    with pytest.raises(ValueError, match="grad_out must have the output's shape"):
+        op(torch.randn(2, 4, 5), x, w, b, pb, None, 2, 1.0, "none", mask)
+    with pytest.raises(ValueError, match="grad_out is on meta, the weights on cpu"):
+        op(torch.randn(2, 3, 5, device="meta"), x, w, b, pb, None, 2, 1.0, "none", mask)
+    with pytest.raises(ValueError, match="grad of pos_bias asked for but pos_bias is None"):
+        op(torch.randn(2, 3, 5, device="meta"), x.to("meta"), w.to("meta"), None, None, None, 2, 1.0, "none",
+           [True, True, False, True])
 
 
 def test_double_backward_raises():

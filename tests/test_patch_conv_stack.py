@@ -137,6 +137,24 @@ def test_errors(backend):
         tokens[-1, -1] = -3
         with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=5\)"):
             patch_conv_stack(tokens, table, weights, patch_size=2)
+        tokens[-1, -1] = 0
+        # The second layer's weight is checked on both paths (the shortcut reads it in column blocks).
+        with pytest.raises(ValueError, match="columns but patch_size"):
+            patch_conv_stack(tokens, table, [torch.randn(3, 9), weights[1]], patch_size=2)
+        with pytest.raises(TypeError, match="dtype"):
+            patch_conv_stack(tokens, table, [weights[0].double(), weights[1]], patch_size=2)
+
+
+def test_backward_op_checks_every_output_gradient():
+    need_extension()
+    tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 2, torch.float32, bias=True)
+    outs = torch.ops.rhmfast.patch_conv_stack(tokens, table, weights, biases, 2, [1.0, 1.0, 1.0], "relu")
+    grads = [torch.ones(1), None, torch.randn_like(outs[2])]  # would broadcast into layer 0's gradient
+    with pytest.raises(ValueError, match=r"grad_outs\[0\] must have the shape of outs\[0\]"):
+        torch.ops.rhmfast.patch_conv_stack_backward(grads, tokens, table, weights, biases, outs, 2, [1.0] * 3, "relu")
+    grads[0] = torch.randn_like(outs[0]).double()
+    with pytest.raises(TypeError, match=r"grad_outs\[0\] has dtype"):
+        torch.ops.rhmfast.patch_conv_stack_backward(grads, tokens, table, weights, biases, outs, 2, [1.0] * 3, "relu")
 
 
 @pytest.mark.cuda
@@ -151,3 +169,12 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(y.double().cpu(), y64.detach(), rtol=1e-5, atol=1e-5)
     for g, g64 in zip(torch.autograd.grad(y.sum(), params), grads64):
         torch.testing.assert_close(g.double().cpu(), g64, rtol=1e-5, atol=1e-4)
+
+
+def test_backward_fake_kernel_checks_the_gradients():
+    need_extension()
+    tokens, table, weights, biases = trunk([4, 3, 5], 5, 2, 3, 2, torch.float32, bias=True)
+    outs = torch.ops.rhmfast.patch_conv_stack(tokens, table, weights, biases, 2, [1.0, 1.0, 1.0], "relu")
+    grads = [torch.randn_like(outs[0], device="meta"), None, None]
+    with pytest.raises(ValueError, match=r"grad_outs\[0\] is on meta, table on cpu"):
+        torch.ops.rhmfast.patch_conv_stack_backward(grads, tokens, table, weights, biases, outs, 2, [1.0] * 3, "relu")

@@ -7,6 +7,7 @@ import json
 import random
 import tracemalloc
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,12 +146,23 @@ def test_labels_must_fit_dtype_of_tree():
     (lambda g: g.decode(torch.tensor([-1])), ValueError, r"pmax"),
     (lambda g: g.decode(torch.tensor([1], dtype=torch.int32)), TypeError, r"int64"),
     (lambda g: g.decode([1], dtype=torch.float64), TypeError, r"dtype must be"),
+    (lambda g: g.decode(True), TypeError, r"indices must be an int"),
+    (lambda g: g.batches(4, mode="index", start=g.pmax), ValueError, r"start must be < pmax = 1024"),
+    (lambda g: g.batches(4, mode="foo"), ValueError, r"mode must be"),
 ], ids=["n_train<0", "n_test<0", "n_train-float", "split>pmax", "batch0", "batch-float", "decode-pmax",
-        "decode-neg", "decode-float", "decode-tensor-pmax", "decode-tensor-neg", "decode-int32", "decode-dtype"])
+        "decode-neg", "decode-float", "decode-tensor-pmax", "decode-tensor-neg", "decode-int32", "decode-dtype",
+        "decode-bool", "batches-past-pmax", "batches-mode"])
 def test_split_batches_decode_reject_invalid_arguments(small, call, error, match):
     """split, batches and decode validate their arguments (kernel errors for tensors included)."""
     with pytest.raises(error, match=match):
         call(small)
+
+
+def test_decode_accepts_numpy_integers(small):
+    expected = small.decode([3, 5])
+    for got in (small.decode([np.int64(3), np.int32(5)]), small.decode(np.array([3, 5]))):
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert all(torch.equal(a, b[:1]) for a, b in zip(small.decode(np.int64(3)), expected))
 
 
 def test_decode_out_of_range_reference_errors(small):
@@ -238,6 +250,11 @@ def test_decode_op_rejects_bad_datum(datum, error, match):
         torch.ops.rhmfast.rhm_decode(_table(), datum, 8, torch.uint8, False)
     with pytest.raises(ValueError):
         ref.rhm_decode(_table(), datum, 8, torch.uint8, False)
+
+
+def test_decode_op_rejects_datum_on_another_device():
+    with pytest.raises(ValueError, match="datum numbers must be on the rules' device cpu, got meta"):
+        torch.ops.rhmfast.rhm_decode(_table(), torch.tensor([1, 2]).to("meta"), 8, torch.uint8, False)
 
 
 def test_op_rejects_pmax_overflow():

@@ -162,8 +162,12 @@ def test_errors(backend):
         token_patch_embed(tokens, table, b.double(), patch_size=2)
     with pytest.raises(ValueError, match="tokens are on cpu but table is on meta"):  # meta: a second device
         token_patch_embed(tokens, table.to("meta"), patch_size=2)
-    with pytest.raises(ValueError, match="bias is on meta but table is on cpu"):
+    with pytest.raises(ValueError, match="bias is on meta, table on cpu"):
         token_patch_embed(tokens, table, b.to("meta"), patch_size=2)
+    if backend == "extension":  # the backward op's fake kernel checks too
+        with pytest.raises(ValueError, match="grad_out is on meta, the weights on cpu"):
+            torch.ops.rhmfast.token_patch_embed_backward(torch.randn(2, 3, 4, device="meta"), tokens, table, b, pb,
+                                                         None, 2, 1.0, "none", [True, True, False])
 
 
 @pytest.mark.cuda

@@ -35,6 +35,8 @@ def _fake(x, weight, bias, pos_bias, patch_size, scale, activation):
 
 def _fake_backward(grad_out, x, weight, bias, pos_bias, out, patch_size, scale, activation, output_mask):
     batch, length, c_in, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size)
+    reference.check_layer_backward_args(grad_out, weight, (batch, t_out, c_out), activation, out,
+                                        relu_recomputes=False, biases=(bias, pos_bias), output_mask=output_mask)
     shapes = ((batch, length, c_in), (c_out, patch_size * c_in), (c_out,), (t_out, c_out))
     return tuple(x.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 

@@ -11,7 +11,7 @@ import torch
 
 from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import patch_conv_stack as reference
-from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args
+from rhmfast.reference.patch_conv import check_activation, check_patch_conv_args, check_same
 from rhmfast.reference.token_patch_embed import check_token_patch_embed_args
 
 
@@ -67,6 +67,17 @@ def _fake(tokens, table, weights, biases, patch_size, scales, activation):
 
 
 def _fake_backward(grad_outs, tokens, table, weights, biases, outs, patch_size, scales, activation):
+    shapes = _shapes(tokens, table, weights, biases, patch_size, scales, activation)
+    if len(outs) != len(shapes) or len(grad_outs) != len(shapes):
+        raise ValueError(f"rhmfast: outs and grad_outs must have one entry per layer ({len(shapes)}), got "
+                         f"{len(outs)} and {len(grad_outs)}")
+    for l, (grad, shape) in enumerate(zip(grad_outs, shapes)):
+        if grad is None:
+            continue
+        if tuple(grad.shape) != shape:
+            raise ValueError(f"rhmfast: grad_outs[{l}] must have the shape of outs[{l}], {list(shape)}, got "
+                             f"{list(grad.shape)}")
+        check_same(grad, table, f"grad_outs[{l}]", "table")
     return (table.new_empty(table.shape), [w.new_empty(w.shape) for w in weights],
             [b.new_empty(b.shape) for b in biases])
 

@@ -58,6 +58,8 @@ if extension_loaded():
 
     @torch.library.register_fake("rhmfast::rhm_decode")
     def _(rules, datum, n_classes, dtype, return_tree):
+        if datum.device != rules.device:
+            raise ValueError(f"rhmfast: datum numbers must be on the rules' device {rules.device}, got {datum.device}")
         return _fake_outputs(rules, datum.shape[0], dtype, return_tree)
 
     @torch.library.register_fake("rhmfast::philox_uniform")

@@ -10,7 +10,7 @@ import torch
 
 from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import token_patch_embed as reference
-from rhmfast.reference.patch_conv import check_activation
+from rhmfast.reference.patch_conv import check_activation, check_layer_backward_args
 
 
 _REGISTERED = op_registered("token_patch_embed")
@@ -37,7 +37,9 @@ def _fake(tokens, table, bias, pos_bias, patch_size, scale, activation):
 
 
 def _fake_backward(grad_out, tokens, table, bias, pos_bias, out, patch_size, scale, activation, output_mask):
-    _, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
+    batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
+    check_layer_backward_args(grad_out, table, (batch, t_out, c_out), activation, out, relu_recomputes=True,
+                              biases=(bias, pos_bias), output_mask=output_mask)
     shapes = (tuple(table.shape), (c_out,), (t_out, c_out))
     return tuple(table.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 

@@ -38,9 +38,28 @@ def check_float(t: torch.Tensor, name: str) -> None:
 def check_same(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
     """t on ref's device (ValueError) with ref's dtype (TypeError), as the compiled ops check."""
     if t.device != ref.device:
-        raise ValueError(f"rhmfast: {name} is on {t.device} but {ref_name} is on {ref.device}")
+        raise ValueError(f"rhmfast: {name} is on {t.device}, {ref_name} on {ref.device}: they must be on one device")
     if t.dtype != ref.dtype:
-        raise TypeError(f"rhmfast: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+        raise TypeError(f"rhmfast: {name} has dtype {t.dtype}, {ref_name} {ref.dtype}: they must have one dtype")
+
+
+def check_layer_backward_args(grad_out, params, shape, activation, out, *, relu_recomputes: bool, biases,
+                              output_mask) -> None:
+    """The backward ops' argument checks (the compiled kernels' check_layer_backward), for their fake
+    kernels: grad_out of the output's shape beside the weights, relu's `out`, biases for bias gradients.
+    biases: (bias, pos_bias); output_mask: the op's, whose last two entries ask for their gradients."""
+    if tuple(grad_out.shape) != tuple(shape):
+        raise ValueError(f"rhmfast: grad_out must have the output's shape {list(shape)}, got {list(grad_out.shape)}")
+    check_same(grad_out, params, "grad_out", "the weights")
+    if activation == "relu" and not relu_recomputes and out is None:
+        raise ValueError(f"rhmfast: relu backward needs the forward output `out` of shape {list(shape)}")
+    if out is not None and activation == "relu":
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"rhmfast: out must have the output's shape {list(shape)}, got {list(out.shape)}")
+        check_same(out, params, "out", "the weights")
+    for name, tensor, wanted in zip(("bias", "pos_bias"), biases, output_mask[-2:]):
+        if wanted and tensor is None:
+            raise ValueError(f"rhmfast: grad of {name} asked for but {name} is None")
 
 
 def check_biases(bias, pos_bias, ref: torch.Tensor, ref_name: str, t_out: int, c_out: int) -> None:
