@@ -163,16 +163,11 @@ def write_dataset(grammar: RHM, n: int, out: str | os.PathLike, *, seed: int = 0
     _check_count("n", n, 0)
     _check_count("start", start, 0)
     _check_count("shard_size", shard_size, 1)
-    if mode not in ("iid", "index"):
-        raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
-    if mode == "index" and grammar.pmax >= 1 << 63:
-        raise ValueError(f"mode='index' needs pmax < 2^63, got pmax = {grammar.pmax}")
-    if mode == "index" and start + n > grammar.pmax:
-        raise ValueError(f"mode='index' draws without replacement: start + n must be <= pmax = {grammar.pmax}, "
-                         f"got {start + n}")
+    # An empty draw at the stream's end checks, before anything is written, what every shard will ask
+    # of the sampler (seed, mode, start + n < 2^63, and <= pmax in index mode); it also gives the dtype.
+    token_dtype = str(grammar.sample(0, seed=seed, start=start + n, mode=mode)[0].numpy().dtype)
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
-    token_dtype = str(grammar.sample(0)[0].numpy().dtype)
     n_shards = -(-n // shard_size)
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "grammar": GRAMMAR,

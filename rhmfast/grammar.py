@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from typing import Iterator
 
@@ -164,7 +165,9 @@ class RHM:
                 raise TypeError(f"indices must be an int64 tensor, got {indices.dtype}")
             datum = indices.reshape(-1).to(device)
         else:
-            values = [indices] if isinstance(indices, int) else list(indices)
+            values = [indices] if isinstance(indices, numbers.Integral) else list(indices)
+            # numpy integers too (bools stay, for _check_int to refuse)
+            values = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values]
             for value in values:
                 _check_int("indices", value, 0, self.pmax - 1)
             if self.pmax >= _INT64_LIMIT:
@@ -224,8 +227,15 @@ class RHM:
         """Fresh batches forever (online SGD): batch k holds samples start + k*batch_size ... of the
         stream, so no sample index repeats. In ``mode="index"`` the stream ends after pmax samples."""
         batch_size = _check_int("batch_size", batch_size, 1)
+        start = _check_int("start", start, 0)
+        if mode not in ("iid", "index"):
+            raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
         end = self.pmax if mode == "index" else _INT64_LIMIT - 1
-        position = start
+        if start >= end:  # checked now, not at the first batch: batches() is not itself a generator
+            raise ValueError(f"start must be < {'pmax = ' if mode == 'index' else ''}{end}, got {start}")
+        return self._batch_stream(batch_size, seed, start, end, mode, device, dtype, return_tree)
+
+    def _batch_stream(self, batch_size, seed, position, end, mode, device, dtype, return_tree) -> Iterator:
         while position < end:
             n = min(batch_size, end - position)
             yield self.sample(n, seed=seed, start=position, mode=mode, device=device, dtype=dtype,

@@ -88,6 +88,9 @@ class PatchConv1d(nn.Module):
         if channels_last.shape[2] != self.in_channels:
             raise ValueError(f"rhmfast: PatchConv1d expects {self.in_channels} input channels, got "
                              f"{channels_last.shape[2]} (input shape {list(x.shape)}, layout {self.layout!r})")
+        if channels_last.shape[1] < self.patch_size:  # nn.Conv1d refuses it too
+            raise ValueError(f"rhmfast: PatchConv1d needs an input length >= patch_size = {self.patch_size}, got "
+                             f"{channels_last.shape[1]} (input shape {list(x.shape)}, layout {self.layout!r})")
         usable = channels_last.shape[1] - channels_last.shape[1] % self.patch_size
         if usable != channels_last.shape[1]:
             channels_last = channels_last[:, :usable]

@@ -116,6 +116,9 @@ def test_index_mode_of_a_huge_grammar_is_refused_before_anything_is_written(tmp_
     (dict(n=2.5), TypeError, r"n must be an int"),
     (dict(n=10, mode="foo"), ValueError, r"mode must be 'iid' or 'index'"),
     (dict(n=10 ** 9, mode="index"), ValueError, r"pmax = "),
+    (dict(n=10, seed=-1), ValueError, r"seed must be in \[0, "),
+    (dict(n=10, seed=1.5), TypeError, r"seed must be an int"),
+    (dict(n=10, start=2 ** 63 - 5), ValueError, r"start \+ n must be < 2\^63"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, grammar, kwargs, error, match):
     with pytest.raises(error, match=match):

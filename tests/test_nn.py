@@ -27,6 +27,16 @@ def test_patch_conv1d_matches_conv1d(backend, dtype, s):
                                    **TOLERANCE[dtype])
 
 
+def test_inputs_shorter_than_a_patch_are_refused_like_conv1d():
+    conv = nn.Conv1d(3, 4, 3, stride=3)
+    layer = PatchConv1d.from_conv1d(conv)
+    x = torch.randn(2, 3, 2)
+    with pytest.raises(RuntimeError):
+        conv(x)
+    with pytest.raises(ValueError, match="input length >= patch_size = 3, got 2"):
+        layer(x)
+
+
 def test_gradients_match_conv1d(backend):
     torch.manual_seed(0)
     conv = nn.Conv1d(6, 5, 3, stride=3, dtype=torch.float64)
