@@ -25,6 +25,7 @@ def generate(args) -> None:
     try:
         grammar = rhmfast.RHM(args.v, args.m, args.s, args.L, n_classes=args.n_classes, seed=args.seed_rules,
                               rules=args.rules)
+        grammar.sample(0, seed=args.seed_sample, start=args.start + args.n, mode=args.mode)  # checks the stream
     except ValueError as error:
         raise SystemExit(f"rhmfast generate: {error}") from None
     print(f"{grammar}: input length {grammar.input_dim}, pmax = {grammar.pmax:.3e}")

@@ -173,7 +173,7 @@ def write_dataset(grammar: RHM, n: int, out: str | os.PathLike, *, seed: int = 0
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "grammar": GRAMMAR,
         "n": n, "start": start, "seed": seed, "mode": mode, "shard_size": shard_size,
         "input_dim": grammar.input_dim, "token_dtype": token_dtype,
-        "shards": [_shard_names(i) for i in range(n_shards)],
+        "shards": [list(_shard_names(i)) for i in range(n_shards)],  # lists, as JSON reads them back
     }
     if os.path.exists(os.path.join(out, MANIFEST)):
         existing = open_dataset(out)
@@ -188,7 +188,6 @@ def write_dataset(grammar: RHM, n: int, out: str | os.PathLike, *, seed: int = 0
     else:
         grammar.save(os.path.join(out, GRAMMAR))
         _write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-    manifest["shards"] = [list(names) for names in manifest["shards"]]  # as read back from JSON
     todo = [i for i in range(n_shards) if not _shard_complete(out, manifest, i)]
     done = n - sum(min(shard_size, n - i * shard_size) for i in todo)
     with tqdm(total=n, initial=done, unit="sample", unit_scale=True, desc=f"writing {out}",

@@ -168,3 +168,5 @@ def test_generate_command_refuses_bad_flags(tmp_path):
         main(["generate", "--shard", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"rhmfast generate: .*m"):
         main(["generate", "--v", "2", "--m", "9", "--L", "2", "--n", "10"])
+    with pytest.raises(SystemExit, match=r"rhmfast generate: .*pmax"):  # caught before any sampling
+        main(["generate", "--v", "4", "--m", "2", "--L", "2", "--n", "1000", "--mode", "index"])
