@@ -167,7 +167,7 @@ class FullyConnected(nn.Module):
         super().__init__()
         for name, value in (("v", v), ("d", d), ("width", width), ("depth", depth), ("n_classes", n_classes)):
             check_positive_int(name, value)
-        self.v, self.d, self.seed = v, d, seed
+        self.v, self.d, self.n_classes, self.seed = v, d, n_classes, seed
         sizes = [d * v] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(width, n_classes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from fractions import Fraction
 
 from rhmfast.models import check_choice, check_positive_int
 
@@ -168,7 +169,7 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
     check_feasible(c, grammar)
     model = build_model(c).to(device)
     if c["trainer"] == "ren":
-        scale = c["P"] / sum(c["m"] ** l for l in range(1, c["L"] + 1))
+        scale = Fraction(c["P"], sum(c["m"] ** l for l in range(1, c["L"] + 1)))  # exact stage sizes
         return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], lam=c["ren_lam"],
                                    seed_data=c["seed_sample"], progress=progress)
     if c["trainer"] == "sgd":

@@ -138,6 +138,17 @@ def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, co
     return point
 
 
+def _check_fits(model, grammar, what: str = "model") -> None:
+    """The model's shape attributes (those it has of v, s, L, d = s^L, n_classes) equal the grammar's; a
+    model without them (any user module) is taken as it is."""
+    want = dict(v=grammar.v, s=grammar.s, L=grammar.L, d=grammar.input_dim, n_classes=grammar.n_classes)
+    have = {k: getattr(model, k) for k in want if isinstance(getattr(model, k, None), int)}
+    if any(have[k] != want[k] for k in have):
+        keys = ", ".join(have)
+        raise ValueError(f"rhmfast: the {what}'s ({keys}) must equal the grammar's, got "
+                         f"{tuple(have.values())} and {tuple(want[k] for k in have)}")
+
+
 def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0.1, momentum: float = 0.9,
               weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 200, cosine: bool = False,
               loss_threshold: float = 1e-3, eval_every: int = 5, online: bool = False, seed_data: int = 0,
@@ -153,6 +164,7 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
     eval_every epochs. callback(point) is called at each evaluation. Data is generated on the device of
     the model's parameters.
     """
+    _check_fits(model, grammar)
     record = _sgd_record(model, grammar, n_train, n_test=n_test, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, max_epochs=max_epochs, cosine=cosine, loss_threshold=loss_threshold,
                          eval_every=eval_every, online=online, seed_data=seed_data, seed_order=seed_order)
@@ -203,7 +215,8 @@ def _run_sgd(model, record, batches_of_epoch, loss_fn, evaluate, *, progress, ca
                 combine=combine)
     except KeyboardInterrupt:
         record.interrupted, record.stopped_by = True, "interrupted"
-    record.final_test_error = evaluate()
+    # A diverged model's outputs are NaN, and argmax of NaN is an arbitrary class: no test error then.
+    record.final_test_error = float("nan") if record.stopped_by == "diverged" else evaluate()
     return _finish(record, started)
 
 
@@ -224,10 +237,7 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
     """
     if not isinstance(model, HierarchicalCNN):
         raise TypeError(f"rhmfast: train_layerwise_sgd trains a HierarchicalCNN, got {type(model).__name__}")
-    if (model.v, model.s, model.L, model.n_classes) != (grammar.v, grammar.s, grammar.L, grammar.n_classes):
-        raise ValueError("rhmfast: the model's (v, s, L, n_classes) must equal the grammar's, got "
-                         f"{(model.v, model.s, model.L, model.n_classes)} and "
-                         f"{(grammar.v, grammar.s, grammar.L, grammar.n_classes)}")
+    _check_fits(model, grammar)
     _check_budget(n_train=n_train, n_test=n_test, batch_size=batch_size, max_epochs=max_epochs,
                   eval_every=eval_every)
     record = RunRecord("train_layerwise_sgd", dict(model="HierarchicalCNN", **_grammar_config(grammar),
@@ -309,10 +319,11 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
     return _finish(record, started)
 
 
-def ren_stage_sizes(grammar, scale: float) -> dict[int, int]:
-    """N^(l) = ceil(scale * m^l) fresh samples for stage l (Ren et al. 2026)."""
-    if not scale > 0:
-        raise ValueError(f"rhmfast: scale must be > 0, got {scale!r}")
+def ren_stage_sizes(grammar, scale) -> dict[int, int]:
+    """N^(l) = ceil(scale * m^l) fresh samples for stage l (Ren et al. 2026). scale: a float, or a
+    fractions.Fraction for an exact ceiling (run configs pass P / sum_l m^l so)."""
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"rhmfast: scale must be finite and > 0, got {scale!r}")
     return {l: math.ceil(scale * grammar.m**l) for l in range(grammar.L, 0, -1)}
 
 
@@ -344,17 +355,16 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
     ranges of the iid stream seed_data. An interrupted run keeps its finished stages and has no test error.
     Data is generated on the device of the learner's parameters.
     """
-    if (learner.v, learner.s, learner.L, learner.n_classes) != (grammar.v, grammar.s, grammar.L, grammar.n_classes):
-        raise ValueError("rhmfast: the learner's (v, s, L, n_classes) must equal the grammar's, got "
-                         f"{(learner.v, learner.s, learner.L, learner.n_classes)} and "
-                         f"{(grammar.v, grammar.s, grammar.L, grammar.n_classes)}")
+    _check_fits(learner, grammar, "learner")
     _check_budget(n_test=n_test, n_diagnostic=n_diagnostic)
     if gd_steps < 0:
         raise ValueError(f"rhmfast: gd_steps must be >= 0, got {gd_steps}")
     lam = 1.0 / (grammar.v * grammar.m) if lam is None else lam
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"rhmfast: lam must be finite and >= 0, got {lam!r}")
     sizes = ren_stage_sizes(grammar, scale)
     record = RunRecord("train_ren_layerwise", dict(model="RenLayerwiseLearner", **_grammar_config(grammar),
-                                                   scale=scale, stage_sizes=list(sizes.values()), n_test=n_test,
+                                                   scale=float(scale), stage_sizes=list(sizes.values()), n_test=n_test,
                                                    lam=lam, gd_steps=gd_steps, features=learner.features,
                                                    sigma=learner.sigmas, n_diagnostic=n_diagnostic),
                        dict(rules=grammar.seed, data=seed_data, model=learner.seed))
@@ -366,7 +376,7 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
     started = time.perf_counter()
     s, L = grammar.s, grammar.L
     try:
-        with tqdm(range(L, 0, -1), desc=f"ren scale={scale:g}", disable=not progress, leave=False) as bar:
+        with tqdm(range(L, 0, -1), desc=f"ren scale={float(scale):g}", disable=not progress, leave=False) as bar:
             for l in bar:
                 n = sizes[l]
                 x, y = grammar.sample(n, seed=seed_data, start=position, device=device)
@@ -374,14 +384,18 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                 with torch.no_grad():
                     h = learner.embeddings(x[:, :width], down_to=l)[-1]
                     features = learner.patch_features(l, h)[:, 0]
-                    learner.W[l - 1].copy_(fit_ridge(features, y, grammar.n_classes, lam, steps=gd_steps, lr=gd_lr))
-                record.samples_seen += n
+                    w = fit_ridge(features, y, grammar.n_classes, lam, steps=gd_steps, lr=gd_lr)
+                if not torch.isfinite(w).all():  # gradient descent with too large a step, say
+                    record.stopped_by = "diverged"
+                    break
+                learner.W[l - 1].copy_(w)
                 distance = posterior_distance(learner, grammar, l, n=n_diagnostic, seed=seed_data, start=position + n)
                 position += n + n_diagnostic
+                record.samples_seen += n  # counted with its stage, so an interrupted record adds up
                 record.stages.append(dict(level=l, n_samples=n, posterior_distance=distance))
     except KeyboardInterrupt:
         record.interrupted, record.stopped_by = True, "interrupted"
-    if not record.interrupted:
+    if not record.interrupted and record.stopped_by != "diverged":
         record.stopped_by = "done"
         record.final_test_error = test_error(learner, x_test, y_test)
         record.curve.append(dict(stage=1, samples_seen=record.samples_seen, test_error=record.final_test_error))

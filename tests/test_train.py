@@ -1,5 +1,8 @@
 """Trainers: they learn above n_c·m^L and stay near chance far below it, Ren's stage outputs approach the
 exact posteriors, runs repeat bit for bit, Ctrl-C returns a partial record, bad configurations raise."""
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -176,6 +179,34 @@ def test_bad_configurations_raise_clear_errors():
         train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, 0.0, progress=False)
     with pytest.raises(ValueError, match="gd_steps"):
         train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, 1.0, gd_steps=-1, progress=False)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, float("inf"), progress=False)
+    for lam in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="lam must be finite and >= 0"):
+            train_ren_layerwise(RenLayerwiseLearner(8, 2, 2), g, 1.0, lam=lam, progress=False)
+    # train_sgd checks the model against the grammar too, for the models that say their shape
+    with pytest.raises(ValueError, match=r"model's \(v, s, L, n_classes\) must equal the grammar's"):
+        train_sgd(hcnn(L=3), g, 16, n_test=16, progress=False)
+    with pytest.raises(ValueError, match=r"model's \(v, d, n_classes\) must equal the grammar's, got \(8, 8, 8\)"):
+        train_sgd(FullyConnected(8, 8, 8, 1, 8), g, 16, n_test=16, progress=False)
+
+
+def test_diverged_runs_have_no_test_error():
+    """argmax over NaN outputs picks an arbitrary class: a diverged run reports NaN, not a chance-level
+    error, for SGD and for Ren's gradient-descent ridge."""
+    g = rhmfast.RHM(4, 2, 2, 3, seed=1)
+    model = HierarchicalCNN(4, 8, 2, 3, 4, norm="mf", activation="square", seed=0)
+    record = train_sgd(model, g, 32, n_test=16, lr=1e3, batch_size=8, max_epochs=5, progress=False)
+    assert record.stopped_by == "diverged" and math.isnan(record.final_test_error)
+    ren = train_ren_layerwise(RenLayerwiseLearner(4, 2, 3), g, 2.0, n_test=16, gd_steps=200, gd_lr=100.0,
+                              progress=False)
+    assert ren.stopped_by == "diverged" and math.isnan(ren.final_test_error) and not ren.interrupted
+
+
+def test_ren_stage_sizes_are_exact_for_a_fraction():
+    """P = 91 over m + m^2 + m^3 = 39 (m = 3): the stages add up to P exactly (a float scale gives 92)."""
+    g = rhmfast.RHM(9, 3, 2, 3, seed=0)
+    assert sum(ren_stage_sizes(g, Fraction(91, 39)).values()) == 91
 
 
 def test_ren_interruption_keeps_the_finished_stages(monkeypatch):
