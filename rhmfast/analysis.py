@@ -179,8 +179,13 @@ def _settings(rows: Iterable[Mapping]) -> list[_Setting]:
         key, seed, p, error, n_test = _check_row(row, i)
         by_run = runs.setdefault(key, {})
         if (seed, p) in by_run:
-            raise ValueError(f"rhmfast: row {i} repeats the run of row {by_run[seed, p][0]}: (learner, v, n_classes, "
-                             f"s, m, L) = {key}, seed {seed}, P {p}")
+            first, first_error, first_n_test = by_run[seed, p]
+            # Two configs can train on the same P (the Ren learner's stage sizes round up): the same run,
+            # counted once. Different results for one (seed, P) are an error in the rows.
+            if (first_error == error or (math.isnan(first_error) and math.isnan(error))) and first_n_test == n_test:
+                continue
+            raise ValueError(f"rhmfast: row {i} repeats the run of row {first} with another result: (learner, v, "
+                             f"n_classes, s, m, L) = {key}, seed {seed}, P {p}")
         by_run[seed, p] = (i, error, n_test)
         learners.setdefault(key[0], len(learners))
     out = []
@@ -317,12 +322,20 @@ def _pyplot():
     return plt
 
 
-def _draw_curve(ax, x, errors: np.ndarray, **style) -> None:
-    """Mean over seeds (rows of errors) with a min–max band; P values with no finished run are left out."""
+def _draw_curve(ax, x, errors: np.ndarray, **style) -> bool:
+    """Mean over seeds (rows of errors) with a min–max band; P values with no finished run are left out.
+    Returns whether anything was drawn (a learner whose every run diverged has nothing to draw)."""
     keep = ~np.all(np.isnan(errors), axis=0)
+    if not keep.any():
+        return False
     x, errors = np.asarray(x, dtype=float)[keep], errors[:, keep]
     line, = ax.plot(x, np.nanmean(errors, axis=0), marker="o", ms=3, **style)
     ax.fill_between(x, np.nanmin(errors, axis=0), np.nanmax(errors, axis=0), alpha=0.15, color=line.get_color())
+    return True
+
+
+def _nothing_to_draw(ax) -> None:
+    ax.text(0.5, 0.5, "no finished run with a test error", ha="center", va="center", transform=ax.transAxes)
 
 
 def _eps_lines(ax, values) -> None:
@@ -336,15 +349,19 @@ def plot_curves(curves: dict, path: str, *, xscale: dict | None = None, xlabel: 
     mean over seeds with min–max band, log-log axes, zero errors floored at `floor` (1/P_test)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    drawn = False
     for name, (ps, errors) in curves.items():
         errors = np.atleast_2d(np.asarray(errors, dtype=float))
         if floor is not None:
             errors = np.maximum(errors, floor)
-        _draw_curve(ax, np.asarray(ps, dtype=float) / (xscale[name] if xscale else 1.0), errors, label=name)
+        drawn |= _draw_curve(ax, np.asarray(ps, dtype=float) / (xscale[name] if xscale else 1.0), errors, label=name)
     if eps is not None:
         _eps_lines(ax, [eps])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        _nothing_to_draw(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test error")
     ax.set_title(title, fontsize=9)
@@ -404,14 +421,18 @@ def _plot_errors(rows: Iterable[Mapping], path: str, eps: float | str, rescale: 
     for ax, learner in zip(axes, learners):
         mine = [x for x in settings if x.learner == learner]
         varies = _varying(mine)
+        drawn = False
         for x in mine:
             scale = x.n_c_m_L if rescale else 1.0
-            _draw_curve(ax, x.ps / scale, x.floored(), label=_label(x, varies),
-                        color=colors[x.v, x.n_classes, x.s, x.m, x.L])
+            drawn |= _draw_curve(ax, x.ps / scale, x.floored(), label=_label(x, varies),
+                                 color=colors[x.v, x.n_classes, x.s, x.m, x.L])
         _eps_lines(ax, [threshold(x.n_classes, eps) for x in mine])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _log_ticks(ax)
+        if drawn:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _log_ticks(ax)
+        else:
+            _nothing_to_draw(ax)
         ax.set_xlabel("P / (n_c m^L)" if rescale else "P")
         ax.set_ylabel("test error")
         ax.set_title(_learner_name(learner), fontsize=10)

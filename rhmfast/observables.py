@@ -37,7 +37,9 @@ def synonymic_sensitivity(model, grammar, n: int = 2048, seed: int = 0) -> torch
     re-expanded with fresh rule choices (so l = 0 keeps only the label), y an independent input. 0 means
     layer k is invariant to those synonymic exchanges, about 1 that it is as sensitive to them as to a new
     input. x and y are the iid samples 0..n-1 and n..2n-1 of stream seed; the redraws come from a (CPU)
-    generator seeded seed. The samples are drawn on the device of the model's parameters.
+    generator seeded seed. The samples are drawn on the device of the model's parameters. A layer whose
+    output does not vary over the n inputs (say every unit's ReLU is off) has no scale to compare with:
+    its row is NaN (0/0), not a number.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"rhmfast: n must be an int >= 1, got {n!r}")

@@ -34,11 +34,24 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _json_safe(value):
+    """value with every NaN or infinite float (a diverged run's losses) replaced by None: JSON null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def make_record(config: dict, run_record, *, execution: dict | None = None) -> dict:
     """The stored form of a finished run: its complete config and hash, the trainer's RunRecord, the
-    P the analysis uses (for the Ren learner, the total of its stages' samples), and where it ran."""
+    P the analysis uses (for the Ren learner, the total of its stages' samples), and where it ran. A
+    diverged run is stored too, its non-finite numbers as null and no test error (null), so that it is
+    not run again and the analysis counts it as missing."""
     config = complete_config(config)
-    result = run_record.to_dict() if hasattr(run_record, "to_dict") else dict(run_record)
+    result = _json_safe(run_record.to_dict() if hasattr(run_record, "to_dict") else dict(run_record))
     p_used = result["samples_seen"] if config["model"] == "ren" else config["P"]
     return dict(format=RECORD_FORMAT, version=RECORD_VERSION, hash=config_hash(config), learner=learner_name(config),
                 config=config, P_used=p_used, test_error=result["final_test_error"], result=result,
@@ -63,6 +76,8 @@ def check_record(record, name: str | None = None) -> str | None:
     if not isinstance(result, dict) or result.get("interrupted", True):
         return "the run did not finish"
     error = record.get("test_error")
+    if result.get("stopped_by") == "diverged" and error is None and result.get("final_test_error") is None:
+        return None
     if not isinstance(error, (int, float)) or not math.isfinite(error) or error != result.get("final_test_error"):
         return f"bad test error {error!r}"
     return None
@@ -138,7 +153,8 @@ def record_row(record: dict) -> dict:
     trainer's summary, and the curve and stages as JSON text."""
     result = record["result"]
     row = dict(hash=record["hash"], learner=record["learner"], **record["config"], P_used=record["P_used"],
-               test_error=record["test_error"], samples_seen=result["samples_seen"],
+               test_error=math.nan if record["test_error"] is None else record["test_error"],  # diverged: missing
+               samples_seen=result["samples_seen"],
                wall_time_s=result["wall_time_s"], samples_per_s=result["samples_per_s"],
                stopped_by=result["stopped_by"], curve=json.dumps(result["curve"]),
                stages=json.dumps(result["stages"]), host=record["execution"].get("host"),

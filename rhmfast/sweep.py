@@ -40,8 +40,9 @@ def describe(configs: list[dict]) -> str:
 
 def summary(record: dict) -> str:
     c = record["config"]
+    error = "diverged" if record["test_error"] is None else f"test error {record['test_error']:.4f}"
     return (f"{record['learner']} v={c['v']} m={c['m']} L={c['L']} P={c['P']} seed={c['seed_sample']}: "
-            f"test error {record['test_error']:.4f} ({record['result']['wall_time_s']:.1f} s)")
+            f"{error} ({record['result']['wall_time_s']:.1f} s)")
 
 
 def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress: bool = True, **engine_options) -> dict:

@@ -176,12 +176,24 @@ def test_malformed_rows_raise():
         pstar_table([good[0], dict(good[1], test_error=1.5)], EPS)
     with pytest.raises(ValueError, match="row 0: P must be an integer"):
         pstar_table([dict(good[0], P=100.5)], EPS)
-    with pytest.raises(ValueError, match="row 7 repeats the run of row 0"):
-        pstar_table(good + good[:1], EPS)
+    with pytest.raises(ValueError, match="row 7 repeats the run of row 0 with another result"):
+        pstar_table(good + [dict(good[0], test_error=good[0]["test_error"] + 0.25)], EPS)
+    # The same run twice (two Ren configs whose stage sizes round to the same P) counts once.
+    assert pstar_table(good + good[:1], EPS) == pstar_table(good, EPS)
     with pytest.raises(ValueError, match="no runs of learner 'ren'"):
         fit_scaling(good, EPS, learner="ren")
     with pytest.raises(ValueError, match="eps"):
         pstar_table(good, 2.0)
+
+
+def test_report_of_a_learner_whose_every_run_diverged(tmp_path):
+    """Diverged runs have no test error (NaN: missing); a learner with nothing else gets an empty panel and
+    an unreached P*, and the report is written."""
+    rows = _runs("hcnn", 2, 4, 300.0, [0.0]) + [dict(r, test_error=math.nan) for r in _runs("fc", 2, 4, 300.0, [0.0])]
+    paths = write_report(rows, str(tmp_path / "report"), EPS, n_boot=50)
+    table = {r["learner"]: r for r in csv.DictReader(open(paths["pstar.csv"]))}
+    assert table["fc"]["reached"] == "False" and table["hcnn"]["reached"] == "True"
+    assert open(paths["test_error_vs_P.png"], "rb").read()[:4] == b"\x89PNG"
 
 
 def test_write_report_writes_every_file(tmp_path):

@@ -3,6 +3,7 @@ aside (never counted), and the Parquet table of `rhmfast collect`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pyarrow.parquet as pq
@@ -122,3 +123,21 @@ def test_load_rows_keeps_only_the_runs_asked_for(tmp_path, records):
 def test_collect_refuses_an_empty_store(tmp_path):
     with pytest.raises(ValueError, match="no valid run records"):
         collect(tmp_path)
+
+
+def test_a_diverged_run_is_stored_and_counted_as_missing(tmp_path):
+    """A run whose loss went to NaN is stored (not redone on every resume), its non-finite numbers as JSON
+    null, and the analysis reads its test error as missing, beside the other runs of the grid."""
+    grid = dict(v=4, settings="2,3", P="32", n_test=16, width=8, lr="0.1,1000", activation="square",
+                max_epochs=5, batch_size=8)
+    store = ResultStore(tmp_path)
+    for record in (execute(c) for c in expand(grid)):
+        store.write(record)
+    records = {r["config"]["lr"]: r for r in store.records()}
+    assert len(records) == 2 and records[1000.0]["test_error"] is None
+    assert records[1000.0]["result"]["stopped_by"] == "diverged" and check_record(records[1000.0]) is None
+    assert None in [point["train_loss"] for point in records[1000.0]["result"]["curve"]]
+    rows = {r["learner"]: r for r in load_rows(tmp_path)}
+    assert math.isnan(rows["hcnn lr=1000.0"]["test_error"]) and 0 <= rows["hcnn lr=0.1"]["test_error"] <= 1
+    table = collect(tmp_path)[0]
+    assert sum(math.isnan(e) for e in pq.read_table(table).column("test_error").to_pylist()) == 1
