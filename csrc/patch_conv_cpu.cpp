@@ -3,13 +3,14 @@
 // Forward: one GEMM of the zero-copy view [B*T/s, s*C_in] with weightᵀ by the BLAS torch ships (MKL
 // here), written straight into the output, then one fused pass (scale, bias, per-position bias,
 // activation) while each row is in cache. Backward: one fused pass d = grad * act' (plus the bias sums),
-// then grad_x = d · (scale·W) and grad_W = scale · dᵀ · X, each only when asked for. The fused passes
+// then grad_x = scale · d · W and grad_W = scale · dᵀ · X, each only when asked for. The fused passes
 // get an AVX2 clone (cpu_clones.h). y, d and grad_x come from empty_output (large_output_cpu.h), so
 // large ones reuse freed huge-page mappings instead of faulting in fresh pages every step.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -174,15 +175,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   }
   const at::Tensor d2 = d.view({g.rows(), g.C_out});
   at::Tensor grad_x = no_grad_placeholder(x), grad_w = no_grad_placeholder(x);
+  // The GEMMs apply the scale as BLAS's alpha (beta = 0: the uninitialised outputs are never read), so no
+  // pass over the weight or a result is spent on it.
   if (output_mask[0]) {
-    // Scaling the small weight instead of the large gradient saves a pass over grad_x.
     grad_x = empty_output({g.B, g.T, g.C_in}, x.options());
     at::Tensor grad_x2 = grad_x.view({g.rows(), g.s * g.C_in});
-    at::mm_out(grad_x2, d2, scale == 1.0 ? weight : weight.mul(scale));
+    at::addmm_out(grad_x2, grad_x2, d2, weight, /*beta=*/0, /*alpha=*/scale);
   }
   if (output_mask[1]) {
-    grad_w = at::mm(d2.t(), patch_rows(x, g));
-    if (scale != 1.0) grad_w.mul_(scale);
+    grad_w = at::empty({g.C_out, g.s * g.C_in}, x.options());
+    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(x, g), /*beta=*/0, /*alpha=*/scale);
   }
   return {grad_x, grad_w, grad_bias, grad_pos};
 }

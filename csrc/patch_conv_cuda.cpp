@@ -1,8 +1,9 @@
 // Torch glue of patch_conv / patch_conv_backward on CUDA: checks (shared with the CPU path, patch_conv.h),
-// the GEMMs in cuBLAS through at::mm (written straight into the output), and the fused epilogue
+// the GEMMs in cuBLAS through at::mm and at::addmm (written straight into the outputs), and the fused epilogue
 // kernels of patch_conv_cuda.cu. Built only where torch has CUDA.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
@@ -75,10 +76,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   }
   const at::Tensor d2 = d.view({g.rows(), g.C_out});
   at::Tensor grad_x = no_grad_placeholder(x), grad_w = no_grad_placeholder(x);
-  if (output_mask[0]) grad_x = at::mm(d2, scale == 1.0 ? weight : weight.mul(scale)).view({g.B, g.T, g.C_in});
+  // The scale rides in the GEMMs' alpha (beta = 0: the uninitialised outputs are never read).
+  if (output_mask[0]) {
+    grad_x = at::empty({g.B, g.T, g.C_in}, x.options());
+    at::Tensor grad_x2 = grad_x.view({g.rows(), g.s * g.C_in});
+    at::addmm_out(grad_x2, grad_x2, d2, weight, /*beta=*/0, /*alpha=*/scale);
+  }
   if (output_mask[1]) {
-    grad_w = at::mm(d2.t(), patch_rows(x, g));
-    if (scale != 1.0) grad_w.mul_(scale);
+    grad_w = at::empty({g.C_out, g.s * g.C_in}, x.options());
+    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(x, g), /*beta=*/0, /*alpha=*/scale);
   }
   return {grad_x, grad_w, grad_bias, grad_pos};
 }

@@ -17,8 +17,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
@@ -211,13 +211,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> patch_c
                                                 : at::empty({s, d.count, w2.size(0)}, table.options());
     auto [gU, gb1, gpb1] = token_patch_embed_backward(grad, d.ids, U, bias_of(biases, 1), outs[1], s, scales[1],
                                                       activation, {true, with_bias, false});
-    std::vector<at::Tensor> blocks;
+    // Column block k of W2's gradient is gU_kᵀ · h, written in place (BLAS takes the row stride s*C).
+    at::Tensor grad_w2 = at::empty_like(w2, at::MemoryFormat::Contiguous);
     at::Tensor grad_h = at::zeros_like(h2);
     for (int64_t k = 0; k < s; ++k) {
-      blocks.push_back(at::mm(gU.select(0, k).t(), h2));
+      at::Tensor block = grad_w2.narrow(1, k * C, C);
+      at::mm_out(block, gU.select(0, k).t(), h2);
       grad_h.addmm_(gU.select(0, k), w2.narrow(1, k * C, C));
     }
-    grad_weights[0] = at::cat(blocks, 1);
+    grad_weights[0] = grad_w2;
     if (with_bias) grad_biases[1] = gb1;
     if (grad_outs[0].has_value()) {  // a used first-layer output: sum its gradient per patch id
       const at::Tensor g_ids = std::get<0>(token_patch_embed_backward(

@@ -101,6 +101,29 @@ def test_patch_conv_large_forward_and_backward():
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the huge-page mappings are Linux only")
+def test_patch_conv_backward_ignores_what_reused_memory_held():
+    """grad_x is written by a GEMM with beta = 0 into a reused mapping: NaN left there by an earlier
+    output must not leak into it (a GEMM that scaled the old contents by 0 would give NaN)."""
+    need_extension()
+    x, w, b, pb = conv_sample(256, 16, 128, 64, 3, torch.float32, seed=4, requires_grad=True)
+    assert x.nbytes == 6 * MIB
+    # Outputs of grad_x's size, more than the cache holds (16), so that every cached mapping of that size
+    # is among them: filled with NaN and freed.
+    sample = token_sample(256, 48, 8, 128, 1, torch.uint8, torch.float32, seed=4)
+    spoiled = [token_patch_embed(*sample, patch_size=1).fill_(float("nan")) for _ in range(17)]
+    assert spoiled[0].nbytes == x.nbytes
+    addresses = {t.data_ptr() for t in spoiled}
+    del spoiled
+    y = patch_conv(x, w, b, pb, patch_size=3, scale=0.25, activation="relu")
+    grad_x = torch.autograd.grad(y, x, torch.ones_like(y))[0]
+    assert grad_x.data_ptr() in addresses  # the test is void unless grad_x got spoiled memory
+    doubles = [t.detach().double().requires_grad_() for t in (x, w, b, pb)]
+    expected = conv1d_reference(*doubles, 3, 0.25, "relu")
+    torch.testing.assert_close(grad_x.double(), torch.autograd.grad(expected, doubles[0], torch.ones_like(expected))[0],
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_token_patch_embed_large_output():
     need_extension()
     for seed in (0, 1):
