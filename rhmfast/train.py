@@ -92,10 +92,12 @@ def _whole_batch(loss, inputs):
 
 
 def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, cosine, max_epochs,
-            loss_threshold, evaluate, record, eval_every, progress, desc, callback, combine=_whole_batch):
+            loss_threshold, evaluate, record, eval_every, progress, desc, callback, combine=_whole_batch,
+            labels=None):
     """The SGD loop shared by the trainers: epochs of minibatches, cosine schedule, stop on the mean train
     loss of an epoch falling below loss_threshold or on max_epochs; evaluate() every eval_every epochs.
-    Appends to record.curve; returns the last curve point. KeyboardInterrupt propagates to the caller.
+    Appends to record.curve (each point also carrying the dict `labels`, e.g. the layer a layerwise stage
+    trains); returns the last curve point. KeyboardInterrupt propagates to the caller.
 
     combine(loss, inputs), called between backward and the optimizer step, returns the minibatch's mean
     loss (float or 0-dim tensor) and size: data-parallel training (``rhmfast.distributed``) sums the
@@ -128,7 +130,7 @@ def _epochs(params, batches_of_epoch, loss_fn, *, lr, momentum, weight_decay, co
                 record.stopped_by = "budget"
             if epoch % eval_every == 0 or record.stopped_by:
                 point = dict(epoch=epoch, samples_seen=record.samples_seen, train_loss=train_loss,
-                             test_error=evaluate())
+                             test_error=evaluate(), **(labels or {}))
                 record.curve.append(point)
                 bar.set_postfix(loss=f"{train_loss:.2e}", err=f"{point['test_error']:.3f}")
                 if callback is not None:
@@ -299,10 +301,10 @@ def train_layerwise_sgd(model: HierarchicalCNN, grammar, n_train: int, *, n_test
             point = _epochs(layer_params + extra, batches_of_epoch, loss_fn, lr=lr * model.lr_scale,
                             momentum=momentum, weight_decay=weight_decay, cosine=cosine, max_epochs=max_epochs,
                             loss_threshold=loss_threshold, evaluate=evaluate, record=record, eval_every=eval_every,
-                            progress=progress, desc=f"layer {l}/{model.L} P={n_train}", callback=callback)
+                            progress=progress, desc=f"layer {l}/{model.L} P={n_train}", callback=callback,
+                            labels=dict(layer=l))
             for p in layer_params:
                 p.requires_grad_(False)
-            record.curve[-1]["layer"] = l
             record.stages.append(dict(layer=l, epochs=point["epoch"], train_loss=point["train_loss"],
                                       test_error=point["test_error"], stopped_by=record.stopped_by))
     except KeyboardInterrupt:
