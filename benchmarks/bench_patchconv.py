@@ -1,9 +1,10 @@
 """Benchmark of the patchwise layers: patch_conv, token_patch_embed and patch_conv_stack against the
 PyTorch ways of computing the same layers, forward and forward + backward.
 
-Candidates are timed in interleaved rounds (every candidate once per round, median over rounds), so a
-machine whose load changes during the run biases no candidate. Writes a JSON file with every
-measurement and a markdown summary (one table per op, machine, torch version, date).
+Candidates are timed in interleaved rounds (every candidate once per round, median over rounds, the order
+rotated from round to round), so neither a machine whose load changes during the run nor the candidate
+that ran just before biases any candidate. Writes a JSON file with every measurement and a markdown
+summary (one table per op, machine, torch version, date).
 
     python benchmarks/bench_patchconv.py            # full run (a few minutes on 2 CPU cores)
     python benchmarks/bench_patchconv.py --quick    # small batches, few rounds
@@ -46,8 +47,12 @@ def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()
         if name not in slow:
             fn()
             sync(device)
+    names = list(candidates)
     for r in range(rounds):
-        for name, fn in candidates.items():
+        # Each round starts one candidate further on, so that no candidate always runs right after the
+        # same other one (and always finds the caches it left).
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = candidates[name]
             if name in slow and r >= 2:
                 continue
             sync(device)
@@ -291,7 +296,7 @@ def markdown(meta, rows, goal_rows):
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
              f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
              f"{' (quick)' if meta['quick'] else ''}. Median of interleaved "
-             "rounds; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
+             "rounds, the order rotating from round to round; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
     notes = {
         "patch_conv": "GFLOP/s: 2·rows·s·C_in·C_out per forward, 3x that for forward + backward (grad of x and W).",
         "token_patch_embed": "GB/s: bytes of the s gathered table rows read plus the output written, per output "
