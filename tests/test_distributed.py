@@ -87,7 +87,7 @@ def two_ranks(tmp_path_factory):
                OMP_NUM_THREADS="1")
     command = distributed.torchrun_command([str(script), json.dumps([GRAMMAR, MODEL, RUNS]), str(tmp)], 2)
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-12000:]
     ranks = [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
     return {name: [ranks[0][name], ranks[1][name]] for name in RUNS}
 
