@@ -23,7 +23,8 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest matplotlib pyarrow "ray>=2.9"
 	touch $@
 
-# pip's editable install builds rhmfast._C in place; ninja makes a rebuild with nothing changed cheap.
+# pip's editable install builds rhmfast._C in place; ninja, compiling in build/ (setup.py), recompiles only
+# the sources that changed, so a build with nothing changed takes seconds.
 build: $(DEPS)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import rhmfast; print(rhmfast.backends())"

@@ -7,6 +7,8 @@ Set RHMFAST_NO_CUDA=1 to force a CPU-only build.
 import glob
 import os
 import shutil
+import sys
+import sysconfig
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -46,8 +48,15 @@ def extension():
     return cpp_extension.CppExtension(**kwargs)
 
 
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's build_ext with ninja, compiling in a fixed folder under build/: pip's editable install
+    would otherwise compile in a fresh temporary folder each time, rebuilding every file (minutes) where
+    ninja recompiles only what changed."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(HERE, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 os.environ.setdefault("MAX_JOBS", "2")
-setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-)
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})
