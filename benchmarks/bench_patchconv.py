@@ -1,9 +1,9 @@
 """Benchmark of the patchwise layers: patch_conv, token_patch_embed and patch_conv_stack against the
 PyTorch ways of computing the same layers, forward and forward + backward.
 
-Candidates are timed in interleaved rounds (every candidate once per round, median over rounds, the order
-rotated from round to round), so neither a machine whose load changes during the run nor the candidate
-that ran just before biases any candidate. Writes a JSON file with every measurement and a markdown
+Candidates are timed in interleaved rounds (every candidate once per round, median over rounds, each
+round in another order), so neither a machine whose load changes during the run nor the candidate that
+ran just before biases any candidate. Writes a JSON file with every measurement and a markdown
 summary (one table per op, machine, torch version, date).
 
     python benchmarks/bench_patchconv.py            # full run (a few minutes on 2 CPU cores)
@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -49,9 +50,9 @@ def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()
             sync(device)
     names = list(candidates)
     for r in range(rounds):
-        # Each round starts one candidate further on, so that no candidate always runs right after the
-        # same other one (and always finds the caches it left).
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        # Each round in its own order (seeded: runs repeat), so that no candidate keeps running right
+        # after the same other one and finding the caches that one left.
+        for name in random.Random(r).sample(names, len(names)):
             fn = candidates[name]
             if name in slow and r >= 2:
                 continue
@@ -296,7 +297,7 @@ def markdown(meta, rows, goal_rows):
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
              f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
              f"{' (quick)' if meta['quick'] else ''}. Median of interleaved "
-             "rounds, the order rotating from round to round; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
+             "rounds, each round in another order; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
     notes = {
         "patch_conv": "GFLOP/s: 2·rows·s·C_in·C_out per forward, 3x that for forward + backward (grad of x and W).",
         "token_patch_embed": "GB/s: bytes of the s gathered table rows read plus the output written, per output "

@@ -4,7 +4,8 @@ F.conv1d layers divided by sqrt(C_in*s), ReLU, mean, readout), at the reference 
 
 One training step = draw a fresh batch, forward, cross-entropy, backward, SGD (lr 0.1, momentum 0.9).
 Candidates run in interleaved rounds (each runs `steps` steps per round; median over rounds; which one
-goes first alternates), so neither a load change on the machine nor the order biases either. Wall time and process CPU time are both recorded.
+goes first alternates), so neither a load change on the machine nor the order biases either. Wall time
+and process CPU time are both recorded.
 
     python benchmarks/bench_train.py                  # full run (a few minutes on 2 CPU cores)
     python benchmarks/bench_train.py --quick          # fewer rounds and steps
@@ -100,7 +101,8 @@ def measure(candidates: dict, rounds: int, steps: int, device: str) -> dict:
             step()
     names = list(candidates)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # the order rotates: no fixed predecessor
+        # Each round starts one candidate further on: with two candidates, each goes first in turn.
+        for name in names[r % len(names):] + names[:r % len(names)]:
             step = candidates[name]
             sync()
             w0, c0 = time.perf_counter(), time.process_time()
@@ -158,7 +160,8 @@ def main(argv=None):
              if device == "cpu" else f"{info['gpu']} (CUDA {info['cuda']}), host CPU {info['cpu']}")
     lines = [f"# hCNN training throughput ({'CPU' if device == 'cpu' else 'GPU'})", "",
              f"{where}, torch {info['torch']}, {info['date']}. Width {args.width}, batch {args.batch}, SGD lr 0.1 momentum 0.9; a step includes "
-             f"drawing the batch. Median over {rounds} rounds of {steps} steps, candidates interleaved, their order alternating.", "",
+             f"drawing the batch. Median over {rounds} rounds of {steps} steps, candidates interleaved, their "
+             "order alternating.", "",
              "| config | library formulation (samples/s) | rhmfast (samples/s) | speedup (wall) | speedup (CPU time) "
              "| goal | met |", "|---|---|---|---|---|---|---|"]
     for r in rows:
