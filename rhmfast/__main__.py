@@ -147,7 +147,7 @@ def train(args) -> None:
     generating its own shard of the data, gradients all-reduced (end-to-end SGD only)."""
     import torch
 
-    from rhmfast.distributed import init_from_env, launch_torchrun, train_sgd_distributed
+    from rhmfast.distributed import init_from_env, launch_torchrun, shutdown, train_sgd_distributed
     from rhmfast.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
     from rhmfast.store import ResultStore, make_record
     from rhmfast.sweep import summary
@@ -174,7 +174,7 @@ def train(args) -> None:
         model = build_model(config).to(device)
         record = train_sgd_distributed(model, grammar_of(config), config["P"], progress=rank == 0,
                                        **sgd_arguments(config))
-        torch.distributed.destroy_process_group()
+        shutdown()
         execution = dict(engine="torchrun", world_size=world, threads=args.threads, device=args.device)
         if rank != 0:
             return

@@ -3,7 +3,7 @@
 - ``train_sgd_distributed``: ``rhmfast.train.train_sgd`` with the work of every minibatch split across the
   ranks of an initialised process group (gloo on CPU, NCCL on GPU). Its result equals the single-process
   run with the same arguments up to the order of float additions.
-- ``init_from_env``: the process group from the variables torchrun sets.
+- ``init_from_env`` / ``shutdown``: the process group from the variables torchrun sets, and its end.
 - ``launch_torchrun`` / ``torchrun_command``: run ``python -m rhmfast ...`` in N processes under torchrun.
 
 No data is loaded or sent: sample i of an RHM stream depends only on (grammar, seed, mode, i), so each
@@ -203,7 +203,7 @@ def init_from_env(device="cpu") -> tuple[int, int]:
     LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and returns (rank, world_size). Backend: gloo
     for device "cpu"; NCCL for a CUDA device, after making GPU LOCAL_RANK this process's current device
     (so "cuda" means the rank's own GPU). Already initialised: returns the current group's values.
-    End the run with ``torch.distributed.destroy_process_group()``."""
+    End the run with ``shutdown()``."""
     device = torch.device(device)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -222,6 +222,14 @@ def init_from_env(device="cpu") -> tuple[int, int]:
         raise ValueError(f"rhmfast: init_from_env supports devices 'cpu' (gloo) and 'cuda' (NCCL), got {device}")
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Ends the process group on every rank together: a barrier, then ``destroy_process_group``, so that
+    no rank tears down its connections while another is still using them."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def torchrun_command(program: list[str], nproc: int) -> list[str]:

@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import torch
     import rhmfast
-    from rhmfast.distributed import init_from_env, train_sgd_distributed
+    from rhmfast.distributed import init_from_env, shutdown, train_sgd_distributed
     from rhmfast.models import HierarchicalCNN
 
     torch.set_num_threads(1)
@@ -67,7 +67,7 @@ WORKER = textwrap.dedent("""
         records[name] = dict(record.to_dict(), state={k: v.tolist() for k, v in model.state_dict().items()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(records, f)
-    torch.distributed.destroy_process_group()
+    shutdown()
 """)
 
 
