@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "gemm_cpu.h"
 #include "rhm_sample.h"
 
 TORCH_LIBRARY(rhmfast, m) {
@@ -49,6 +50,8 @@ PYBIND11_MODULE(_C, module) {
   module.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
                                  "." + std::to_string(TORCH_VERSION_PATCH);
   module.def("cpu_simd", &rhmfast::rhm_sample_cpu_simd, "SIMD path of the CPU sampler");
+  module.def("set_cpu_gemm", &rhmfast::set_cpu_gemm, "library for the layers' float32 CPU GEMMs: auto, blas, onednn");
+  module.def("cpu_gemm", &rhmfast::cpu_gemm_in_use, "library computing the layers' float32 CPU GEMMs now");
 #if defined(__VERSION__)
   module.attr("compiler") = __VERSION__;
 #endif

@@ -1,8 +1,8 @@
 // CPU kernels of patch_conv / patch_conv_backward (layout contract in patch_conv.h).
 //
-// Forward: one GEMM of the zero-copy view [B*T/s, s*C_in] with weightᵀ by the BLAS torch ships (MKL
-// here), written straight into the output, then one fused pass (scale, bias, per-position bias,
-// activation) while each row is in cache. Backward: one fused pass d = grad * act' (plus the bias sums),
+// Forward: one GEMM of the zero-copy view [B*T/s, s*C_in] with weightᵀ (BLAS or oneDNN, gemm_cpu.h),
+// written straight into the output, then one fused pass (scale, bias, per-position bias, activation)
+// while each row is in cache. Backward: one fused pass d = grad * act' (plus the bias sums),
 // then grad_x = scale · d · W and grad_W = scale · dᵀ · X, each only when asked for. The fused passes
 // get an AVX2 clone (cpu_clones.h). y, d and grad_x come from empty_output (large_output_cpu.h), so
 // large ones reuse freed huge-page mappings instead of faulting in fresh pages every step.
@@ -11,13 +11,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <vector>
 
 #include "cpu_clones.h"
+#include "gemm_cpu.h"
 #include "large_output_cpu.h"
 #include "patch_conv_cpu.h"
 
@@ -132,9 +132,7 @@ at::Tensor patch_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   const PatchShape g = check_patch_conv(x, weight, bias_in, pos_bias_in, patch_size);
   const auto bias = contiguous_or_none(bias_in);
   const auto pos_bias = contiguous_or_none(pos_bias_in);
-  at::Tensor y = empty_output({g.B, g.T_out, g.C_out}, x.options());
-  at::Tensor y2 = y.view({g.rows(), g.C_out});
-  at::mm_out(y2, patch_rows(x, g), weight.t());
+  at::Tensor y = matmul_nt_cpu(patch_rows(x, g), weight, 1.0, {g.B, g.T_out, g.C_out});
   if (scale == 1.0 && !bias && !pos_bias && act == Activation::kNone) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "patch_conv_cpu", [&] {
     scalar_t* out = y.data_ptr<scalar_t>();
@@ -175,13 +173,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   }
   const at::Tensor d2 = d.view({g.rows(), g.C_out});
   at::Tensor grad_x = no_grad_placeholder(x), grad_w = no_grad_placeholder(x);
-  // The GEMMs apply the scale as BLAS's alpha (beta = 0: the uninitialised outputs are never read), so no
-  // pass over the weight or a result is spent on it.
-  if (output_mask[0]) {
-    grad_x = empty_output({g.B, g.T, g.C_in}, x.options());
-    at::Tensor grad_x2 = grad_x.view({g.rows(), g.s * g.C_in});
-    at::addmm_out(grad_x2, grad_x2, d2, weight, /*beta=*/0, /*alpha=*/scale);
-  }
+  // The GEMMs apply the scale as their alpha (beta = 0: the uninitialised outputs are never read), so no
+  // pass over the weight or a result is spent on it. dᵀ · X stays on BLAS: oneDNN was no faster for it.
+  if (output_mask[0]) grad_x = matmul_nt_cpu(d2, weight.t(), scale, {g.B, g.T, g.C_in});
   if (output_mask[1]) {
     grad_w = at::empty({g.C_out, g.s * g.C_in}, x.options());
     at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(x, g), /*beta=*/0, /*alpha=*/scale);

@@ -1,10 +1,10 @@
 """rhmfast: fast, exact Random Hierarchy Model data and patchwise layers for PyTorch."""
 __version__ = "0.1.0"
 
-from rhmfast._backend import backends
+from rhmfast._backend import backends, set_cpu_gemm
 from rhmfast.encoding import one_hot
 from rhmfast.grammar import RHM
 from rhmfast.ops.rhm_sample import philox_uniform
 from rhmfast import nn  # registers the patchwise ops' fake kernels and autograd with the dispatcher
 
-__all__ = ["RHM", "backends", "nn", "one_hot", "philox_uniform", "__version__"]
+__all__ = ["RHM", "backends", "nn", "one_hot", "philox_uniform", "set_cpu_gemm", "__version__"]

@@ -13,6 +13,7 @@ import warnings
 import torch
 
 _state: dict = {}
+CPU_GEMMS = ("auto", "blas", "onednn")
 
 
 def _load() -> dict:
@@ -21,6 +22,9 @@ def _load() -> dict:
     forced = os.environ.get("RHMFAST_BACKEND", "").strip().lower()
     if forced not in ("", "auto", "torch", "extension"):
         raise ValueError(f"RHMFAST_BACKEND must be 'torch', 'extension' or unset, got {forced!r}")
+    gemm = os.environ.get("RHMFAST_CPU_GEMM", "")
+    if gemm not in ("",) + CPU_GEMMS:
+        raise ValueError(f"RHMFAST_CPU_GEMM must be one of {CPU_GEMMS} or unset, got {gemm!r}")
     module, error = None, None
     try:
         module = importlib.import_module("rhmfast._C")
@@ -78,6 +82,20 @@ def backends() -> dict:
         "cuda_device": torch.cuda.is_available(),
         "openmp": bool(module is not None and module.openmp),
         "cpu_simd": module.cpu_simd() if module is not None else None,
+        "cpu_gemm": module.cpu_gemm() if module is not None else None,
         "threads": torch.get_num_threads(),
         "active": "torch-reference" if (module is None or state["forced_reference"]) else "extension",
     }
+
+
+
+def set_cpu_gemm(name: str) -> None:
+    """Choose the library for the layers' float32 CPU GEMMs: "blas" (torch's at::mm), "onednn", or "auto"
+    (oneDNN on non-Intel x86-64 CPUs with AVX-512, where MKL measured slower; else BLAS). The default
+    comes from RHMFAST_CPU_GEMM. Without the extension the layers run the reference and this changes
+    nothing."""
+    if name not in CPU_GEMMS:
+        raise ValueError(f"rhmfast: cpu_gemm must be one of {CPU_GEMMS}, got {name!r}")
+    module = _load()["module"]
+    if module is not None:
+        module.set_cpu_gemm(name)
