@@ -84,6 +84,20 @@ def no_grad(forward):
     return run
 
 
+def gemm_variants(args, device, name: str, forward) -> dict:
+    """rhmfast's candidate under the float32 GEMM library chosen automatically and, on a CPU where both
+    exist, under the other one too (each call selects its library first: the choice is global)."""
+    def on(gemm):
+        def run():
+            rhmfast.set_cpu_gemm(gemm)
+            return forward()
+        return run
+    variants = {name: on("auto")}
+    if device.type == "cpu" and args.other_gemm:
+        variants[f"{name}, {args.other_gemm} GEMM"] = on(args.other_gemm)
+    return variants
+
+
 def compile_best(eager_forwards: dict, medians: dict):
     name = min(eager_forwards, key=lambda n: medians[n])
     return f"torch.compile({name})", torch.compile(eager_forwards[name])
@@ -123,7 +137,7 @@ def bench_patch_conv(args, device):
             }
             if device.type == "cuda":  # cuBLASLt's bias + ReLU epilogue; it has no backward (forward rows only)
                 eager[ADDMM] = lambda: torch._addmm_activation(bias, x_nlc.view(batch * t_out, s * width), w2.t())
-            ours = {"rhmfast PatchConv1d (nlc)": lambda: layer_nlc(x_nlc),
+            ours = {**gemm_variants(args, device, "rhmfast PatchConv1d (nlc)", lambda: layer_nlc(x_nlc)),
                     "rhmfast PatchConv1d (ncl)": lambda: layer_ncl(x_ncl)}
             flops = 2 * batch * t_out * s * width * width
             config = f"C={width} s={s} B={batch} T={t_out * s}"
@@ -210,7 +224,8 @@ def bench_trunk(args, device):
             return x
 
         cands = {
-            "rhmfast patch_conv_stack": lambda: patch_conv_stack(tokens, table, weights, patch_size=s, scales="hcnn"),
+            **gemm_variants(args, device, "rhmfast patch_conv_stack",
+                            lambda: patch_conv_stack(tokens, table, weights, patch_size=s, scales="hcnn")),
             "nn.Conv1d stack on one-hot": lambda: convs(one_hot()),
             "nn.Linear per layer on one-hot (nlc)": linear_layers,
             "reference hCNN (5-D broadcast)": broadcast_hcnn,
@@ -294,7 +309,8 @@ def gpu_goals(rows):
 
 def markdown(meta, rows, goal_rows):
     lines = [f"# Patchwise layers benchmark ({meta['device']})", "",
-             f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}; "
+             f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}"
+             f"{'; float32 GEMMs: ' + meta['cpu_gemm'] if meta.get('cpu_gemm') and 'CPU' in meta['device'] else ''}; "
              f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
              f"{' (quick)' if meta['quick'] else ''}. Median of interleaved "
              "rounds, each round in another order; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
@@ -318,7 +334,7 @@ def markdown(meta, rows, goal_rows):
                          f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | measured | met |", "|---|---:|---|"]
-    lines += [f"| {g['goal']} | {g['value']:.2f}x | {'yes' if g['met'] else 'NO'} |" for g in goal_rows]
+    lines += [f"| {g['goal']} | {g['value']:.3f}x | {'yes' if g['met'] else 'NO'} |" for g in goal_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -350,11 +366,15 @@ def main(argv=None):
     args.rounds = args.rounds or (3 if args.quick else 15)  # fewer let one slow stretch of the machine set a median
     args.token_rounds = 5 * args.rounds  # token-layer calls take milliseconds: more rounds steady the medians
     print(rhmfast.backends(), flush=True)
+    gemm = rhmfast.backends()["cpu_gemm"]
+    args.other_gemm = ({"blas": "onednn", "onednn": "blas"}[gemm]
+                       if device.type == "cpu" and gemm and torch.backends.mkldnn.is_available() else None)
     info = machine()
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {info['cpu']}",
                 machine=f"{platform.machine()} {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores",
                 torch=torch.__version__,
-                threads=torch.get_num_threads(), dtype=str(args.dtype), quick=args.quick, rounds=args.rounds,
+                threads=torch.get_num_threads(), cpu_gemm=gemm, dtype=str(args.dtype), quick=args.quick,
+                rounds=args.rounds,
                 token_rounds=args.token_rounds,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 python=sys.version.split()[0], backends=rhmfast.backends())
@@ -376,7 +396,7 @@ def main(argv=None):
             f.write(markdown(meta, rows, goal_rows))
         print(f"wrote {out} and {os.path.splitext(out)[0]}.md", flush=True)
     for g in goals(rows, device):
-        print(f"goal: {g['goal']}: {g['value']:.2f}x -> {'met' if g['met'] else 'NOT met'}")
+        print(f"goal: {g['goal']}: {g['value']:.3f}x -> {'met' if g['met'] else 'NOT met'}")
 
 if __name__ == "__main__":
     main()

@@ -156,7 +156,8 @@ def main(argv=None):
     info = machine()
     goals = ({"v=32 m=8 s=2 L=3": 2.0, "v=16 m=4 s=2 L=6": 3.0} if device == "cpu"
              else {"v=32 m=8 s=2 L=3": 5.0, "v=16 m=4 s=2 L=6": 5.0})
-    where = (f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['torch_threads']} torch threads"
+    where = (f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['torch_threads']} torch threads, "
+             f"float32 GEMMs of the layers: {info['cpu_gemm']}"
              if device == "cpu" else f"{info['gpu']} (CUDA {info['cuda']}), host CPU {info['cpu']}")
     lines = [f"# hCNN training throughput ({'CPU' if device == 'cpu' else 'GPU'})", "",
              f"{where}, torch {info['torch']}, {info['date']}. Width {args.width}, batch {args.batch}, SGD lr 0.1 momentum 0.9; a step includes "

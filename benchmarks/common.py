@@ -10,6 +10,8 @@ import time
 
 import torch
 
+import rhmfast
+
 
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -23,6 +25,7 @@ def machine() -> dict:
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_gemm": rhmfast.backends()["cpu_gemm"],
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
