@@ -3,17 +3,14 @@
 
 #include <ATen/Context.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/ones.h>
+#include <ATen/ops/full.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
+#include <limits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
-#endif
 #if defined(__linux__)
 #include <dlfcn.h>
 #endif
@@ -43,15 +40,7 @@ std::atomic<CpuGemm>& choice() {
 // An x86-64 CPU with AVX-512 that is not Intel's: where oneDNN was measured faster than MKL.
 bool non_intel_avx512_cpu() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
-  char vendor[13] = {};
-  std::memcpy(vendor, &ebx, 4);
-  std::memcpy(vendor + 4, &edx, 4);
-  std::memcpy(vendor + 8, &ecx, 4);
-  if (std::strcmp(vendor, "GenuineIntel") == 0 || eax < 7) return false;
-  __cpuid_count(7, 0, eax, ebx, ecx, edx);
-  return (ebx >> 16) & 1u;  // AVX-512F
+  return __builtin_cpu_supports("avx512f") && !__builtin_cpu_is("intel");
 #else
   return false;
 #endif
@@ -64,46 +53,57 @@ bool non_intel_avx512_cpu() {
 // this CPU (torch requires AVX-512 BW/VL/DQ or AVX-NE-CONVERT for that).
 using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
 
-MkldnnMatmul onednn_matmul() {
-  static const MkldnnMatmul fn = []() -> MkldnnMatmul {
+MkldnnMatmul find_onednn_matmul() {
 #if defined(__linux__) && defined(__x86_64__)
-    void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);  // loaded already: the extension links it
-    if (torch_cpu == nullptr) return nullptr;
-    auto f = reinterpret_cast<MkldnnMatmul>(dlsym(torch_cpu, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
-    dlclose(torch_cpu);  // drops only the reference dlopen added
-    if (f == nullptr) return nullptr;
-    try {
-      const at::Tensor one = at::ones({1, 1}, at::kFloat);
-      at::Tensor out = at::empty({1, 1}, at::kFloat);
-      f(one, one, out, 0.0f, 2.0f);
-      return out.item<float>() == 2.0f ? f : nullptr;
-    } catch (const c10::Error&) {
-      return nullptr;
-    }
-#else
+  // The loaded libtorch_cpu, found from one of its functions (whatever its file is called).
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&at::globalContext), &info) == 0 || info.dli_fname == nullptr) return nullptr;
+  void* torch_cpu = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (torch_cpu == nullptr) return nullptr;
+  auto f = reinterpret_cast<MkldnnMatmul>(dlsym(torch_cpu, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  dlclose(torch_cpu);  // drops only the reference dlopen added
+  if (f == nullptr) return nullptr;
+  // The probe runs on plain CPU tensors whatever Python dispatch mode is active, and any failure (torch's,
+  // oneDNN's, memory) means: not usable.
+  c10::impl::ExcludeDispatchKeyGuard no_python(
+      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot}));
+  try {
+    const at::Tensor one = at::full({1, 1}, 1.0f, at::kFloat);
+    at::Tensor out = at::full({1, 1}, std::numeric_limits<float>::quiet_NaN(), at::kFloat);
+    f(one, one, out, 0.0f, 2.0f);
+    return out.item<float>() == 2.0f ? f : nullptr;
+  } catch (...) {
     return nullptr;
+  }
+#else
+  return nullptr;
 #endif
-  }();
+}
+
+MkldnnMatmul onednn_matmul() {
+  static const MkldnnMatmul fn = find_onednn_matmul();
   return fn;
 }
 
 bool onednn_usable() { return at::globalContext().userEnabledMkldnn() && onednn_matmul() != nullptr; }
 
 // macs: the product's multiply-adds (M·N·K; empty products stay on BLAS); -1 asks about large products.
+// The private symbol is looked up (and probed) only once everything else says oneDNN.
 bool use_onednn(at::ScalarType dtype, int64_t macs) {
-  if (dtype != at::kFloat || macs == 0 || !onednn_usable()) return false;
+  if (dtype != at::kFloat || macs == 0) return false;
   switch (choice().load()) {
     case CpuGemm::kBlas: return false;
-    case CpuGemm::kOneDnn: return true;
-    default: {
-      // MKL picks its kernels by vendor; other BLAS builds and other CPUs were never measured against
-      // oneDNN, so they keep at::mm. oneDNN's call costs ~10 us more than at::mm's, which it wins back
-      // from 2^23 to 2^24 multiply-adds on (measured on the AMD EPYC).
+    case CpuGemm::kOneDnn: return onednn_usable();
+    case CpuGemm::kAuto: {
+      // MKL picks its kernels by vendor; other BLAS builds and other CPUs were never found slower than
+      // oneDNN, so they keep at::mm. oneDNN's call costs ~10 us more than at::mm's: it lost at 2^23
+      // multiply-adds and won by 3 to 5% at 2^24 (measured on the AMD EPYC).
       static const bool prefer = at::hasMKL() && non_intel_avx512_cpu();
       constexpr int64_t kMinMacs = int64_t{1} << 24;
-      return prefer && (macs < 0 || macs >= kMinMacs);
+      return prefer && (macs < 0 || macs >= kMinMacs) && onednn_usable();
     }
   }
+  return false;
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 // enabled (torch.backends.mkldnn) and the product has at least 2^24 multiply-adds (below, oneDNN's
 // larger call overhead loses). Everything else goes to at::mm: float64, Intel CPUs, CPUs without
 // AVX-512 (oneDNN was not faster on the AVX2 EPYC), other builds. set_cpu_gemm() and RHMFAST_CPU_GEMM
-// override the choice. Both libraries are deterministic for a fixed thread count, so a run repeats bit
+// override the choice: "blas" sends every product to at::mm, "onednn" every float32 product, of any size,
+// to oneDNN, as far as oneDNN is usable (Linux x86-64, a CPU torch runs its float32 oneDNN matmul on,
+// torch.backends.mkldnn enabled); where it is not, products stay on at::mm. Both libraries are deterministic for a fixed thread count, so a run repeats bit
 // for bit under either; the two differ from each other in the last bits.
 #pragma once
 
@@ -21,7 +23,7 @@ enum class CpuGemm { kAuto, kBlas, kOneDnn };
 
 // "auto", "blas" or "onednn" (ValueError otherwise); the initial value comes from RHMFAST_CPU_GEMM.
 void set_cpu_gemm(const std::string& name);
-// The library that computes large float32 GEMMs now: "blas" or "onednn" (auto resolved).
+// The library that computes large float32 GEMMs now (auto and usability resolved): "blas" or "onednn".
 std::string cpu_gemm_in_use();
 
 // alpha · a · bᵀ for a [M, K] (contiguous, or a view with unit column stride) and b [N, K] (contiguous

@@ -51,7 +51,7 @@ PYBIND11_MODULE(_C, module) {
                                  "." + std::to_string(TORCH_VERSION_PATCH);
   module.def("cpu_simd", &rhmfast::rhm_sample_cpu_simd, "SIMD path of the CPU sampler");
   module.def("set_cpu_gemm", &rhmfast::set_cpu_gemm, "library for the layers' float32 CPU GEMMs: auto, blas, onednn");
-  module.def("cpu_gemm", &rhmfast::cpu_gemm_in_use, "library computing the layers' float32 CPU GEMMs now");
+  module.def("cpu_gemm", &rhmfast::cpu_gemm_in_use, "library computing the layers' large float32 CPU GEMMs now");
 #if defined(__VERSION__)
   module.attr("compiler") = __VERSION__;
 #endif

@@ -88,12 +88,14 @@ def backends() -> dict:
     }
 
 
-
 def set_cpu_gemm(name: str) -> None:
     """Choose the library for the layers' float32 CPU GEMMs: "blas" (torch's at::mm), "onednn", or "auto"
-    (oneDNN on non-Intel x86-64 CPUs with AVX-512, where MKL measured slower; else BLAS). The default
-    comes from RHMFAST_CPU_GEMM. Without the extension the layers run the reference and this changes
-    nothing."""
+    (oneDNN for products of 2^24 multiply-adds or more on non-Intel x86-64 CPUs with AVX-512, where MKL
+    measured slower; else BLAS). "onednn" sends every float32 product there, where oneDNN is usable
+    (Linux x86-64, a CPU torch runs its float32 oneDNN matmul on, torch.backends.mkldnn enabled), and
+    leaves them on BLAS elsewhere; backends()["cpu_gemm"] says which library large products get. The
+    default comes from RHMFAST_CPU_GEMM. The choice is global to the process. Without the extension the
+    layers run the reference and this changes nothing."""
     if name not in CPU_GEMMS:
         raise ValueError(f"rhmfast: cpu_gemm must be one of {CPU_GEMMS}, got {name!r}")
     module = _load()["module"]
