@@ -84,18 +84,34 @@ def no_grad(forward):
     return run
 
 
+def on_gemm(gemm: str, forward):
+    """forward with rhmfast's float32 CPU GEMMs on `gemm` (the choice is global: every rhmfast candidate
+    selects its own before it runs, whichever candidate ran before it)."""
+    def run():
+        rhmfast.set_cpu_gemm(gemm)
+        return forward()
+    return run
+
+
 def gemm_variants(args, device, name: str, forward) -> dict:
-    """rhmfast's candidate under the float32 GEMM library chosen automatically and, on a CPU where both
-    exist, under the other one too (each call selects its library first: the choice is global)."""
-    def on(gemm):
-        def run():
-            rhmfast.set_cpu_gemm(gemm)
-            return forward()
-        return run
-    variants = {name: on("auto")}
+    """rhmfast's candidate under the GEMM library chosen automatically and, on a CPU where the other one
+    is usable too, under that one."""
+    variants = {name: on_gemm("auto", forward)}
     if device.type == "cpu" and args.other_gemm:
-        variants[f"{name}, {args.other_gemm} GEMM"] = on(args.other_gemm)
+        variants[f"{name}, {args.other_gemm} GEMM"] = on_gemm(args.other_gemm, forward)
     return variants
+
+
+def other_usable_gemm():
+    """The GEMM library that "auto" does not pick, if rhmfast can use it here (else None)."""
+    auto = rhmfast.backends()["cpu_gemm"]
+    if auto is None:
+        return None
+    other = {"blas": "onednn", "onednn": "blas"}[auto]
+    rhmfast.set_cpu_gemm(other)
+    usable = rhmfast.backends()["cpu_gemm"] == other
+    rhmfast.set_cpu_gemm("auto")
+    return other if usable else None
 
 
 def compile_best(eager_forwards: dict, medians: dict):
@@ -138,7 +154,7 @@ def bench_patch_conv(args, device):
             if device.type == "cuda":  # cuBLASLt's bias + ReLU epilogue; it has no backward (forward rows only)
                 eager[ADDMM] = lambda: torch._addmm_activation(bias, x_nlc.view(batch * t_out, s * width), w2.t())
             ours = {**gemm_variants(args, device, "rhmfast PatchConv1d (nlc)", lambda: layer_nlc(x_nlc)),
-                    "rhmfast PatchConv1d (ncl)": lambda: layer_ncl(x_ncl)}
+                    "rhmfast PatchConv1d (ncl)": on_gemm("auto", lambda: layer_ncl(x_ncl))}
             flops = 2 * batch * t_out * s * width * width
             config = f"C={width} s={s} B={batch} T={t_out * s}"
             for mode in ("fwd", "fwd+bwd"):
@@ -367,8 +383,7 @@ def main(argv=None):
     args.token_rounds = 5 * args.rounds  # token-layer calls take milliseconds: more rounds steady the medians
     print(rhmfast.backends(), flush=True)
     gemm = rhmfast.backends()["cpu_gemm"]
-    args.other_gemm = ({"blas": "onednn", "onednn": "blas"}[gemm]
-                       if device.type == "cpu" and gemm and torch.backends.mkldnn.is_available() else None)
+    args.other_gemm = other_usable_gemm() if device.type == "cpu" else None
     info = machine()
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {info['cpu']}",
                 machine=f"{platform.machine()} {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores",
