@@ -113,6 +113,21 @@ def test_choice_is_validated_and_reported():
         _backend._load()["module"].set_cpu_gemm("fast")
 
 
+def test_disabling_onednn_in_torch_keeps_the_layers_on_blas():
+    select_gemm("onednn")
+    try:
+        torch.backends.mkldnn.enabled = False
+        assert rhmfast.backends()["cpu_gemm"] == "blas"
+        x, w, b, _ = conv_sample(64, 16, 96, 80, 2, torch.float32, seed=12, pos_bias=False)
+        y = patch_conv(x, w, b, patch_size=2, activation="relu")
+        torch.testing.assert_close(y.double(), conv1d_reference(x, w, b, None, 2, 1.0, "relu"), rtol=1e-4, atol=1e-4)
+        torch.backends.mkldnn.enabled = True
+        assert rhmfast.backends()["cpu_gemm"] == "onednn"
+    finally:
+        torch.backends.mkldnn.enabled = True
+        rhmfast.set_cpu_gemm("auto")
+
+
 def run_with_cpu_gemm(value, tmp_path):
     env = dict(os.environ, RHMFAST_CPU_GEMM=value)
     env.pop("RHMFAST_BACKEND", None)
