@@ -5,7 +5,8 @@
 // while each row is in cache. Backward: one fused pass d = grad * act' (plus the bias sums),
 // then grad_x = scale · d · W and grad_W = scale · dᵀ · X, each only when asked for. The fused passes
 // get an AVX2 clone (cpu_clones.h). y, d and grad_x come from empty_output (large_output_cpu.h), so
-// large ones reuse freed huge-page mappings instead of faulting in fresh pages every step.
+// large ones reuse freed huge-page mappings instead of faulting in fresh pages every step. A channels-first
+// x or grad (PatchConv1d's ncl layout) is first copied channels-last by channels_last_cpu.h's transposes.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -16,6 +17,7 @@
 
 #include <vector>
 
+#include "channels_last_cpu.h"
 #include "cpu_clones.h"
 #include "gemm_cpu.h"
 #include "large_output_cpu.h"
@@ -132,7 +134,7 @@ at::Tensor patch_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   const PatchShape g = check_patch_conv(x, weight, bias_in, pos_bias_in, patch_size);
   const auto bias = contiguous_or_none(bias_in);
   const auto pos_bias = contiguous_or_none(pos_bias_in);
-  at::Tensor y = matmul_nt_cpu(patch_rows(x, g), weight, 1.0, {g.B, g.T_out, g.C_out});
+  at::Tensor y = matmul_nt_cpu(patch_rows(channels_last_rows_cpu(x), g), weight, 1.0, {g.B, g.T_out, g.C_out});
   if (scale == 1.0 && !bias && !pos_bias && act == Activation::kNone) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "patch_conv_cpu", [&] {
     scalar_t* out = y.data_ptr<scalar_t>();
@@ -158,7 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   at::Tensor saved;
   if (act == Activation::kRelu) saved = out->contiguous();
   if (act == Activation::kSquare) saved = patch_conv_cpu(x, weight, bias, pos_bias, patch_size, scale, "none");
-  const at::Tensor grad = grad_out.contiguous();
+  // An ncl layer gets its output gradient channels-first (see channels_last_cpu.h).
+  const at::Tensor grad = channels_last_rows_cpu(grad_out).contiguous();
   at::Tensor grad_bias = output_mask[2] ? at::empty({g.C_out}, x.options()) : no_grad_placeholder(x);
   at::Tensor grad_pos = output_mask[3] ? at::empty({g.T_out, g.C_out}, x.options()) : no_grad_placeholder(x);
   at::Tensor d = grad;
@@ -178,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   if (output_mask[0]) grad_x = matmul_nt_cpu(d2, weight.t(), scale, {g.B, g.T, g.C_in});
   if (output_mask[1]) {
     grad_w = at::empty({g.C_out, g.s * g.C_in}, x.options());
-    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(x, g), /*beta=*/0, /*alpha=*/scale);
+    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(channels_last_rows_cpu(x), g), /*beta=*/0, /*alpha=*/scale);
   }
   return {grad_x, grad_w, grad_bias, grad_pos};
 }
