@@ -24,6 +24,7 @@
 #include <atomic>
 #include <vector>
 
+#include "channels_last_cpu.h"
 #include "cpu_clones.h"
 #include "large_output_cpu.h"
 #include "patch_conv_cpu.h"
@@ -411,7 +412,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
   if (act == Activation::kSquare)
     saved = token_patch_embed_cpu(tokens, table, bias_in, pos_bias_in, patch_size, scale, "none");
-  const at::Tensor grad = grad_out.contiguous();
+  // An ncl layer gets its output gradient channels-first (see channels_last_cpu.h).
+  const at::Tensor grad = channels_last_rows_cpu(grad_out).contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
   at::Tensor grad_bias = output_mask[1] ? at::zeros({g.C_out}, opts) : no_grad_placeholder(table);

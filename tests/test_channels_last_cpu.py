@@ -1,4 +1,4 @@
-"""Channels-first inputs of the CPU layers (csrc/channels_last_cpu.cpp): PatchConv1d(layout="ncl") hands
+"""Channels-first inputs and gradients of the CPU layers (csrc/channels_last_cpu.cpp): PatchConv1d(layout="ncl") hands
 patch_conv x.transpose(1, 2) of a [B, C, T] tensor and gets its output gradient the same way; the
 kernels copy those channels-last with blocked transposes. The copies must hold exactly what
 Tensor.contiguous() holds, for every shape (tile edges, one channel, slices, strided batches)."""
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from patchconv_samples import generator, need_extension
-from rhmfast.nn import PatchConv1d
+from rhmfast.nn import PatchConv1d, TokenPatchEmbedding
 from rhmfast.ops.patch_conv import patch_conv
 
 # (B, C, T): full 8x8 tiles, ragged edges on both sides, a single channel or position, a long strip, and
@@ -81,3 +81,19 @@ def test_other_layouts_still_work():
     y = patch_conv(x, weight, patch_size=2)
     ref = F.linear(x.reshape(3, 4, 20), weight)
     torch.testing.assert_close(y, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_layer_reads_channels_first_gradient(dtype):
+    """TokenPatchEmbedding(layout="ncl") gets its output gradient channels-first; its table gradient
+    equals the one from the same gradient made contiguous first."""
+    layer = TokenPatchEmbedding(11, 21, 3, activation="relu", layout="ncl", dtype=dtype)
+    tokens = torch.randint(0, 11, (7, 3 * 13), generator=generator(5))
+    grad = channels_first((7, 21, 13), dtype, seed=6)  # [B, C, T_out], as a channels-first consumer sends it
+    out = layer(tokens)
+    assert out.shape == grad.shape
+    ours = torch.autograd.grad(out, list(layer.parameters()), grad)
+    channels_last = grad.transpose(1, 2).contiguous().transpose(1, 2)  # same values, no copy needed
+    contiguous = torch.autograd.grad(layer(tokens), list(layer.parameters()), channels_last)
+    for a, b in zip(ours, contiguous):
+        assert torch.equal(a, b)
