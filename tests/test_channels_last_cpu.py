@@ -1,7 +1,8 @@
-"""Channels-first inputs and gradients of the CPU layers (csrc/channels_last_cpu.cpp): PatchConv1d(layout="ncl") hands
-patch_conv x.transpose(1, 2) of a [B, C, T] tensor and gets its output gradient the same way; the
-kernels copy those channels-last with blocked transposes. The copies must hold exactly what
-Tensor.contiguous() holds, for every shape (tile edges, one channel, slices, strided batches)."""
+"""Channels-first inputs and gradients of the CPU layers (csrc/channels_last_cpu.cpp):
+PatchConv1d(layout="ncl") hands patch_conv x.transpose(1, 2) of a [B, C, T] tensor and gets its output
+gradient the same way (TokenPatchEmbedding its gradient); the kernels copy those channels-last with
+blocked transposes. The copies must hold exactly what Tensor.contiguous() holds, for every shape (tile
+edges, one channel, slices, strided batches)."""
 from __future__ import annotations
 
 import pytest
