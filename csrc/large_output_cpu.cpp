@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <iterator>
 #include <mutex>
 
 #if defined(__linux__)
@@ -39,14 +40,15 @@ struct Mapping {
 // the destructors of static objects have run.
 class MappingCache {
  public:
-  // A cached mapping of exactly `length` bytes, or a null start.
+  // The most recently freed cached mapping of exactly `length` bytes (the likeliest to be still in the
+  // caches and the TLB), or a null start.
   Mapping take(size_t length) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = free_.begin(); it != free_.end(); ++it) {
+    for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
       if (it->length == length) {
         const Mapping m = *it;
         bytes_ -= m.length;
-        free_.erase(it);
+        free_.erase(std::next(it).base());
         return m;
       }
     }

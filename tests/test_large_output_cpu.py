@@ -47,7 +47,10 @@ def test_large_samples_equal_small_calls_through_reused_memory(grammar):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the huge-page mappings are Linux only")
 def test_freed_output_memory_is_reused_and_aligned(grammar):
+    """The mapping freed last is the one reused, whatever other mappings of that size are cached."""
     table, n = grammar.table(), (6 * MIB) // 64
+    others = [op_sample(table, grammar.n_classes, n, 6, 0, "iid", torch.uint8, False)[0] for _ in range(3)]
+    del others  # three mappings of the same size in the cache, freed before the one below
     first = op_sample(table, grammar.n_classes, n, 7, 0, "iid", torch.uint8, False)[0]
     address = first.data_ptr()
     assert address % (2 * MIB) == 0
