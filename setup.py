@@ -28,8 +28,8 @@ def _want_cuda():
 def extension():
     with_cuda = _want_cuda()
     cpp = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-    # *_cuda.cpp files are the thin torch glue of CUDA kernels: only meaningful with CUDA.
-    sources = [f for f in cpp if with_cuda or not f.endswith("_cuda.cpp")]
+    # *_cuda_glue.cpp files are the thin torch glue of CUDA kernels: only meaningful with CUDA.
+    sources = [f for f in cpp if with_cuda or not f.endswith("_cuda_glue.cpp")]
     # Kernels use at::parallel_for, whose OpenMP backend lives in headers: without -fopenmp they
     # would silently run on one thread.
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]

@@ -2,11 +2,21 @@
 # Compile every CUDA kernel source with plain nvcc for sm_80 and sm_90, the way a user's CUDA build
 # would, so CUDA code cannot rot on machines without a GPU. Fails on compile errors and on any
 # register spill reported by ptxas. With PYTHON set to an interpreter whose torch ships the c10/cuda
-# headers (the CPU wheel does), also syntax-checks every C++ source, the torch glue (*_cuda.cpp)
+# headers (the CPU wheel does), also syntax-checks every C++ source, the torch glue (*_cuda_glue.cpp)
 # included, as C++17: torch before 2.12 builds extensions as C++17 (the GPU machines' torch may be
 # older than the one here), so a C++20-only construct would break the CUDA build there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# setuptools names an object after its source without the extension, so a .cpp and a .cu of the
+# same name would both become one .o: ninja refuses the build ("multiple rules generate"), and the
+# non-ninja build silently links one of them twice. The CUDA build would break only on a CUDA machine.
+duplicates=$(for f in csrc/*.cpp csrc/*.cu; do basename "${f%.*}"; done | sort | uniq -d)
+if [[ -n "$duplicates" ]]; then
+  echo "check-cuda: sources that would compile to the same object file: $duplicates"
+  exit 1
+fi
+echo "check-cuda: every source in csrc/ has its own object name"
+
 NVCC=${NVCC:-$(command -v nvcc || true)}
 if [[ -z "$NVCC" ]]; then
   echo "check-cuda: nvcc not found, CUDA kernels not compile-checked"

@@ -1,6 +1,6 @@
 // The rhmfast._C extension: every op's schema (one TORCH_LIBRARY block, the package's whole op API)
 // and a pybind11 module that carries build information. Kernels register themselves per device in
-// <op>_cpu.cpp and <op>_cuda.cpp.
+// <op>_cpu.cpp and <op>_cuda_glue.cpp.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 #include <torch/version.h>

@@ -1,4 +1,5 @@
-// CUDA kernels of patch_conv's epilogues; the GEMMs run in cuBLAS from the glue (patch_conv_cuda.cpp).
+// CUDA kernels of patch_conv's epilogues; the GEMMs run in cuBLAS from the torch glue
+// (patch_conv_cuda_glue.cpp).
 //
 // Data layout contract: y, grad, saved, d are dense row-major [rows = B*T_out, C] (channels-last, row r
 // at position r % T_out of sample r / T_out); bias [C]; pos_bias and grad_pos [T_out, C]; half types are

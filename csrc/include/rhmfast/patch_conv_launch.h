@@ -1,6 +1,6 @@
 // Launchers of the patchwise-layer CUDA kernels (patch_conv_cuda.cu, token_patch_embed_cuda.cu). Plain
 // C++ and CUDA runtime types only, so the kernels compile with nvcc alone; the torch glue
-// (patch_conv_cuda.cpp, token_patch_embed_cuda.cpp) checks arguments, allocates, runs the GEMMs
+// (patch_conv_cuda_glue.cpp, token_patch_embed_cuda_glue.cpp) checks arguments, allocates, runs the GEMMs
 // (cuBLAS through at::mm) and calls these. Layout contract: csrc/patch_conv.h (channels-last rows
 // [rows = B*T_out, C], row r at position r % T_out). All pointers are device pointers, all tensors dense.
 #pragma once

@@ -1,5 +1,5 @@
 // Host interface of the CUDA kernels of rhm_sample / rhm_decode (rhm_sample_cuda.cu), called by the
-// torch glue (rhm_sample_cuda.cpp). Plain C++: no torch, no CUDA types beyond the runtime API's.
+// torch glue (rhm_sample_cuda_glue.cpp). Plain C++: no torch, no CUDA types beyond the runtime API's.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -1,5 +1,6 @@
-// Helpers of the CUDA torch glue of the patchwise layers (patch_conv_cuda.cpp, token_patch_embed_cuda.cpp):
-// torch types to the launchers' plain types, launch checks, and the activation-gradient step both share.
+// Helpers of the CUDA torch glue of the patchwise layers (patch_conv_cuda_glue.cpp,
+// token_patch_embed_cuda_glue.cpp): torch types to the launchers' plain types, launch checks, and the
+// activation-gradient step both share.
 #pragma once
 
 #include <ATen/core/Tensor.h>

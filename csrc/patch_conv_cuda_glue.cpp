@@ -12,7 +12,7 @@
 #include <torch/library.h>
 
 #include "patch_conv.h"
-#include "patch_conv_cuda.h"
+#include "patch_conv_cuda_glue.h"
 
 namespace rhmfast {
 
