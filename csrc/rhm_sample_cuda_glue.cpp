@@ -46,9 +46,9 @@ SampleResult run(const at::Tensor& rules, RhmSampleLaunch job, int64_t n, at::Sc
 
 SampleResult rhm_sample_cuda(const at::Tensor& rules, int64_t n_classes, int64_t n, int64_t seed, int64_t start,
                              c10::string_view mode, at::ScalarType dtype, bool return_tree) {
-  const c10::cuda::CUDAGuard guard(rules.device());
   RhmSampleLaunch job{};
-  job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);
+  job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);  // before the guard: rules may be on the CPU
+  const c10::cuda::CUDAGuard guard(rules.device());
   const StreamPlan plan = plan_stream(job.shape, n, start, mode);
   job.source = plan.mode == SampleMode::kIndex ? RhmSource::kIndex : RhmSource::kIid;
   job.start = plan.start;
@@ -60,9 +60,9 @@ SampleResult rhm_sample_cuda(const at::Tensor& rules, int64_t n_classes, int64_t
 
 SampleResult rhm_decode_cuda(const at::Tensor& rules, const at::Tensor& datum, int64_t n_classes,
                              at::ScalarType dtype, bool return_tree) {
-  const c10::cuda::CUDAGuard guard(rules.device());
   RhmSampleLaunch job{};
-  job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);
+  job.shape = check_cuda_rules(rules, n_classes, dtype, return_tree);  // before the guard: rules may be on the CPU
+  const c10::cuda::CUDAGuard guard(rules.device());
   job.source = RhmSource::kDecode;
   TORCH_CHECK_VALUE(datum.device() == rules.device(), "rhmfast: datum numbers must be on the rules' device ",
               rules.device(), ", got ", datum.device());
