@@ -45,8 +45,7 @@ __global__ void position_sum_kernel(const T* __restrict__ d, int64_t B, int64_t 
                                     typename Acc<T>::type* __restrict__ acc, T* __restrict__ grad_pos) {
   using A = typename Acc<T>::type;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T_out * C; i += int64_t{gridDim.x} * blockDim.x) {
-    A sum = 0;
-    for (int64_t b = 0; b < B; ++b) sum += to_acc(d[b * T_out * C + i]);
+    const A sum = ordered_sum<A>(0, B, [&](int64_t b) { return to_acc(d[b * T_out * C + i]); });
     acc[i] = sum;
     if (grad_pos != nullptr) grad_pos[i] = from_acc<T>(sum);
   }

@@ -40,8 +40,7 @@ __global__ void segment_sum_kernel(const int64_t* __restrict__ order, const int6
   const int64_t g = blockIdx.x;
   const int64_t c = blockIdx.y * int64_t{blockDim.x} + threadIdx.x;
   if (c >= C) return;
-  A sum = 0;
-  for (int64_t i = starts[g]; i < starts[g + 1]; ++i) sum += to_acc(d[order[i] * C + c]);
+  const A sum = ordered_sum<A>(starts[g], starts[g + 1], [&](int64_t i) { return to_acc(d[order[i] * C + c]); });
   grad[keys[g] * C + c] = from_acc<T>(sum * scale);
 }
 

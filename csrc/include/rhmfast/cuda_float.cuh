@@ -30,6 +30,24 @@ template <typename A> __device__ __forceinline__ A activate(A z, Act act) {
   return z;
 }
 
+// The sum of term(i) for i in [begin, end), added strictly in index order (so its bits are fixed), with
+// the loads of four terms issued before their adds: a thread summing a long segment waits for memory
+// once per four terms instead of once per term.
+template <typename A, typename Term>
+__device__ __forceinline__ A ordered_sum(int64_t begin, int64_t end, Term term) {
+  A sum = 0;
+  int64_t i = begin;
+  for (; i + 4 <= end; i += 4) {
+    const A t0 = term(i), t1 = term(i + 1), t2 = term(i + 2), t3 = term(i + 3);
+    sum += t0;
+    sum += t1;
+    sum += t2;
+    sum += t3;
+  }
+  for (; i < end; ++i) sum += term(i);
+  return sum;
+}
+
 // Calls fn(T{}) with the storage type named by type.
 template <typename Fn> cudaError_t dispatch_float(FloatType type, Fn&& fn) {
   switch (type) {
