@@ -16,7 +16,7 @@ PY := $(PYTHON)
 DEPS :=
 endif
 
-.PHONY: demo test build check-cuda bench gpu-check gpu-test gpu-bench sweep-pstar clean
+.PHONY: demo test build check-cuda bench gpu-check gpu-test gpu-bench gpu-test-slow sweep-pstar clean
 
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -50,21 +50,28 @@ bench: build
 	$(PY) benchmarks/bench_sweep.py
 
 # Every GPU check, for a machine with a CUDA torch and no network:
-#     make gpu-check PYTHON=python3 MAX_JOBS=16 RESULTS=some/dir
-# gpu-test builds the CUDA kernels, fails at once without a GPU or kernels, and runs the CUDA tests;
-# gpu-bench then runs the GPU rows of the benchmarks (fastest first, each writing its JSON + markdown
-# to RESULTS as it finishes). Where one command has a time limit, run the two targets separately.
+#     make -k gpu-check PYTHON=python3 MAX_JOBS=16 RESULTS=some/dir
+# gpu-test builds the CUDA kernels, fails at once without a GPU or kernels, and runs the quick CUDA
+# tests; gpu-bench then runs the GPU rows of the benchmarks (fastest first, each writing its JSON +
+# markdown to RESULTS as it finishes); gpu-test-slow last runs the slow CUDA tests (torchrun with NCCL,
+# which can take minutes to start), so that a stall there cannot cost the benchmarks. Test results also
+# go to RESULTS as JUnit XML. Where one command has a time limit, run the targets separately.
 RESULTS ?= benchmarks/results
-gpu-check: gpu-test gpu-bench
+gpu-check: gpu-test gpu-bench gpu-test-slow
 
 gpu-test: build
 	$(PY) -c "import sys, torch, rhmfast; b = rhmfast.backends(); print(b); sys.exit(0 if torch.cuda.is_available() and b['cuda_kernels'] else 'gpu-check: no CUDA device, or the CUDA kernels are not built')"
-	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra -m cuda
+	mkdir -p $(RESULTS)
+	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra -m "cuda and not slow" --junitxml=$(RESULTS)/gpu_tests.xml
 
 gpu-bench: build
 	$(PY) benchmarks/bench_generate.py --devices cuda --out $(RESULTS)
 	$(PY) benchmarks/bench_train.py --device cuda --out $(RESULTS)
 	$(PY) benchmarks/bench_patchconv.py --device cuda --out $(RESULTS)/patchconv_cuda.json
+
+gpu-test-slow: build
+	mkdir -p $(RESULTS)
+	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra -m "cuda and slow" --junitxml=$(RESULTS)/gpu_tests_slow.xml
 
 # The sample-complexity sweep of benchmarks/results/sweep_pstar (resumable: re-run to continue).
 sweep-pstar: build

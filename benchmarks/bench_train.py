@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_tag, machine, write_results  # noqa: E402
+from common import device_tag, ieee_float32_on_gpu, machine, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import HierarchicalCNN  # noqa: E402
@@ -129,6 +129,8 @@ def main(argv=None):
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    if device == "cuda":
+        ieee_float32_on_gpu()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = []
@@ -158,7 +160,8 @@ def main(argv=None):
              else {"v=32 m=8 s=2 L=3": 5.0, "v=16 m=4 s=2 L=6": 5.0})
     where = (f"{info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['torch_threads']} torch threads, "
              f"float32 GEMMs of the layers: {info['cpu_gemm']}"
-             if device == "cpu" else f"{info['gpu']} (CUDA {info['cuda']}), host CPU {info['cpu']}")
+             if device == "cpu" else f"{info['gpu']} (CUDA {info['cuda']}), host CPU {info['cpu']}, TF32 "
+             f"{'on' if info['cudnn_allow_tf32'] or info['cuda_matmul_allow_tf32'] else 'off'}")
     lines = [f"# hCNN training throughput ({'CPU' if device == 'cpu' else 'GPU'})", "",
              f"{where}, torch {info['torch']}, {info['date']}. Width {args.width}, batch {args.batch}, SGD lr 0.1 momentum 0.9; a step includes "
              f"drawing the batch. Median over {rounds} rounds of {steps} steps, candidates interleaved, their "

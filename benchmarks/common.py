@@ -33,7 +33,17 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return info
+
+
+def ieee_float32_on_gpu() -> None:
+    """float32 candidates compute in float32 on the GPU: cuDNN's convolutions default to TF32 (inputs
+    rounded to 10 mantissa bits), which would race the nn.Conv1d baselines against rhmfast's float32
+    cuBLAS products at a lower precision. machine() records the settings."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def device_tag(device: str) -> str:
