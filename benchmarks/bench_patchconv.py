@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rhmfast  # noqa: E402
-from common import device_tag, machine  # noqa: E402
+from common import device_tag, ieee_float32_on_gpu, machine  # noqa: E402
 from rhmfast.nn import PatchConv1d, TokenPatchEmbedding  # noqa: E402
 from rhmfast.ops.patch_conv_stack import patch_conv_stack  # noqa: E402
 
@@ -40,9 +40,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# On a GPU one call of these layers takes microseconds, about what launching it costs the host: a
+# sample there is this many calls back to back between two synchronisations, so that it measures the
+# GPU's throughput rather than one launch's latency.
+GPU_CALLS_PER_SAMPLE = 20
+
+
 def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()) -> dict:
     """Median seconds per call of each candidate; slow ones (seconds per call) skip the warm-up and run
-    in the first two rounds only."""
+    in the first two rounds only, one call a sample."""
     times = {name: [] for name in candidates}
     for name, fn in candidates.items():  # warm-up: allocator, MKL buffers, lazy init, compilation
         if name not in slow:
@@ -56,11 +62,13 @@ def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()
             fn = candidates[name]
             if name in slow and r >= 2:
                 continue
+            calls = GPU_CALLS_PER_SAMPLE if device.type == "cuda" and name not in slow else 1
             sync(device)
             start = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -114,8 +122,15 @@ def other_usable_gemm():
     return other if usable else None
 
 
-def compile_best(eager_forwards: dict, medians: dict):
-    name = min(eager_forwards, key=lambda n: medians[n])
+UNFOLD = "unfold+matmul (ncl)"
+
+
+def compile_best(eager_forwards: dict, medians: dict, exclude: frozenset = frozenset()):
+    """torch.compile of the fastest eager formulation not in `exclude`. Dynamo's caches are cleared
+    first: every config compiles the same lambdas (one code object each), and past 8 recompilations of
+    one code object dynamo would quietly run it eagerly under the "torch.compile" name."""
+    name = min((n for n in eager_forwards if n not in exclude), key=lambda n: medians[n])
+    torch._dynamo.reset()
     return f"torch.compile({name})", torch.compile(eager_forwards[name])
 
 
@@ -148,7 +163,7 @@ def bench_patch_conv(args, device):
 
             eager = {
                 "nn.Conv1d (ncl)": lambda: torch.relu(conv(x_ncl)),
-                "unfold+matmul (ncl)": unfold_matmul,
+                UNFOLD: unfold_matmul,
                 "nn.Linear on view (nlc)": lambda: torch.relu(F.linear(x_nlc.view(batch, t_out, s * width), w2, bias)),
             }
             if device.type == "cuda":  # cuBLASLt's bias + ReLU epilogue; it has no backward (forward rows only)
@@ -163,7 +178,11 @@ def bench_patch_conv(args, device):
                 wrap = no_grad if mode == "fwd" else train_step
                 formulations = {n: f for n, f in eager.items() if mode == "fwd" or n != ADDMM}
                 pilot = measure({n: wrap(f) for n, f in formulations.items()}, 2, device)
-                compiled_name, compiled = compile_best(formulations, pilot)
+                # torch 2.13's inductor corrupts the heap in the compiled CPU backward of Tensor.unfold
+                # (glibc aborts the process, every time; reproducer in benchmarks/README.md), so on the
+                # CPU the forward + backward compile candidate comes from the other formulations.
+                broken = frozenset({UNFOLD}) if device.type == "cpu" and mode == "fwd+bwd" else frozenset()
+                compiled_name, compiled = compile_best(formulations, pilot, exclude=broken)
                 cands = {n: wrap(f) for n, f in {**ours, **formulations, compiled_name: compiled}.items()}
                 medians = measure(cands, args.rounds, device)
                 work = flops * (1 if mode == "fwd" else 3)
@@ -328,7 +347,9 @@ def markdown(meta, rows, goal_rows):
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}"
              f"{'; float32 GEMMs: ' + meta['cpu_gemm'] if meta.get('cpu_gemm') and 'CPU' in meta['device'] else ''}; "
              f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
-             f"{' (quick)' if meta['quick'] else ''}. Median of interleaved "
+             f"{' (quick)' if meta['quick'] else ''}"
+             f"{'; TF32 ' + ('on' if meta['cudnn_allow_tf32'] or meta['cuda_matmul_allow_tf32'] else 'off') if 'cudnn_allow_tf32' in meta else ''}"
+             f"{f'; {GPU_CALLS_PER_SAMPLE} calls a sample' if 'CPU' not in meta['device'] else ''}. Median of interleaved "
              "rounds, each round in another order; speedup = candidate time / rhmfast time (>1: rhmfast faster).", ""]
     notes = {
         "patch_conv": "GFLOP/s: 2·rows·s·C_in·C_out per forward, 3x that for forward + backward (grad of x and W).",
@@ -372,6 +393,8 @@ def main(argv=None):
             f.write(markdown(run["meta"], run["results"], run["goals"]))
         return
     device = torch.device(args.device)
+    if device.type == "cuda":
+        ieee_float32_on_gpu()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = torch.float32
@@ -392,7 +415,8 @@ def main(argv=None):
                 rounds=args.rounds,
                 token_rounds=args.token_rounds,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                python=sys.version.split()[0], backends=rhmfast.backends())
+                python=sys.version.split()[0], backends=rhmfast.backends(),
+                **({k: info[k] for k in ("cudnn_allow_tf32", "cuda_matmul_allow_tf32")} if "gpu" in info else {}))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"patchconv_{device_tag(device.type)}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
