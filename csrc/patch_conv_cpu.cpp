@@ -157,10 +157,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   const PatchShape g = check_patch_conv(x, weight, bias, pos_bias, patch_size);
   check_layer_backward(grad_out, weight, g, act, out, /*relu_recomputes=*/false, bias.has_value(), pos_bias.has_value(),
                        output_mask[2], output_mask[3]);
+  // An ncl layer's x and output gradient are channels-first: each is copied channels-last once (see
+  // channels_last_cpu.h), x only where it is read.
+  const at::Tensor x_rows = act == Activation::kSquare || output_mask[1] ? channels_last_rows_cpu(x) : x;
   at::Tensor saved;
   if (act == Activation::kRelu) saved = out->contiguous();
-  if (act == Activation::kSquare) saved = patch_conv_cpu(x, weight, bias, pos_bias, patch_size, scale, "none");
-  // An ncl layer gets its output gradient channels-first (see channels_last_cpu.h).
+  if (act == Activation::kSquare) saved = patch_conv_cpu(x_rows, weight, bias, pos_bias, patch_size, scale, "none");
   const at::Tensor grad = channels_last_rows_cpu(grad_out).contiguous();
   at::Tensor grad_bias = output_mask[2] ? at::empty({g.C_out}, x.options()) : no_grad_placeholder(x);
   at::Tensor grad_pos = output_mask[3] ? at::empty({g.T_out, g.C_out}, x.options()) : no_grad_placeholder(x);
@@ -181,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_conv_backward_c
   if (output_mask[0]) grad_x = matmul_nt_cpu(d2, weight.t(), scale, {g.B, g.T, g.C_in});
   if (output_mask[1]) {
     grad_w = at::empty({g.C_out, g.s * g.C_in}, x.options());
-    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(channels_last_rows_cpu(x), g), /*beta=*/0, /*alpha=*/scale);
+    at::addmm_out(grad_w, grad_w, d2.t(), patch_rows(x_rows, g), /*beta=*/0, /*alpha=*/scale);
   }
   return {grad_x, grad_w, grad_bias, grad_pos};
 }

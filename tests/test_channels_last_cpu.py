@@ -55,19 +55,24 @@ def test_backward_reads_channels_first_gradient_exactly(shape, dtype):
     assert torch.equal(grad_x, grad.contiguous())
 
 
+ACTIVATIONS = {"relu": torch.relu, "square": torch.square}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("s", [2, 3])
-def test_ncl_layer_matches_conv1d(s, dtype):
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_ncl_layer_matches_conv1d(s, dtype, activation):
     """PatchConv1d(layout="ncl") on a channels-first input whose length leaves a remainder: output and
-    every gradient agree with nn.Conv1d + ReLU (the weight gradient reads the transposed copy too)."""
+    every gradient agree with nn.Conv1d + the activation (the weight gradient, and square's recomputed
+    pre-activation, read the transposed copy too)."""
     torch.manual_seed(s)
     conv = torch.nn.Conv1d(19, 13, s, stride=s, dtype=dtype)
-    layer = PatchConv1d.from_conv1d(conv, activation="relu")
+    layer = PatchConv1d.from_conv1d(conv, activation=activation)
     x = torch.randn(6, 19, 11 * s + 1, dtype=dtype, requires_grad=True)
     grad = torch.randn(6, 13, 11, dtype=dtype)
     ours = layer(x)
     ours_grads = torch.autograd.grad(ours, [x, layer.weight, layer.bias], grad)
-    theirs = torch.relu(conv(x))
+    theirs = ACTIVATIONS[activation](conv(x))
     theirs_grads = torch.autograd.grad(theirs, [x, conv.weight, conv.bias], grad)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours, theirs, **tol)
