@@ -8,10 +8,10 @@
 #include "channels_last_cpu.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -94,7 +94,12 @@ template <typename T>
 void transpose_batches(const T* src, int64_t batch_stride, int64_t ld, T* dst, int64_t B, int64_t C, int64_t T_len) {
   const int64_t strips = (T_len + kStrip - 1) / kStrip;
 #ifdef RHMFAST_HAVE_AVX2_TILES
-  const bool avx2 = __builtin_cpu_supports("avx2");
+  // RHMFAST_CPU_SIMD=scalar (the sampler's testing cap) also selects the element-wise path here, so the
+  // tests run it on AVX2 machines too.
+  static const bool avx2 = [] {
+    const char* cap = std::getenv("RHMFAST_CPU_SIMD");
+    return __builtin_cpu_supports("avx2") && !(cap != nullptr && std::strcmp(cap, "scalar") == 0);
+  }();
 #else
   const bool avx2 = false;
 #endif

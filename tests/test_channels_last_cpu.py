@@ -5,6 +5,10 @@ blocked transposes. The copies must hold exactly what Tensor.contiguous() holds,
 edges, one channel, slices, strided batches)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,3 +107,15 @@ def test_token_layer_reads_channels_first_gradient(dtype):
     contiguous = torch.autograd.grad(layer(tokens), list(layer.parameters()), channels_last)
     for a, b in zip(ours, contiguous):
         assert torch.equal(a, b)
+
+
+def test_element_wise_path_copies_exactly(tmp_path):
+    """RHMFAST_CPU_SIMD=scalar selects the element-wise transposes (what CPUs without AVX2 run): the
+    exactness tests above pass on that path too, in a process of its own (the choice is made once)."""
+    env = dict(os.environ, RHMFAST_CPU_SIMD="scalar", RHMFAST_BACKEND="extension")
+    tests = [f"{__file__}::test_forward_reads_channels_first_input_exactly",
+             f"{__file__}::test_backward_reads_channels_first_gradient_exactly"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=os.path.dirname(__file__), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
