@@ -44,18 +44,23 @@ def sync(device):
 # sample there is this many calls back to back between two synchronisations, so that it measures the
 # GPU's throughput rather than one launch's latency.
 GPU_CALLS_PER_SAMPLE = 20
+MAX_ROUNDS = 1000
 
 
-def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()) -> dict:
-    """Median seconds per call of each candidate; slow ones (seconds per call) skip the warm-up and run
-    in the first two rounds only, one call a sample."""
+def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset(), min_seconds: float = 0.0):
+    """Median seconds per call of each candidate, and the number of rounds run. At least `rounds` rounds,
+    more when calls are short, until each candidate has about `min_seconds` of samples (at most
+    MAX_ROUNDS): a median of 15 one-millisecond samples moves by several percent from run to run, more
+    than the margins it is meant to show. Slow candidates (seconds per call) skip the warm-up and run in
+    the first two rounds only, one call a sample."""
     times = {name: [] for name in candidates}
     for name, fn in candidates.items():  # warm-up: allocator, MKL buffers, lazy init, compilation
         if name not in slow:
             fn()
             sync(device)
     names = list(candidates)
-    for r in range(rounds):
+    r = 0
+    while r < rounds:
         # Each round in its own order (seeded: runs repeat), so that no candidate keeps running right
         # after the same other one and finding the caches that one left.
         for name in random.Random(r).sample(names, len(names)):
@@ -69,7 +74,12 @@ def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()
                 fn()
             sync(device)
             times[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(t) for name, t in times.items()}
+        if r == 0:  # the slowest repeated candidate sets how many rounds fit the time asked for
+            slowest = max(times[n][0] * (GPU_CALLS_PER_SAMPLE if device.type == "cuda" else 1)
+                          for n in names if n not in slow)
+            rounds = max(rounds, min(MAX_ROUNDS, math.ceil(min_seconds / slowest)))
+        r += 1
+    return {name: statistics.median(t) for name, t in times.items()}, rounds
 
 
 def train_step(forward):
@@ -134,11 +144,13 @@ def compile_best(eager_forwards: dict, medians: dict, exclude: frozenset = froze
     return f"torch.compile({name})", torch.compile(eager_forwards[name])
 
 
-def rows_for(op, config, mode, medians, work, unit, reference_name):
-    """Table rows: time, rate (work / time) and speedup of `reference_name` over each candidate."""
+def rows_for(op, config, mode, measured, work, unit, reference_name):
+    """Table rows from measure()'s result: time, rate (work / time), speedup of `reference_name` over
+    each candidate, and the rounds run."""
+    medians, rounds = measured
     rows = []
     for name, t in medians.items():
-        rows.append(dict(op=op, config=config, mode=mode, candidate=name, median_ms=t * 1e3,
+        rows.append(dict(op=op, config=config, mode=mode, candidate=name, median_ms=t * 1e3, rounds=rounds,
                          rate=work / t / 1e9, unit=unit, rhmfast_speedup=t / medians[reference_name]))
     return rows
 
@@ -177,17 +189,17 @@ def bench_patch_conv(args, device):
                 x_ncl.requires_grad_(mode == "fwd+bwd")
                 wrap = no_grad if mode == "fwd" else train_step
                 formulations = {n: f for n, f in eager.items() if mode == "fwd" or n != ADDMM}
-                pilot = measure({n: wrap(f) for n, f in formulations.items()}, 2, device)
+                pilot, _ = measure({n: wrap(f) for n, f in formulations.items()}, 2, device)
                 # torch 2.13's inductor corrupts the heap in the compiled CPU backward of Tensor.unfold
                 # (glibc aborts the process, every time; reproducer in benchmarks/README.md), so on the
                 # CPU the forward + backward compile candidate comes from the other formulations.
                 broken = frozenset({UNFOLD}) if device.type == "cpu" and mode == "fwd+bwd" else frozenset()
                 compiled_name, compiled = compile_best(formulations, pilot, exclude=broken)
                 cands = {n: wrap(f) for n, f in {**ours, **formulations, compiled_name: compiled}.items()}
-                medians = measure(cands, args.rounds, device)
+                measured = measure(cands, args.rounds, device, min_seconds=args.min_seconds)
                 work = flops * (1 if mode == "fwd" else 3)
-                rows += rows_for("patch_conv", config, mode, medians, work, "GFLOP/s", "rhmfast PatchConv1d (nlc)")
-                log(rows[-len(medians):])
+                rows += rows_for("patch_conv", config, mode, measured, work, "GFLOP/s", "rhmfast PatchConv1d (nlc)")
+                log(rows[-len(measured[0]):])
     return rows
 
 
@@ -216,10 +228,11 @@ def bench_token(args, device):
             config = f"v={vocab} C={width} s={s} B={batch} T={t_out * s}"
             for mode in ("fwd", "fwd+bwd"):
                 wrap = no_grad if mode == "fwd" else train_step
-                medians = measure({n: wrap(f) for n, f in cands.items()}, args.token_rounds, device)
+                measured = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device,
+                                   min_seconds=args.min_seconds)
                 work = moved * (1 if mode == "fwd" else 2)
-                rows += rows_for("token_patch_embed", config, mode, medians, work, "GB/s", "rhmfast TokenPatchEmbedding")
-                log(rows[-len(medians):])
+                rows += rows_for("token_patch_embed", config, mode, measured, work, "GB/s", "rhmfast TokenPatchEmbedding")
+                log(rows[-len(measured[0]):])
     return rows
 
 
@@ -270,10 +283,10 @@ def bench_trunk(args, device):
         for mode in ("fwd", "fwd+bwd"):
             wrap = no_grad if mode == "fwd" else train_step
             slow = frozenset({"reference hCNN (5-D broadcast)"})
-            medians = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device, slow)
-            rows += rows_for("patch_conv_stack", config, mode, medians, flops * (1 if mode == "fwd" else 3),
+            measured = measure({n: wrap(f) for n, f in cands.items()}, args.rounds, device, slow, args.min_seconds)
+            rows += rows_for("patch_conv_stack", config, mode, measured, flops * (1 if mode == "fwd" else 3),
                              "GFLOP/s", "rhmfast patch_conv_stack")
-            log(rows[-len(medians):])
+            log(rows[-len(measured[0]):])
     return rows
 
 
@@ -342,11 +355,18 @@ def gpu_goals(rows):
     return out
 
 
+def rounds_text(meta):
+    if "min_seconds" in meta:
+        return (f"rounds: at least {meta['rounds']}, more for short calls until each candidate has "
+                f"{meta['min_seconds']:g} s of samples (column 'rounds')")
+    return f"rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"  # earlier runs
+
+
 def markdown(meta, rows, goal_rows):
     lines = [f"# Patchwise layers benchmark ({meta['device']})", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; dtype {meta['dtype']}"
              f"{'; float32 GEMMs: ' + meta['cpu_gemm'] if meta.get('cpu_gemm') and 'CPU' in meta['device'] else ''}; "
-             f"{meta['date']}; rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"
+             f"{meta['date']}; {rounds_text(meta)}"
              f"{' (quick)' if meta['quick'] else ''}"
              f"{'; TF32 ' + ('on' if meta['cudnn_allow_tf32'] or meta['cuda_matmul_allow_tf32'] else 'off') if 'cudnn_allow_tf32' in meta else ''}"
              f"{f'; {GPU_CALLS_PER_SAMPLE} calls a sample' if 'CPU' not in meta['device'] else ''}. Median of interleaved "
@@ -364,11 +384,12 @@ def markdown(meta, rows, goal_rows):
         op_rows = [r for r in rows if r["op"] == op]
         if not op_rows:
             continue
-        lines += [f"## {op}", "", notes[op], "", "| config | mode | candidate | median ms | rate | rhmfast speedup |",
-                  "|---|---|---|---:|---:|---:|"]
+        lines += [f"## {op}", "", notes[op], "",
+                  "| config | mode | candidate | median ms | rate | rhmfast speedup | rounds |",
+                  "|---|---|---|---:|---:|---:|---:|"]
         for r in op_rows:
             lines.append(f"| {r['config']} | {r['mode']} | {r['candidate']} | {r['median_ms']:.3f} | "
-                         f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} |")
+                         f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} | {r.get('rounds', '')} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | measured | met |", "|---|---:|---|"]
     lines += [f"| {g['goal']} | {g['value']:.3f}x | {'yes' if g['met'] else 'NO'} |" for g in goal_rows]
@@ -380,7 +401,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small batches and few rounds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", default="patch_conv,token_patch_embed,patch_conv_stack")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None, help="fewest rounds (default 15, quick 3)")
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help="more rounds for short calls, until each candidate has this many seconds of samples "
+                             "(default 1 on a CPU, 0.25 on a GPU, 0.1 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/patchconv_<device>.json)")
     parser.add_argument("--markdown-from", default=None, metavar="JSON",
@@ -403,7 +427,8 @@ def main(argv=None):
     args.trunk_batch = 64 if args.quick else 256
     args.trunk_widths = (64, 128, 256)
     args.rounds = args.rounds or (3 if args.quick else 15)  # fewer let one slow stretch of the machine set a median
-    args.token_rounds = 5 * args.rounds  # token-layer calls take milliseconds: more rounds steady the medians
+    if args.min_seconds is None:  # a GPU's calls are steadier, and its whole check has a time budget
+        args.min_seconds = 0.1 if args.quick else 0.25 if device.type == "cuda" else 1.0
     print(rhmfast.backends(), flush=True)
     gemm = rhmfast.backends()["cpu_gemm"]
     args.other_gemm = other_usable_gemm() if device.type == "cpu" else None
@@ -412,8 +437,7 @@ def main(argv=None):
                 machine=f"{platform.machine()} {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores",
                 torch=torch.__version__,
                 threads=torch.get_num_threads(), cpu_gemm=gemm, dtype=str(args.dtype), quick=args.quick,
-                rounds=args.rounds,
-                token_rounds=args.token_rounds,
+                rounds=args.rounds, min_seconds=args.min_seconds,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 python=sys.version.split()[0], backends=rhmfast.backends(),
                 **({k: info[k] for k in ("cudnn_allow_tf32", "cuda_matmul_allow_tf32")} if "gpu" in info else {}))
