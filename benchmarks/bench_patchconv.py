@@ -48,7 +48,7 @@ MAX_ROUNDS = 1000
 
 
 def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset(), min_seconds: float = 0.0):
-    """Median seconds per call of each candidate, and the number of rounds run. At least `rounds` rounds,
+    """Median seconds per call of each candidate, and its number of samples. At least `rounds` rounds,
     more when calls are short, until each candidate has about `min_seconds` of samples (at most
     MAX_ROUNDS): a median of 15 one-millisecond samples moves by several percent from run to run, more
     than the margins it is meant to show. Slow candidates (seconds per call) skip the warm-up and run in
@@ -79,7 +79,7 @@ def measure(candidates: dict, rounds: int, device, slow: frozenset = frozenset()
                           for n in names if n not in slow)
             rounds = max(rounds, min(MAX_ROUNDS, math.ceil(min_seconds / slowest)))
         r += 1
-    return {name: statistics.median(t) for name, t in times.items()}, rounds
+    return {name: statistics.median(t) for name, t in times.items()}, {name: len(t) for name, t in times.items()}
 
 
 def train_step(forward):
@@ -146,11 +146,11 @@ def compile_best(eager_forwards: dict, medians: dict, exclude: frozenset = froze
 
 def rows_for(op, config, mode, measured, work, unit, reference_name):
     """Table rows from measure()'s result: time, rate (work / time), speedup of `reference_name` over
-    each candidate, and the rounds run."""
-    medians, rounds = measured
+    each candidate, and its number of samples."""
+    medians, samples = measured
     rows = []
     for name, t in medians.items():
-        rows.append(dict(op=op, config=config, mode=mode, candidate=name, median_ms=t * 1e3, rounds=rounds,
+        rows.append(dict(op=op, config=config, mode=mode, candidate=name, median_ms=t * 1e3, samples=samples[name],
                          rate=work / t / 1e9, unit=unit, rhmfast_speedup=t / medians[reference_name]))
     return rows
 
@@ -358,7 +358,7 @@ def gpu_goals(rows):
 def rounds_text(meta):
     if "min_seconds" in meta:
         return (f"rounds: at least {meta['rounds']}, more for short calls until each candidate has "
-                f"{meta['min_seconds']:g} s of samples (column 'rounds')")
+                f"{meta['min_seconds']:g} s of samples (column 'samples')")
     return f"rounds {meta['rounds']} (token layer: {meta.get('token_rounds', meta['rounds'])})"  # earlier runs
 
 
@@ -385,11 +385,11 @@ def markdown(meta, rows, goal_rows):
         if not op_rows:
             continue
         lines += [f"## {op}", "", notes[op], "",
-                  "| config | mode | candidate | median ms | rate | rhmfast speedup | rounds |",
+                  "| config | mode | candidate | median ms | rate | rhmfast speedup | samples |",
                   "|---|---|---|---:|---:|---:|---:|"]
         for r in op_rows:
             lines.append(f"| {r['config']} | {r['mode']} | {r['candidate']} | {r['median_ms']:.3f} | "
-                         f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} | {r.get('rounds', '')} |")
+                         f"{r['rate']:.1f} {r['unit']} | {r['rhmfast_speedup']:.2f} | {r.get('samples', '')} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | measured | met |", "|---|---:|---|"]
     lines += [f"| {g['goal']} | {g['value']:.3f}x | {'yes' if g['met'] else 'NO'} |" for g in goal_rows]

@@ -45,37 +45,36 @@ def clock(monkeypatch):
 def test_short_calls_get_rounds_until_min_seconds(clock):
     calls = {"fast": [], "slower": []}
     cands = {"fast": clock.candidate(MS, calls["fast"]), "slower": clock.candidate(4 * MS, calls["slower"])}
-    medians, rounds = bench_patchconv.measure(cands, 3, CPU, min_seconds=100 * MS)
-    assert rounds == 25  # the slowest candidate sets the count: 100 ms / 4 ms
-    assert len(calls["fast"]) == len(calls["slower"]) == rounds + 1  # + the warm-up call
+    medians, samples = bench_patchconv.measure(cands, 3, CPU, min_seconds=100 * MS)
+    assert samples == {"fast": 25, "slower": 25}  # the slowest candidate sets the count: 100 ms / 4 ms
+    assert len(calls["fast"]) == len(calls["slower"]) == 25 + 1  # + the warm-up call
     assert medians == {"fast": MS, "slower": 4 * MS}
 
 
 def test_rounds_are_at_least_the_minimum_and_at_most_the_cap(clock, monkeypatch):
     calls = []
-    _, rounds = bench_patchconv.measure({"a": clock.candidate(2 * MS, calls)}, 4, CPU, min_seconds=MS)
-    assert rounds == 4 and len(calls) == 5
+    _, samples = bench_patchconv.measure({"a": clock.candidate(2 * MS, calls)}, 4, CPU, min_seconds=MS)
+    assert samples == {"a": 4} and len(calls) == 5
     monkeypatch.setattr(bench_patchconv, "MAX_ROUNDS", 6)
     calls.clear()
-    _, rounds = bench_patchconv.measure({"a": clock.candidate(MS, calls)}, 2, CPU, min_seconds=10.0)
-    assert rounds == 6 and len(calls) == 7
+    _, samples = bench_patchconv.measure({"a": clock.candidate(MS, calls)}, 2, CPU, min_seconds=10.0)
+    assert samples == {"a": 6} and len(calls) == 7
 
 
 def test_slow_candidates_run_two_rounds_without_warm_up_and_do_not_set_the_count(clock):
     calls = {"quick": [], "slow": []}
     cands = {"quick": clock.candidate(MS, calls["quick"]), "slow": clock.candidate(2.0, calls["slow"])}
-    medians, rounds = bench_patchconv.measure(cands, 3, CPU, slow=frozenset({"slow"}), min_seconds=20 * MS)
-    assert len(calls["slow"]) == 2
-    assert rounds == 20  # set by the 1 ms candidate; the 2 s one would have left it at 3
-    assert len(calls["quick"]) == rounds + 1
+    medians, samples = bench_patchconv.measure(cands, 3, CPU, slow=frozenset({"slow"}), min_seconds=20 * MS)
+    assert samples == {"quick": 20, "slow": 2}  # rounds set by the 1 ms candidate (the 2 s one: 3)
+    assert len(calls["slow"]) == 2 and len(calls["quick"]) == 20 + 1
     assert medians["slow"] == 2.0
 
 
-def test_rows_carry_the_rounds_and_the_speedup():
-    rows = bench_patchconv.rows_for("patch_conv", "C=64", "fwd", ({"ours": 0.001, "theirs": 0.0015}, 40),
-                                    2e6, "GFLOP/s", "ours")
+def test_rows_carry_the_samples_and_the_speedup():
+    rows = bench_patchconv.rows_for("patch_conv", "C=64", "fwd", ({"ours": 0.001, "theirs": 0.0015},
+                                    {"ours": 40, "theirs": 2}), 2e6, "GFLOP/s", "ours")
     theirs = next(r for r in rows if r["candidate"] == "theirs")
-    assert theirs["rounds"] == 40
+    assert theirs["samples"] == 2
     assert theirs["rhmfast_speedup"] == pytest.approx(1.5)
     assert theirs["rate"] == pytest.approx(2e6 / 0.0015 / 1e9)
 
@@ -88,3 +87,5 @@ def test_committed_results_render(path):
     text = bench_patchconv.markdown(run["meta"], run["results"], run["goals"])
     assert text.count("\n| ") >= len(run["results"])
     assert "rounds" in text.splitlines()[2]
+    if "min_seconds" in run["meta"]:
+        assert all(f"| {r['samples']} |" in text for r in run["results"])
