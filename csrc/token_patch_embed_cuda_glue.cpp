@@ -40,15 +40,12 @@ void check_token_values(const at::Tensor& tokens, int64_t v) {
                     min_id < 0 ? min_id : max_id);
 }
 
-at::Tensor token_patch_embed_cuda(const at::Tensor& tokens_in, const at::Tensor& table_in,
-                                  const std::optional<at::Tensor>& bias_in,
-                                  const std::optional<at::Tensor>& pos_bias_in, int64_t patch_size, double scale,
-                                  c10::string_view activation) {
-  const Activation act = parse_activation(activation);
-  const PatchShape g = check_token_patch_embed(tokens_in, table_in, bias_in, pos_bias_in, patch_size);
-  const c10::cuda::CUDAGuard guard(table_in.device());
-  const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
-  check_token_values(tokens, g.C_in);
+// The forward kernel on inputs already checked (shapes, devices, token ids), with the device guard set:
+// the backward recomputes the pre-activation through it without a second device-to-host sync.
+at::Tensor token_gather(const at::Tensor& tokens, const at::Tensor& table_in, const std::optional<at::Tensor>& bias_in,
+                        const std::optional<at::Tensor>& pos_bias_in, const PatchShape& g, double scale,
+                        Activation act) {
+  const at::Tensor table = table_in.contiguous();
   const auto bias = contiguous_or_none(bias_in);
   const auto pos_bias = contiguous_or_none(pos_bias_in);
   at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, table.options());
@@ -58,6 +55,17 @@ at::Tensor token_patch_embed_cuda(const at::Tensor& tokens_in, const at::Tensor&
                                          cuda_act(act), c10::cuda::getCurrentCUDAStream()),
                "token_gather");
   return y;
+}
+
+at::Tensor token_patch_embed_cuda(const at::Tensor& tokens_in, const at::Tensor& table,
+                                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias,
+                                  int64_t patch_size, double scale, c10::string_view activation) {
+  const Activation act = parse_activation(activation);
+  const PatchShape g = check_token_patch_embed(tokens_in, table, bias, pos_bias, patch_size);
+  const c10::cuda::CUDAGuard guard(table.device());
+  const at::Tensor tokens = tokens_in.contiguous();
+  check_token_values(tokens, g.C_in);
+  return token_gather(tokens, table, bias, pos_bias, g, scale, act);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
@@ -76,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
   // relu's mask is the sign of the output or, without it, of the recomputed pre-activation.
   if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
   if (act == Activation::kSquare || (act == Activation::kRelu && !out.has_value()))
-    saved = token_patch_embed_cuda(tokens, table, bias, pos_bias, patch_size, scale, "none");
+    saved = token_gather(tokens, table, bias, pos_bias, g, scale, Activation::kNone);
   const at::Tensor grad = grad_out.contiguous();
   const auto opts = table.options();
   at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
