@@ -149,7 +149,7 @@ def table(rows, bandwidth, label) -> str:
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -158,7 +158,7 @@ def main():
                         help="tokens per call, one or more (default 2^22 and 2^25): calls up to a few MiB reuse "
                              "memory the allocator freed, larger ones pay the page faults of fresh output")
     parser.add_argument("--batch", type=int, default=128, help="samples per call of the small-call table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     info = machine()
     info["backends"] = rhmfast.backends()

@@ -442,7 +442,7 @@ def main(argv=None):
                 python=sys.version.split()[0], backends=rhmfast.backends(),
                 **({k: info[k] for k in ("cudnn_allow_tf32", "cuda_matmul_allow_tf32")} if "gpu" in info else {}))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"patchconv_{device_tag(device.type)}.json")
+                                   f"patchconv_{device_tag(device.type)}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     rows = []
     ops = args.ops.split(",")

@@ -175,7 +175,8 @@ def main(argv=None):
                      f"{'yes' if r['speedup_wall'] >= goal else 'no'} |")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
-    name = f"train_{device_tag(device)}" + ("" if args.threads is None else f"_{args.threads}thread")
+    name = (f"train_{device_tag(device)}" + ("" if args.threads is None else f"_{args.threads}thread")
+            + ("_quick" if args.quick else ""))  # a smoke run never replaces a full run's file
     paths = write_results(name, dict(machine=info, device=device, quick=args.quick, rounds=rounds, steps=steps,
                                      rows=rows),
                           markdown, args.out)

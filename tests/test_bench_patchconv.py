@@ -1,7 +1,8 @@
-"""The layer benchmark's timing loop and its tables: how many rounds it runs, and that the committed
-result files still render (benchmarks/bench_patchconv.py; the timings themselves are not tested)."""
+"""The layer benchmark (benchmarks/bench_patchconv.py): how many rounds its timing loop runs, that the
+committed result files still render, and a run at toy sizes. The timings themselves are not tested."""
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -89,3 +90,26 @@ def test_committed_results_render(path):
     assert "rounds" in text.splitlines()[2]
     if "min_seconds" in run["meta"]:
         assert all(f"| {r['samples']} |" in text for r in run["results"])
+
+
+@pytest.mark.slow
+def test_every_table_of_a_tiny_run_renders_with_its_goals():
+    """The three benchmarks end to end at toy sizes (torch.compile included), so the script cannot rot
+    between full runs: every config and mode has rhmfast's row as the reference of its speedups."""
+    args = argparse.Namespace(dtype=torch.float32, widths=(16,), batch=4, trunk_widths=(16,), trunk_batch=2,
+                              rounds=2, min_seconds=0.0, other_gemm=None)
+    rows = (bench_patchconv.bench_patch_conv(args, CPU) + bench_patchconv.bench_token(args, CPU)
+            + bench_patchconv.bench_trunk(args, CPU))
+    assert {r["op"] for r in rows} == {"patch_conv", "token_patch_embed", "patch_conv_stack"}
+    groups = {(r["op"], r["config"], r["mode"]) for r in rows}
+    assert len(groups) == 2 * 2 + 2 * 2 + 2  # patch_conv and token: s = 2, 3; trunk: one; each fwd, fwd+bwd
+    for group in groups:
+        members = [r for r in rows if (r["op"], r["config"], r["mode"]) == group]
+        assert sum(r["rhmfast_speedup"] == 1.0 for r in members) >= 1
+        assert all(r["median_ms"] > 0 and r["samples"] >= 1 for r in members)
+    goal_rows = bench_patchconv.goals(rows, CPU)
+    assert {g["goal"].split()[0] for g in goal_rows} == {"token", "patch_conv"}  # the trunk goal is at width 256
+    meta = dict(device="CPU: test", machine="test", torch=torch.__version__, threads=1, cpu_gemm="blas",
+                dtype="torch.float32", date="today", rounds=2, min_seconds=0.0, quick=True)
+    text = bench_patchconv.markdown(meta, rows, goal_rows)
+    assert text.count("\n| ") >= len(rows) + len(goal_rows)

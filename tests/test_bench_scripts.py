@@ -1,0 +1,52 @@
+"""The generation and training benchmarks end to end at toy sizes (benchmarks/bench_generate.py,
+bench_train.py): their rows, goals and files, and that a smoke run (--quick) never takes the name of a
+full run's result file. The layer benchmark has its own file, test_bench_patchconv.py."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def quick_run(script: str, prefix: str, out, *args) -> tuple[dict, str]:
+    """Runs `script --quick ... --out out`; returns its JSON and markdown, after checking that those are
+    the only files written and that their names mark them as a smoke run."""
+    subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args, "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    written = sorted(os.listdir(out))
+    assert len(written) == 2 and all(name.startswith(prefix) and "_quick." in name for name in written)
+    with open(out / written[0]) as f:
+        return json.load(f), (out / written[1]).read_text()
+
+
+@pytest.mark.slow
+def test_generation_benchmark(tmp_path):
+    run, markdown = quick_run("bench_generate.py", "generate_cpu", tmp_path,
+                              "--devices", "cpu", "--tokens", "65536", "--batch", "16")
+    cpu = run["results"]["cpu"]
+    assert cpu["bandwidth_bytes_per_s"] > 0
+    assert {(r["v"], r["m"], r["s"], r["L"]) for r in cpu["rows"]} == {
+        (32, 8, 2, 3), (16, 4, 2, 6), (64, 16, 2, 4), (8, 4, 3, 4), (32, 8, 2, 10)}
+    assert {(r["impl"], r["output"]) for r in cpu["rows"]} >= {
+        ("rhmfast", "tokens"), ("torch reference", "tokens"), ("per-level torch", "tokens"),
+        ("rhmfast", "one-hot f32"), ("per-level torch", "one-hot f32")}
+    assert all(r["tokens_per_s"] > 0 and r["speedup_vs_per_level"] > 0 for r in cpu["rows"])
+    assert run["goals"] and all("met" in g for g in run["goals"])
+    assert "Goals on token output" in markdown
+
+
+@pytest.mark.slow
+def test_training_benchmark(tmp_path):
+    run, markdown = quick_run("bench_train.py", "train_cpu", tmp_path, "--device", "cpu", "--width", "16",
+                              "--batch", "8")
+    assert run["quick"] and [r["config"] for r in run["rows"]] == ["v=32 m=8 s=2 L=3", "v=16 m=4 s=2 L=6"]
+    for row in run["rows"]:
+        assert row["library_ms_per_step"] > 0 and row["rhmfast_ms_per_step"] > 0
+        assert row["speedup_wall"] == pytest.approx(row["library_ms_per_step"] / row["rhmfast_ms_per_step"])
+        assert len(row["wall_rounds_ms"]["rhmfast"]) == run["rounds"]
+    assert markdown.count("| v=") == 2
