@@ -1,6 +1,7 @@
-"""The generation and training benchmarks end to end at toy sizes (benchmarks/bench_generate.py,
-bench_train.py): their rows, goals and files, and that a smoke run (--quick) never takes the name of a
-full run's result file. The layer benchmark has its own file, test_bench_patchconv.py."""
+"""The generation, training and sweep-engine benchmarks end to end at toy sizes (benchmarks/
+bench_generate.py, bench_train.py, bench_sweep.py): their rows, goals and files, and that a smoke run
+(--quick) never takes the name of a full run's result file. The layer benchmark has its own file,
+test_bench_patchconv.py."""
 from __future__ import annotations
 
 import json
@@ -13,20 +14,22 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-def quick_run(script: str, prefix: str, out, *args) -> tuple[dict, str]:
-    """Runs `script --quick ... --out out`; returns its JSON and markdown, after checking that those are
-    the only files written and that their names mark them as a smoke run."""
-    subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args, "--out", str(out)],
+def run_script(script: str, prefix: str, out, *args, quick: bool = True) -> tuple[dict, str]:
+    """Runs `script [--quick] ... --out out`; returns its JSON and markdown, after checking that those
+    are the only files written and, for a smoke run, that their names say so."""
+    flags = ["--quick"] if quick else []
+    subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *flags, *args, "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
     written = sorted(os.listdir(out))
-    assert len(written) == 2 and all(name.startswith(prefix) and "_quick." in name for name in written)
+    assert len(written) == 2 and all(name.startswith(prefix) for name in written)
+    assert all(("_quick." in name) == quick for name in written)
     with open(out / written[0]) as f:
         return json.load(f), (out / written[1]).read_text()
 
 
 @pytest.mark.slow
 def test_generation_benchmark(tmp_path):
-    run, markdown = quick_run("bench_generate.py", "generate_cpu", tmp_path,
+    run, markdown = run_script("bench_generate.py", "generate_cpu", tmp_path,
                               "--devices", "cpu", "--tokens", "65536", "--batch", "16")
     cpu = run["results"]["cpu"]
     assert cpu["bandwidth_bytes_per_s"] > 0
@@ -42,7 +45,7 @@ def test_generation_benchmark(tmp_path):
 
 @pytest.mark.slow
 def test_training_benchmark(tmp_path):
-    run, markdown = quick_run("bench_train.py", "train_cpu", tmp_path, "--device", "cpu", "--width", "16",
+    run, markdown = run_script("bench_train.py", "train_cpu", tmp_path, "--device", "cpu", "--width", "16",
                               "--batch", "8")
     assert run["quick"] and [r["config"] for r in run["rows"]] == ["v=32 m=8 s=2 L=3", "v=16 m=4 s=2 L=6"]
     for row in run["rows"]:
@@ -50,3 +53,13 @@ def test_training_benchmark(tmp_path):
         assert row["speedup_wall"] == pytest.approx(row["library_ms_per_step"] / row["rhmfast_ms_per_step"])
         assert len(row["wall_rounds_ms"]["rhmfast"]) == run["rounds"]
     assert markdown.count("| v=") == 2
+
+
+@pytest.mark.slow
+def test_sweep_engine_benchmark(tmp_path):
+    run, markdown = run_script("bench_sweep.py", "sweep_engines_cpu", tmp_path, "--runs", "5", "--workers", "1",
+                               "--repeats", "1", "--engines", "local", quick=False)
+    assert run["runs"] == 5 and run["run_time_s"] > 0
+    assert [r["engine"] for r in run["rows"]] == ["in-process loop", "local"]
+    assert all(r["wall_s"] > 0 and r["runs_per_s"] > 0 for r in run["rows"])
+    assert "| local |" in markdown
