@@ -2,8 +2,8 @@
 __version__ = "0.1.0"
 
 from rhmfast._backend import backends, set_cpu_gemm
-from rhmfast.encoding import one_hot
-from rhmfast.grammar import RHM
+from rhmfast.data.encoding import one_hot
+from rhmfast.data.grammar import RHM
 from rhmfast.ops.rhm_sample import philox_uniform
 from rhmfast import nn  # registers the patchwise ops' fake kernels and autograd with the dispatcher
 

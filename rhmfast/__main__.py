@@ -13,12 +13,12 @@ import torch
 from tqdm import tqdm
 
 import rhmfast
-from rhmfast.dataset import write_dataset
+from rhmfast.data.dataset import write_dataset
 
 
 def generate(args) -> None:
     """Generate a large RHM data set: with --out, write it as a resumable sharded data set
-    (rhmfast.dataset); without, only measure the throughput."""
+    (rhmfast.data.dataset); without, only measure the throughput."""
     for name, value, low in (("n", args.n, 0), ("start", args.start, 0), ("shard", args.shard, 1)):
         if value < low:
             raise SystemExit(f"rhmfast generate: --{name} must be >= {low}, got {value}")
@@ -53,7 +53,7 @@ def generate(args) -> None:
     seconds = time.perf_counter() - start
     size = sum(os.path.getsize(os.path.join(args.out, name)) for pair in dataset.manifest["shards"] for name in pair)
     print(f"{args.out}: {len(dataset):,} samples in {dataset.n_shards} shards, {size / 1e9:.2f} GB "
-          f"({seconds:.2f} s this run); read it with rhmfast.dataset.open_dataset({args.out!r})")
+          f"({seconds:.2f} s this run); read it with rhmfast.data.dataset.open_dataset({args.out!r})")
     if args.verify:
         bad = dataset.verify()
         if bad:

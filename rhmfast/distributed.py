@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from rhmfast.grammar import shard_range
+from rhmfast.data.grammar import shard_range
 from rhmfast.models import device_of
 from rhmfast.train import RunRecord, _minibatches, _run_sgd, _sgd_record, count_errors, train_sgd
 

@@ -107,7 +107,7 @@ def varying_keys(configs: list[dict], exclude) -> dict[str, list[str]]:
 
 
 def grammar_of(config: dict):
-    from rhmfast.grammar import RHM
+    from rhmfast.data.grammar import RHM
 
     c = complete_config(config)
     return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"])

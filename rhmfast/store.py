@@ -16,22 +16,12 @@ import os
 import platform
 import socket
 
+from rhmfast._files import pid_alive
 from rhmfast.runs import complete_config, config_hash, learner_name, varying_keys
 
 RECORD_FORMAT = "rhmfast.run"
 RECORD_VERSION = 1
 _TMP = ".tmp-"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this id runs on this machine (temporary files are named by their writer's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _json_safe(value):

@@ -1,4 +1,4 @@
-"""Data sets on disk (rhmfast.dataset, ``rhmfast generate --out``): exact contents, resuming after an
+"""Data sets on disk (rhmfast.data.dataset, ``rhmfast generate --out``): exact contents, resuming after an
 interruption, damaged shards redone, foreign folders refused."""
 import json
 import os
@@ -9,7 +9,7 @@ import torch
 
 import rhmfast
 from rhmfast.__main__ import main
-from rhmfast.dataset import open_dataset, write_dataset
+from rhmfast.data.dataset import open_dataset, write_dataset
 
 
 @pytest.fixture

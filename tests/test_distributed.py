@@ -12,7 +12,7 @@ import torch
 
 import rhmfast
 from rhmfast import distributed
-from rhmfast.grammar import shard_range
+from rhmfast.data.grammar import shard_range
 from rhmfast.models import HierarchicalCNN
 from rhmfast.train import train_sgd
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rhmfast.grammar import RHM
-from rhmfast.store import pid_alive
+from rhmfast._files import pid_alive
+from rhmfast.data.grammar import RHM
 
 FORMAT_NAME = "rhmfast.dataset"
 FORMAT_VERSION = 1

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from rhmfast import rule_samplers
-from rhmfast.exact import ExactStatistics
+from rhmfast.data import rule_samplers
+from rhmfast.data.exact import ExactStatistics
 from rhmfast.ops.rhm_sample import rhm_decode, rhm_sample
 from rhmfast.reference import rhm_sample as sample_ref
 
