@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner, check_positive_int, device_of
-from rhmfast.observables import posterior_distance
+from rhmfast.models.observables import posterior_distance
 
 EVAL_BATCH = 8192
 
