@@ -14,7 +14,7 @@ import json
 import math
 from fractions import Fraction
 
-from rhmfast.models import check_choice, check_positive_int
+from rhmfast._checks import check_choice, check_positive_int
 
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner, check_positive_int, device_of
+from rhmfast._checks import check_positive_int
+from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner, device_of
 from rhmfast.models.observables import posterior_distance
 
 EVAL_BATCH = 8192

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import rhmfast
 from conftest import parse_back
 from rhmfast.models import HierarchicalCNN, RenLayerwiseLearner
-from rhmfast.models.observables import first_patch_posterior, posterior_distance, resample_below, synonymic_sensitivity
+from rhmfast.models import first_patch_posterior, posterior_distance, resample_below, synonymic_sensitivity
 
 
 def test_resample_below_keeps_the_levels_above_and_redraws_the_rest():

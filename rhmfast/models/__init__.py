@@ -1,6 +1,12 @@
-"""The learners of the RHM (split into one file per family next)."""
-from rhmfast.models.hcnn import (FEATURES, NORMS, FullyConnected, HierarchicalCNN, RenLayerwiseLearner, check_choice,
-                                 check_positive_int, device_of)
+"""The learners, one file per family, all on token ids [B, s^L]: the hierarchical CNN (``hcnn``), the
+fully-connected baseline (``fully_connected``), Ren et al.'s layerwise learner (``ren``), and the
+observables that measure what a learner has learned of the hierarchy (``observables``)."""
+from rhmfast.models._common import device_of
+from rhmfast.models.fully_connected import FullyConnected
+from rhmfast.models.hcnn import NORMS, HierarchicalCNN
+from rhmfast.models.observables import (first_patch_posterior, posterior_distance, resample_below,
+                                        synonymic_sensitivity)
+from rhmfast.models.ren import FEATURES, RenLayerwiseLearner
 
-__all__ = ["FEATURES", "NORMS", "FullyConnected", "HierarchicalCNN", "RenLayerwiseLearner", "check_choice",
-           "check_positive_int", "device_of"]
+__all__ = ["FEATURES", "NORMS", "FullyConnected", "HierarchicalCNN", "RenLayerwiseLearner", "device_of",
+           "first_patch_posterior", "posterior_distance", "resample_below", "synonymic_sensitivity"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rhmfast.models import device_of
+from rhmfast.models._common import device_of
 
 
 def resample_below(grammar, symbols: torch.Tensor, level: int, generator: torch.Generator) -> torch.Tensor:
