@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from rhmfast.data.grammar import shard_range
 from rhmfast.models import device_of
-from rhmfast.train import RunRecord, _minibatches, _run_sgd, _sgd_record, count_errors, train_sgd
+from rhmfast.train.loop import RunRecord, _minibatches, _run_sgd, _sgd_record, count_errors, train_sgd
 
 _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
