@@ -30,7 +30,9 @@ import torch.nn.functional as F
 
 from rhmfast.data.grammar import shard_range
 from rhmfast.models import device_of
-from rhmfast.train.loop import RunRecord, _minibatches, _run_sgd, _sgd_record, count_errors, train_sgd
+from rhmfast.train import RunRecord, count_errors, train_sgd
+from rhmfast.train.end_to_end import run_sgd, sgd_record
+from rhmfast.train.loop import minibatches
 
 _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -83,7 +85,7 @@ class _Replicas:
     def combine(self, loss_sum, inputs):
         """After backward of this rank's summed loss: the ranks' gradients, losses and sample counts are
         summed in one all-reduce, and the gradients divided by the minibatch size. Returns the minibatch's
-        mean loss and size (``_epochs``' combine)."""
+        mean loss and size (``run_epochs``' combine)."""
         for p in self.params:
             if p.grad is None:  # a rank with no member of this minibatch, or a parameter the loss skips
                 p.grad = torch.zeros_like(p)
@@ -133,7 +135,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
     settings = dict(bound.arguments)
     del settings["model"], settings["grammar"]
     progress, callback = settings.pop("progress"), settings.pop("callback")
-    record = _sgd_record(model, grammar, **settings)
+    record = sgd_record(model, grammar, **settings)
     record.config["world_size"] = world_size
     n_test, batch_size, seed_data = settings["n_test"], settings["batch_size"], settings["seed_data"]
 
@@ -162,7 +164,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
         order = torch.Generator().manual_seed(settings["seed_order"])
 
         def batches_of_epoch():
-            for idx in _minibatches(n_train, batch_size, order, device):  # the same global order on every rank
+            for idx in minibatches(n_train, batch_size, order, device):  # the same global order on every rank
                 mine = idx[(idx >= lo) & (idx < hi)] - lo
                 yield x_train[mine], y_train[mine]
 
@@ -187,7 +189,7 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
     main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGINT, replicas.on_sigint) if main_thread else None
     try:
-        _run_sgd(model, record, batches_of_epoch, loss_sum, evaluate, progress=progress and rank == 0,
+        run_sgd(model, record, batches_of_epoch, loss_sum, evaluate, progress=progress and rank == 0,
                  callback=rank0_callback if rank == 0 and callback is not None else None,
                  combine=replicas.combine)
         if replicas.any_stop_requested() and not record.interrupted:  # asked for after the last step

@@ -214,7 +214,7 @@ def test_ren_stage_sizes_are_exact_for_a_fraction():
 
 
 def test_ren_interruption_keeps_the_finished_stages(monkeypatch):
-    import rhmfast.train.loop as train_module
+    import rhmfast.train.ren as train_module
 
     g = rhmfast.RHM(8, 2, 2, 3, seed=1)
     learner = RenLayerwiseLearner(8, 2, 3)

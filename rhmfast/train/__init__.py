@@ -1,6 +1,21 @@
-"""Trainers of the RHM learners (split into one file per trainer next)."""
-from rhmfast.train.loop import (RunRecord, count_errors, fit_ridge, ren_stage_sizes, test_error, train_layerwise_sgd,
-                                train_ren_layerwise, train_sgd)
+"""Trainers of the RHM learners, each readable top to bottom in its own file.
+
+- ``train_sgd`` (``end_to_end``): the 2024 reference library's recipe for end-to-end training of any model
+  on token ids.
+- ``train_layerwise_sgd`` (``layerwise``): the reference's layerwise schedule for the hCNN, optionally with
+  hierarchical ("hint") supervision of the intermediate layers by the latent-tree symbols of their level.
+- ``train_ren_layerwise`` (``ren``): the algorithm of Ren et al. (2026), stage by stage, closed-form ridge.
+
+They share ``record`` (the ``RunRecord`` every trainer returns) and ``loop`` (checks, evaluation and the SGD
+loop over epochs). Fixed seeds (rules: the grammar's; data: ``seed_data``; order of minibatches:
+``seed_order``; model: the model's own) make a run repeatable bit for bit on CPU. Ctrl-C
+(KeyboardInterrupt) ends training early and returns the partial record with ``interrupted=True``.
+"""
+from rhmfast.train.end_to_end import train_sgd
+from rhmfast.train.layerwise import train_layerwise_sgd
+from rhmfast.train.loop import count_errors, test_error
+from rhmfast.train.record import RunRecord
+from rhmfast.train.ren import fit_ridge, ren_stage_sizes, train_ren_layerwise
 
 __all__ = ["RunRecord", "count_errors", "fit_ridge", "ren_stage_sizes", "test_error", "train_layerwise_sgd",
            "train_ren_layerwise", "train_sgd"]
