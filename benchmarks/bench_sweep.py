@@ -24,9 +24,9 @@ from common import machine, write_results  # noqa: E402
 
 import torch  # noqa: E402
 
-from rhmfast.engines import ENGINES, execute  # noqa: E402
-from rhmfast.grid import expand  # noqa: E402
-from rhmfast.store import ResultStore  # noqa: E402
+from rhmfast.studies.engines import ENGINES, execute  # noqa: E402
+from rhmfast.studies.grid import expand  # noqa: E402
+from rhmfast.studies.store import ResultStore  # noqa: E402
 
 
 def tiny_grid(runs: int) -> list[dict]:

@@ -1,5 +1,5 @@
 """Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs: a sample-complexity
-experiment, rhmfast.demo), ``generate`` (a data set on disk, or generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
+experiment, rhmfast.studies.demo), ``generate`` (a data set on disk, or generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
 and ``info``."""
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def generate(args) -> None:
 
 
 def demo(args) -> None:
-    """The main job: a small sample-complexity experiment (rhmfast.demo)."""
-    from rhmfast.demo import run_demo
+    """The main job: a small sample-complexity experiment (rhmfast.studies.demo)."""
+    from rhmfast.studies.demo import run_demo
 
     run_demo(args)
 
@@ -84,10 +84,10 @@ HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
 
 
 def _add_run_flags(parser) -> None:
-    """One flag per run parameter (rhmfast.runs.DEFAULTS) and grid key, each taking a value, a list a,b,c
+    """One flag per run parameter (rhmfast.studies.runs.DEFAULTS) and grid key, each taking a value, a list a,b,c
     or a log range lo:hi:n; only the flags given reach the grid (argparse.SUPPRESS)."""
-    from rhmfast.grid import EXTRA_KEYS
-    from rhmfast.runs import DEFAULTS
+    from rhmfast.studies.grid import EXTRA_KEYS
+    from rhmfast.studies.runs import DEFAULTS
 
     group = parser.add_argument_group("run parameters (each a value, a list a,b,c, or a range lo:hi:n)")
     for key in list(DEFAULTS) + list(EXTRA_KEYS):
@@ -106,8 +106,8 @@ def _add_pool_flags(parser) -> None:
 
 def _grid_from_args(args) -> list[dict]:
     """The configs of the --config file and the flags; a bad grid ends the command with its reason."""
-    from rhmfast.grid import EXTRA_KEYS, sweep_configs
-    from rhmfast.runs import DEFAULTS
+    from rhmfast.studies.grid import EXTRA_KEYS, sweep_configs
+    from rhmfast.studies.runs import DEFAULTS
 
     flags = {key: getattr(args, key) for key in list(DEFAULTS) + list(EXTRA_KEYS) if hasattr(args, key)}
     try:
@@ -118,7 +118,7 @@ def _grid_from_args(args) -> list[dict]:
 
 def sweep(args) -> None:
     """Run a grid of trainings into a result store (resumable: stored runs are skipped)."""
-    from rhmfast.sweep import describe, run_sweep
+    from rhmfast.studies.sweep import describe, run_sweep
 
     for name, value, low in (("workers", args.workers, 1), ("threads", args.threads, 1), ("retries", args.retries, 0),
                              ("gpus_per_run", args.gpus_per_run, 0)):
@@ -147,10 +147,10 @@ def train(args) -> None:
     generating its own shard of the data, gradients all-reduced (end-to-end SGD only)."""
     import torch
 
-    from rhmfast.distributed import init_from_env, launch_torchrun, shutdown, train_sgd_distributed
-    from rhmfast.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
-    from rhmfast.store import ResultStore, make_record
-    from rhmfast.sweep import summary
+    from rhmfast.studies.distributed import init_from_env, launch_torchrun, shutdown, train_sgd_distributed
+    from rhmfast.studies.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
+    from rhmfast.studies.store import ResultStore, make_record
+    from rhmfast.studies.sweep import summary
 
     configs = _grid_from_args(args)
     if len(configs) != 1:
@@ -190,8 +190,8 @@ def train(args) -> None:
 
 def plot(args) -> None:
     """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots."""
-    from rhmfast.analysis import write_report
-    from rhmfast.store import load_rows
+    from rhmfast.studies.pstar import write_report
+    from rhmfast.studies.store import load_rows
 
     try:
         rows = load_rows(args.dir)
@@ -205,7 +205,7 @@ def plot(args) -> None:
 
 def collect(args) -> None:
     """Compact a store's valid records into one Parquet table."""
-    from rhmfast.store import collect as collect_store
+    from rhmfast.studies.store import collect as collect_store
 
     path, rows, corrupt = collect_store(args.dir, args.out)
     for name, why in corrupt:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-from rhmfast.engines import execute
-from rhmfast.runs import config_hash
+from rhmfast.studies.engines import execute
+from rhmfast.studies.runs import config_hash
 
 # 8 runs of a few hundred SGD steps or one Ren fit each: ~0.1-1 s per run on one core.
 TINY_FLAGS = dict(v="4", settings="2,2", P="12,24", model="hcnn,ren", seeds="0,1", n_test="8", width="8",

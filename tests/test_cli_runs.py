@@ -10,7 +10,7 @@ import pytest
 
 import rhmfast
 import rhmfast.__main__ as cli
-from rhmfast.store import ResultStore
+from rhmfast.studies.store import ResultStore
 
 RUN = ["--v", "4", "--m", "2", "--L", "3", "--P", "203", "--n_test", "57", "--width", "8", "--max_epochs", "6",
        "--batch_size", "32"]
@@ -73,7 +73,7 @@ def test_plot_writes_the_report_of_a_store(tmp_path, capsys):
 def test_train_torchrun_nccl_on_one_gpu_matches_one_process(tmp_path):
     """The NCCL path on one GPU: torchrun with a single rank (NCCL process group, sharded data, all-reduce)
     stores the run a plain process on cuda stores, with the same test errors."""
-    from rhmfast.distributed import torchrun_command
+    from rhmfast.studies.distributed import torchrun_command
 
     train = ["-m", "rhmfast", "train", *RUN, "--device", "cuda"]
     for name, command in (("one", [sys.executable, *train]), ("nccl", torchrun_command(train, 1))):

@@ -9,9 +9,9 @@ import os
 import pytest
 
 import rhmfast.__main__ as cli
-from rhmfast import engines
-from rhmfast.runs import config_hash
-from rhmfast.store import ResultStore
+from rhmfast.studies import engines
+from rhmfast.studies.runs import config_hash
+from rhmfast.studies.store import ResultStore
 
 # 10 runs: seeds x (hCNN at 2 sizes + Ren at 1 + fully connected at 2)
 TINY = ["demo", "--v", "4", "--settings", "2,2", "--grid", "0.5,1", "--ren_grid", "2", "--seeds", "0,1",

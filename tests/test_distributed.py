@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rhmfast
-from rhmfast import distributed
+from rhmfast.studies import distributed
 from rhmfast.data.grammar import shard_range
 from rhmfast.models import HierarchicalCNN
 from rhmfast.train import train_sgd
@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
     import json, os, signal, sys, threading, time
     import torch
     import rhmfast
-    from rhmfast.distributed import init_from_env, shutdown, train_sgd_distributed
+    from rhmfast.studies.distributed import init_from_env, shutdown, train_sgd_distributed
     from rhmfast.models import HierarchicalCNN
 
     torch.set_num_threads(1)

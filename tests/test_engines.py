@@ -8,10 +8,10 @@ import os
 import pytest
 
 import sweep_helpers
-from rhmfast.grid import expand
-from rhmfast.runs import config_hash
-from rhmfast.store import ResultStore
-from rhmfast.sweep import run_sweep
+from rhmfast.studies.grid import expand
+from rhmfast.studies.runs import config_hash
+from rhmfast.studies.store import ResultStore
+from rhmfast.studies.sweep import run_sweep
 
 GRID = {**sweep_helpers.TINY_FLAGS, "seeds": "0"}  # 4 runs: each death costs a worker start-up
 

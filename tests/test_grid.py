@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import rhmfast.__main__ as cli
-from rhmfast.grid import expand, parse_values, sweep_configs
-from rhmfast.runs import complete_config, config_hash, learner_name
+from rhmfast.studies.grid import expand, parse_values, sweep_configs
+from rhmfast.studies.runs import complete_config, config_hash, learner_name
 
 
 def test_values_lists_and_log_ranges():
@@ -107,7 +107,7 @@ def test_cli_refuses_bad_engine_options(tmp_path, flag, value):
     ("ray", "cuda", dict(device="cuda", gpus=0.5)),
 ])
 def test_cli_passes_the_device_to_the_engine(tmp_path, monkeypatch, engine, device, expected):
-    import rhmfast.sweep
+    import rhmfast.studies.sweep
 
     seen = {}
 
@@ -115,7 +115,7 @@ def test_cli_passes_the_device_to_the_engine(tmp_path, monkeypatch, engine, devi
         seen.update(options, engine=engine)
         return dict(seconds=0.0, ran=0, stored_before=0, failures=[])
 
-    monkeypatch.setattr(rhmfast.sweep, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(rhmfast.studies.sweep, "run_sweep", fake_run_sweep)
     argv = ["sweep", "--P", "10", "--n_test", "64", "--engine", engine, "--out", str(tmp_path / "s")]
     argv += ["--device", device] if device else []
     argv += ["--gpus_per_run", "0.5"] if device == "cuda" else []

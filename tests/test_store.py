@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import rhmfast.__main__ as cli
-from rhmfast.engines import execute
-from rhmfast.grid import expand
-from rhmfast.runs import config_hash
-from rhmfast.store import ResultStore, check_record, collect, load_rows
+from rhmfast.studies.engines import execute
+from rhmfast.studies.grid import expand
+from rhmfast.studies.runs import config_hash
+from rhmfast.studies.store import ResultStore, check_record, collect, load_rows
 
 GRID = dict(v=4, settings="2,2", P="12,24", model="hcnn,ren", seeds="0", n_test=8, width=8, max_steps=50,
             ren_features=8)

@@ -11,9 +11,9 @@ import time
 import pytest
 
 import sweep_helpers
-from rhmfast.grid import expand
-from rhmfast.runs import config_hash
-from rhmfast.store import ResultStore
+from rhmfast.studies.grid import expand
+from rhmfast.studies.runs import config_hash
+from rhmfast.studies.store import ResultStore
 
 
 def _wait_until(condition, timeout: float) -> bool:

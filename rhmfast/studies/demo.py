@@ -3,10 +3,10 @@
 For each (m, L) setting of a grammar with v = n_c, the hCNN trained end to end with SGD and the Ren
 layerwise learner (and, on the first setting only, a fully-connected baseline), over grids of
 training-set sizes in units of n_c m^L and several seeds. The runs are a grid of run configs
-(``rhmfast.grid.expand``) run by a sweep (``rhmfast.sweep.run_sweep``) into the result store
+(``rhmfast.studies.grid.expand``) run by a sweep (``rhmfast.studies.sweep.run_sweep``) into the result store
 ``<out>/runs``: a re-run resumes (stored runs are read back, corrupt records redone), and a changed flag
 gives runs of other config hashes beside the stored ones. The report of this grid's runs
-(``rhmfast.analysis.write_report``: P* tables as Markdown and CSV, the curves, the scaling fit, plots as
+(``rhmfast.studies.pstar.write_report``: P* tables as Markdown and CSV, the curves, the scaling fit, plots as
 PNG and PDF) is written to ``<out>``.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import time
 
-from rhmfast.grid import expand, parse_values
+from rhmfast.studies.grid import expand, parse_values
 
 LEARNERS = ("hcnn", "ren", "fc")  # the order of the report
 # The reference SGD recipe (the hCNN is mean field: its learning rate is lr x width) and the Ren learner's
-# features, pinned here so that the demo's runs do not move with the defaults of rhmfast.runs.
+# features, pinned here so that the demo's runs do not move with the defaults of rhmfast.studies.runs.
 SGD = dict(lr=0.1, momentum=0.9, batch_size=128, loss_threshold=1e-3)
 REN = dict(ren_feature_kind="tensor+rff")
 
@@ -43,10 +43,10 @@ def run_demo(args) -> dict[str, str]:
     """Run the demo's grid (stored runs are skipped), write the report of its runs into args.out, print
     the P* table and where everything is; returns {file name: path} of the report. Ctrl-C, or runs that
     failed, still leave the report of the finished runs, then end the command with an error."""
-    from rhmfast.analysis import threshold, write_report
-    from rhmfast.runs import config_hash
-    from rhmfast.store import load_rows
-    from rhmfast.sweep import describe, run_sweep
+    from rhmfast.studies.pstar import threshold, write_report
+    from rhmfast.studies.runs import config_hash
+    from rhmfast.studies.store import load_rows
+    from rhmfast.studies.sweep import describe, run_sweep
 
     try:
         configs = demo_configs(args)

@@ -40,8 +40,8 @@ _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTE
 def _require_process_group() -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("rhmfast: train_sgd_distributed must run inside an initialised torch.distributed "
-                           "process group: start the processes with torchrun (rhmfast.distributed.launch_torchrun) "
-                           "and call rhmfast.distributed.init_from_env() in each")
+                           "process group: start the processes with torchrun (rhmfast.studies.distributed.launch_torchrun) "
+                           "and call rhmfast.studies.distributed.init_from_env() in each")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -212,7 +212,7 @@ def init_from_env(device="cpu") -> tuple[int, int]:
     missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise RuntimeError(f"rhmfast: init_from_env needs the environment torchrun sets; missing {', '.join(missing)} "
-                           "(start with rhmfast.distributed.launch_torchrun or torchrun)")
+                           "(start with rhmfast.studies.distributed.launch_torchrun or torchrun)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("rhmfast: init_from_env(device='cuda') needs CUDA, which this torch does not see")

@@ -11,9 +11,9 @@ import time
 
 from tqdm.auto import tqdm
 
-from rhmfast.engines import ENGINES
-from rhmfast.runs import config_hash, learner_name, varying_keys
-from rhmfast.store import ResultStore
+from rhmfast.studies.engines import ENGINES
+from rhmfast.studies.runs import config_hash, learner_name, varying_keys
+from rhmfast.studies.store import ResultStore
 
 # Keys that identify a setting in summaries; other keys that vary for a learner are listed too.
 _SUMMARY_KEYS = ("v", "m", "s", "L")

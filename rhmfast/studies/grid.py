@@ -1,6 +1,6 @@
 """Grids of runs: from command-line flags or a TOML file to the list of complete run configs.
 
-Every run parameter of ``rhmfast.runs.DEFAULTS`` is an axis that takes one value or several. Values are
+Every run parameter of ``rhmfast.studies.runs.DEFAULTS`` is an axis that takes one value or several. Values are
 written ``a,b,c`` (a list) or ``lo:hi:n`` (n points spaced evenly in log between lo and hi, the usual
 grid of training-set sizes; rounded and deduplicated for integer parameters). Besides the run
 parameters:
@@ -20,7 +20,7 @@ import itertools
 import math
 import tomllib
 
-from rhmfast.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, grammar_of
+from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, grammar_of
 
 # Parameters whose default is None still have a type.
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}

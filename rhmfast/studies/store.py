@@ -17,7 +17,7 @@ import platform
 import socket
 
 from rhmfast._files import pid_alive
-from rhmfast.runs import complete_config, config_hash, learner_name, varying_keys
+from rhmfast.studies.runs import complete_config, config_hash, learner_name, varying_keys
 
 RECORD_FORMAT = "rhmfast.run"
 RECORD_VERSION = 1

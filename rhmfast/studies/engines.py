@@ -21,8 +21,8 @@ def execute(config: dict, threads: int = 1, engine: str = "local", device: str =
     """Run one config in this process and return the record to store."""
     import torch
 
-    from rhmfast.runs import run_config
-    from rhmfast.store import make_record
+    from rhmfast.studies.runs import run_config
+    from rhmfast.studies.store import make_record
 
     torch.set_num_threads(threads)
     record = run_config(config, device=device)
