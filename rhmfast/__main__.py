@@ -190,7 +190,7 @@ def train(args) -> None:
 
 def plot(args) -> None:
     """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots."""
-    from rhmfast.studies.pstar import write_report
+    from rhmfast.studies.report import write_report
     from rhmfast.studies.store import load_rows
 
     try:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rhmfast.studies.pstar import crossing, estimate_pstar, fit_scaling, plot_curves, pstar_table, threshold, write_report
+from rhmfast.studies import crossing, estimate_pstar, fit_scaling, plot_curves, pstar_table, threshold, write_report
 
 
 def test_crossing_interpolates_in_log_p():

@@ -6,7 +6,7 @@ training-set sizes in units of n_c m^L and several seeds. The runs are a grid of
 (``rhmfast.studies.grid.expand``) run by a sweep (``rhmfast.studies.sweep.run_sweep``) into the result store
 ``<out>/runs``: a re-run resumes (stored runs are read back, corrupt records redone), and a changed flag
 gives runs of other config hashes beside the stored ones. The report of this grid's runs
-(``rhmfast.studies.pstar.write_report``: P* tables as Markdown and CSV, the curves, the scaling fit, plots as
+(``rhmfast.studies.report.write_report``: P* tables as Markdown and CSV, the curves, the scaling fit, plots as
 PNG and PDF) is written to ``<out>``.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ def run_demo(args) -> dict[str, str]:
     """Run the demo's grid (stored runs are skipped), write the report of its runs into args.out, print
     the P* table and where everything is; returns {file name: path} of the report. Ctrl-C, or runs that
     failed, still leave the report of the finished runs, then end the command with an error."""
-    from rhmfast.studies.pstar import threshold, write_report
+    from rhmfast.studies.curves import threshold
+    from rhmfast.studies.report import write_report
     from rhmfast.studies.runs import config_hash
     from rhmfast.studies.store import load_rows
     from rhmfast.studies.sweep import describe, run_sweep
