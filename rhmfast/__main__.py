@@ -1,10 +1,11 @@
 """Command line of rhmfast: ``python -m rhmfast demo`` (what ``make demo`` runs: a sample-complexity
-experiment, rhmfast.studies.demo), ``generate`` (a data set on disk, or generation throughput), ``sweep``, ``train``, ``plot``, ``collect``
-and ``info``."""
+experiment, rhmfast.studies.demo), ``generate`` (a data set on disk, or generation throughput), ``sweep``,
+``train``, ``plot``, ``collect``, ``assumption`` (Ren et al.'s Assumption 6 of a grammar) and ``info``."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -23,8 +24,7 @@ def generate(args) -> None:
         if value < low:
             raise SystemExit(f"rhmfast generate: --{name} must be >= {low}, got {value}")
     try:
-        grammar = rhmfast.RHM(args.v, args.m, args.s, args.L, n_classes=args.n_classes, seed=args.seed_rules,
-                              rules=args.rules)
+        grammar = _grammar(args)
         grammar.sample(0, seed=args.seed_sample, start=args.start + args.n, mode=args.mode)  # checks the stream
     except ValueError as error:
         raise SystemExit(f"rhmfast generate: {error}") from None
@@ -61,6 +61,59 @@ def generate(args) -> None:
         print(f"verify: all {dataset.n_shards} shards equal the stream, drawn again")
 
 
+def _add_grammar_flags(parser) -> None:
+    """The flags of one grammar: --v --m --s --L --n_classes --rules --seed_rules."""
+    parser.add_argument("--v", "--num_features", type=int, default=32)
+    parser.add_argument("--m", type=int, default=8)
+    parser.add_argument("--s", type=int, default=2)
+    parser.add_argument("--L", "--num_layers", type=int, default=6)
+    parser.add_argument("--n_classes", type=int, default=None, help="default: v")
+    parser.add_argument("--rules", default="pcsl", help="rule sampler: pcsl, pcsl-2023 or first-token-uniform")
+    parser.add_argument("--seed_rules", type=int, default=0)
+
+
+def _grammar(args):
+    """The grammar of the flags of _add_grammar_flags."""
+    return rhmfast.RHM(args.v, args.m, args.s, args.L, n_classes=args.n_classes, seed=args.seed_rules,
+                       rules=args.rules)
+
+
+def assumption(args) -> None:
+    """Ren et al.'s Assumption 6 of one grammar, level by level; exit status 0 when it holds, 1 when not."""
+    from rhmfast.data.grammar import find_assumption_seed
+
+    for name, value, low in (("seed_rules", args.seed_rules, 0), ("max_seeds", args.max_seeds, 1)):
+        if value < low:
+            raise SystemExit(f"rhmfast assumption: --{name} must be >= {low}, got {value}")
+    try:
+        if args.find:
+            seed = find_assumption_seed(args.v, args.m, args.s, args.L, args.n_classes, rules=args.rules,
+                                        start=args.seed_rules, max_seeds=args.max_seeds)
+            if seed is None:
+                raise SystemExit(f"rhmfast assumption: no rules seed in [{args.seed_rules}, "
+                                 f"{args.seed_rules + args.max_seeds}) satisfies Assumption 6; raise --max_seeds "
+                                 "or change --seed_rules")
+            args.seed_rules = seed
+        grammar = _grammar(args)
+    except ValueError as error:
+        raise SystemExit(f"rhmfast assumption: {error}") from None
+    if args.find:  # on stderr under --json, so that stdout stays one JSON document
+        print(f"the first rules seed that satisfies Assumption 6 is --seed_rules {grammar.seed}",
+              file=sys.stderr if args.json else sys.stdout)
+    levels = grammar.exact.assumption_check()
+    if args.json:  # JSON has no infinity: null stands for it
+        print(json.dumps([{k: (None if v == math.inf else v) for k, v in row.items()} for row in levels]))
+    else:
+        print(grammar)
+        print(f"{'level':>5} {'rho':>10} {'K_rho':>10} {'collisions':>10} {'never_first':>11} {'kappa':>10}")
+        for row in levels:
+            print(f"{row['level']:>5} {row['rho']:>10.4g} {row['K_rho']:>10.4g} {row['collisions']:>10} "
+                  f"{row['never_first']:>11} {row['kappa']:>10.4g}")
+        print(grammar.exact.assumption_summary())
+    if not grammar.exact.satisfies_assumption():
+        raise SystemExit(1)
+
+
 def demo(args) -> None:
     """The main job: a small sample-complexity experiment (rhmfast.studies.demo)."""
     from rhmfast.studies.demo import run_demo
@@ -80,7 +133,9 @@ HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
             settings="(m, L) pairs 'm,L m,L ...' instead of the product of --m and --L",
             seeds="replicate seeds: replicate k uses seed k as seed_sample and seed_model",
             model="hcnn (deep CNN), fc (fully connected on one-hot), ren (Ren et al. layerwise)",
-            trainer="auto (sgd for hcnn and fc, ren for ren), sgd, layerwise, layerwise_hints")
+            trainer="auto (sgd for hcnn and fc, ren for ren), sgd, layerwise, layerwise_hints",
+            require="assumption6: use the first rules seed >= seed_rules whose grammar satisfies Ren et al.'s "
+                    "Assumption 6 (at most 1000 seeds tried; the run records the seed used)")
 
 
 def _add_run_flags(parser) -> None:
@@ -220,22 +275,28 @@ def main(argv=None) -> None:
     info.set_defaults(run=lambda args: print(json.dumps(rhmfast.backends(), indent=1)))
     d = commands.add_parser("generate", help="write a large RHM data set as resumable .npy shards (--out), or "
                                              "only measure generation throughput")
-    d.add_argument("--v", "--num_features", type=int, default=32)
-    d.add_argument("--m", type=int, default=8)
-    d.add_argument("--s", type=int, default=2)
-    d.add_argument("--L", "--num_layers", type=int, default=6)
-    d.add_argument("--n_classes", type=int, default=None, help="default: v")
-    d.add_argument("--rules", default="pcsl", help="rule sampler: pcsl, pcsl-2023 or first-token-uniform")
+    _add_grammar_flags(d)
     d.add_argument("--n", type=int, default=1 << 23, help="number of samples")
     d.add_argument("--start", type=int, default=0, help="index of the first sample in the stream")
     d.add_argument("--mode", choices=("iid", "index"), default="iid",
                    help="iid: independent samples; index: distinct samples (without replacement)")
     d.add_argument("--shard", type=int, default=1 << 20, help="samples per shard (and per sampling call)")
-    d.add_argument("--seed_rules", type=int, default=0)
     d.add_argument("--seed_sample", type=int, default=0, help="the stream's seed (as write_dataset's seed)")
     d.add_argument("--out", default=None, help="data set folder (re-run the same command to resume)")
     d.add_argument("--verify", action="store_true", help="after writing, draw every shard again and compare")
     d.set_defaults(run=generate)
+    a = commands.add_parser(
+        "assumption", help="check Ren et al.'s Assumption 6 of a grammar exactly, level by level",
+        description="Print, per level l, rho (the smallest distance between the label posteriors of two "
+                    "non-synonym patches that can stand first), K_rho = rho m^(l/2), collisions (such pairs at "
+                    "distance < 1e-12), never_first (patches that never stand first) and kappa, then a summary "
+                    "line. Exit status: 0 when Assumption 6 holds, 1 when it does not (or --find finds no seed).")
+    _add_grammar_flags(a)
+    a.add_argument("--json", action="store_true", help="print the levels as a JSON list; null stands for infinity")
+    a.add_argument("--find", action="store_true",
+                   help="check the first rules seed >= --seed_rules that satisfies the assumption, and say which")
+    a.add_argument("--max_seeds", type=int, default=1000, help="how many rules seeds --find tries")
+    a.set_defaults(run=assumption)
     e = commands.add_parser("demo", help="a small sample-complexity experiment: P* of the hCNN, the Ren layerwise "
                                          "learner and a fully-connected baseline",
                             description="Run the demo's grid into the result store OUT/runs (re-running resumes "

@@ -110,8 +110,9 @@ def test_ren_rff_features_and_guarded_normaliser():
     phi = learner.patch_features(2, h)
     assert phi.shape == (3, 2, 128)
     torch.testing.assert_close(phi.norm(dim=-1), torch.ones(3, 2, dtype=torch.float64))  # M^-1/2 (cos, sin)
-    # omega ~ N(0, sigma^-2 I): level 1 uses sigma 0.5, level 2 sigma 1.
-    assert 1.5 < learner.omega_1.std().item() < 2.5 and 0.75 < learner.omega_2.std().item() < 1.25
+    # omega ~ N(0, I), divided by the level's bandwidth where used: level 1 uses sigma 0.5, level 2 sigma 1.
+    assert learner.sigma(1) == 0.5 and learner.sigma(2) == 1.0
+    assert 0.75 < learner.omega_1.std().item() < 1.25 and 0.75 < learner.omega_2.std().item() < 1.25
     mixed = RenLayerwiseLearner(4, 2, 2, features="tensor+rff", n_features=8, seed=0)
     assert mixed.level_features == {1: "rff", 2: "tensor"}  # exact at the input level
     assert mixed.W[1].shape == (4, 16) and mixed.W[0].shape == (4, 16) and not hasattr(mixed, "omega_2")
@@ -127,7 +128,7 @@ def test_ren_rff_features_and_guarded_normaliser():
     (lambda: HierarchicalCNN(8, 16, 2, 3, 8, activation="tanh"), "activation"),
     (lambda: HierarchicalCNN(8, 16, 2, 0, 8), "L"),
     (lambda: FullyConnected(8, 8, 16, 0, 8), "depth"),
-    (lambda: RenLayerwiseLearner(8, 2, 3, features="cluster"), "features"),
+    (lambda: RenLayerwiseLearner(8, 2, 3, features="wavelet"), "features"),
     (lambda: RenLayerwiseLearner(8, 2, 3, features="rff", sigma=[1.0, 1.0]), "sigma"),
     (lambda: RenLayerwiseLearner(8, 2, 3, eps=0.0), "eps"),
 ])

@@ -3,6 +3,7 @@ encodings, and data sets on disk. Depends on ``rhmfast.ops`` (the sampling kerne
 from rhmfast.data.dataset import Dataset, open_dataset, write_dataset
 from rhmfast.data.encoding import one_hot
 from rhmfast.data.exact import ExactStatistics
-from rhmfast.data.grammar import RHM, shard_range
+from rhmfast.data.grammar import RHM, find_assumption_seed, shard_range
 
-__all__ = ["Dataset", "ExactStatistics", "RHM", "one_hot", "open_dataset", "shard_range", "write_dataset"]
+__all__ = ["Dataset", "ExactStatistics", "RHM", "find_assumption_seed", "one_hot", "open_dataset", "shard_range",
+           "write_dataset"]

@@ -1,7 +1,11 @@
 """Exact statistics of an RHM computed from its rules (Cagnetta et al. 2024), for tests and diagnostics."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+COLLISION_DISTANCE = 1e-12  # label posteriors closer than this count as identical (float64 rounding is ~1e-16)
 
 
 class ExactStatistics:
@@ -47,7 +51,74 @@ class ExactStatistics:
         g = self._g
         if not 1 <= level <= g.L:
             raise ValueError(f"level must be in [1, L = {g.L}], got {level}")
-        joint = self.first_symbol_law(level - 1)[:, g.parents[level - 1]]  # [n_classes, n_parents]
+        posterior, _ = self._parent_posterior(self.first_symbol_law(level - 1), level)
+        return posterior.unsqueeze(1).expand(-1, g.m, -1).contiguous()
+
+    def _parent_posterior(self, law: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the law of (label, first symbol of level - 1): the label posterior of each parent of
+        rules[level - 1] [n_parents, n_classes] (NaN rows for parents never first) and the probability that
+        each parent stands first [n_parents]."""
+        joint = law[:, self._g.parents[level - 1]]  # [n_classes, n_parents]
         total = joint.sum(0, keepdim=True)
         posterior = torch.where(total > 0, joint / total.clamp_min(1e-300), torch.full_like(joint, float("nan")))
-        return posterior.t().unsqueeze(1).expand(-1, g.m, -1).contiguous()
+        return posterior.t(), total.squeeze(0)
+
+    # ---- Ren et al.'s Assumption 6 -------------------------------------------------------------
+
+    def assumption_check(self) -> list[dict]:
+        """Ren et al.'s Assumption 6, exactly, one dict per level l = 1 .. L (patches of level l are the
+        rules of level l - 1, their parents the symbols of level l - 1 that own rules):
+
+        - ``rho``: the smallest L2 distance between the label posteriors q^(l) of two distinct parents
+          that can stand first (synonyms share q); ``math.inf`` with fewer than two such parents;
+        - ``K_rho``: rho * m^(l/2), the constant of part (b);
+        - ``collisions``: pairs of such parents whose posteriors are closer than 1e-12 (part (b) fails);
+        - ``never_first``: patches that never stand first (part (a) fails);
+        - ``kappa``: 1 / (|P_l| * min over patches of P[first level-l patch = mu]), |P_l| = n_parents * m;
+          ``math.inf`` when never_first > 0.
+        """
+        return list(self._assumption_levels())
+
+    def _assumption_levels(self):
+        """The dicts of assumption_check, level by level (lazily: satisfies_assumption stops at the first
+        level that fails)."""
+        g = self._g
+        law = self.first_symbol_law(0)
+        for level in range(1, g.L + 1):
+            posterior, first = self._parent_posterior(law, level)
+            q = posterior[first > 0]
+            # Direct differences, not the matrix-product shortcut (its rounding, ~1e-8, would hide collisions);
+            # each unordered pair once: the strict upper triangle.
+            first_of_pair, second_of_pair = torch.triu_indices(len(q), len(q), offset=1)
+            distances = torch.cdist(q, q, compute_mode="donot_use_mm_for_euclid_dist")[first_of_pair, second_of_pair]
+            rho = float(distances.min()) if distances.numel() else math.inf
+            never_first = int((first == 0).sum()) * g.m
+            kappa = math.inf if never_first else 1.0 / (len(first) * float(first.min()))
+            yield dict(level=level, rho=rho, K_rho=rho * g.m ** (level / 2),
+                       collisions=int((distances < COLLISION_DISTANCE).sum()), never_first=never_first, kappa=kappa)
+            if level < g.L:
+                law = law @ self.transition(level - 1)
+
+    def satisfies_assumption(self) -> bool:
+        """Whether both parts of Assumption 6 hold: every patch of every level can stand first (a), and no
+        two non-synonyms of a level share a label posterior (b)."""
+        return all(row["never_first"] == 0 and row["collisions"] == 0 for row in self._assumption_levels())
+
+    def assumption_summary(self) -> str:
+        """One line: "Assumption 6 holds: K_rho >= X (level l), kappa <= Y", or which part fails at which
+        levels."""
+        levels = self.assumption_check()
+        never = [f"level {r['level']}: {_count(r['never_first'], 'patch', 'patches')} never stand"
+                 f"{'s' if r['never_first'] == 1 else ''} first" for r in levels if r["never_first"]]
+        same = [f"level {r['level']}: {_count(r['collisions'], 'pair', 'pairs')} of non-synonyms with identical "
+                "posteriors (K_rho = 0)" for r in levels if r["collisions"]]
+        if never or same:
+            parts = ([f"(a) {', '.join(never)}"] if never else []) + ([f"(b) {', '.join(same)}"] if same else [])
+            return f"Assumption 6 fails: {'; '.join(parts)}"
+        weakest = min(levels, key=lambda r: r["K_rho"])
+        return (f"Assumption 6 holds: K_rho >= {weakest['K_rho']:.4g} (level {weakest['level']}), "
+                f"kappa <= {max(r['kappa'] for r in levels):.4g}")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

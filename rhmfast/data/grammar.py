@@ -37,6 +37,18 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
+def find_assumption_seed(v: int, m: int, s: int, L: int, n_classes: int | None = None, *, rules: str = "pcsl",
+                         start: int = 0, max_seeds: int = 1000) -> int | None:
+    """The first rules seed in [start, start + max_seeds) whose grammar satisfies Ren et al.'s Assumption 6
+    (``exact.satisfies_assumption()``), or None if there is none."""
+    start = _check_int("start", start, 0)
+    max_seeds = _check_int("max_seeds", max_seeds, 1)
+    for seed in range(start, start + max_seeds):
+        if RHM(v, m, s, L, n_classes, seed=seed, rules=rules).exact.satisfies_assumption():
+            return seed
+    return None
+
+
 class RHM:
     """A Random Hierarchy Model: a random, unambiguous context-free grammar on a fixed s-ary tree.
 

@@ -5,8 +5,9 @@ from rhmfast.models._common import device_of
 from rhmfast.models.fully_connected import FullyConnected
 from rhmfast.models.hcnn import NORMS, HierarchicalCNN
 from rhmfast.models.observables import (first_patch_posterior, posterior_distance, resample_below,
-                                        synonymic_sensitivity)
+                                        synonym_purity, synonymic_sensitivity)
 from rhmfast.models.ren import FEATURES, RenLayerwiseLearner
 
 __all__ = ["FEATURES", "NORMS", "FullyConnected", "HierarchicalCNN", "RenLayerwiseLearner", "device_of",
-           "first_patch_posterior", "posterior_distance", "resample_below", "synonymic_sensitivity"]
+           "first_patch_posterior", "posterior_distance", "resample_below", "synonym_purity",
+           "synonymic_sensitivity"]

@@ -4,7 +4,8 @@
   generative level l are redrawn (the input keeps its level-<=l symbols), relative to moving to an
   unrelated input.
 - ``posterior_distance``: for the Ren learner, the distance between a level's normalised output on the
-  first patch and the exact label posterior q^(l) of that patch (Cagnetta et al. 2024; Ren et al. 2026).
+  first patch and the exact label posterior q^(l) of that patch (Cagnetta et al. 2024; Ren et al. 2026);
+  ``synonym_purity``: how often that output lies nearest to its own parent's posterior.
 """
 from __future__ import annotations
 
@@ -77,7 +78,28 @@ def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 
     of that patch. The samples are drawn on the device of the learner's parameters."""
     if not 1 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
+    output, tree = _first_patch_output(learner, grammar, level, n, seed, start)
+    return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()
+
+
+@torch.no_grad()
+def synonym_purity(learner, grammar, level: int, n: int = 4096, seed: int = 0, start: int = 0) -> float:
+    """The fraction of the iid samples start .. start+n-1 of stream seed whose learner output on the first
+    level-``level`` patch lies nearest (L2) to the exact label posterior of that patch's own parent, among the
+    posteriors of all level-(level-1) symbols that can stand first (parents with identical posteriors count
+    as one). 1 when the level tells every synonym class apart."""
+    if not 1 <= level <= grammar.L:
+        raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
+    output, tree = _first_patch_output(learner, grammar, level, n, seed, start)
+    candidates = grammar.exact.label_posterior(level)[:, 0]
+    candidates = candidates[~candidates.isnan().any(1)].to(output.device)
+    nearest = candidates[torch.cdist(output, candidates).argmin(1)]
+    own = first_patch_posterior(grammar, tree, level).to(output.device)
+    return ((nearest - own).abs().amax(1) < 1e-12).double().mean().item()
+
+
+def _first_patch_output(learner, grammar, level: int, n: int, seed: int, start: int):
+    """The learner's level-(level-1) output on the first patch of n samples [n, n_classes], and their trees."""
     x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=device_of(learner))
     width = grammar.s ** (grammar.L - level + 1)
-    output = learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0]
-    return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()
+    return learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0], tree

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "ren": "Ren layerwise", "fc": "fully connected"}
+LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "hcnn-layerwise": "hCNN (layerwise SGD)", "ren": "Ren layerwise",
+                 "ren-kernel": "Ren layerwise (kernel)", "ren-cluster": "Ren layerwise (cluster)",
+                 "ren-rff": "Ren layerwise (rff)", "ren-tensor": "Ren layerwise (tensor)", "fc": "fully connected"}
 _INT_KEYS = ("v", "n_classes", "m", "L", "s", "P", "seed", "n_test")
 
 

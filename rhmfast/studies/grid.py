@@ -10,6 +10,9 @@ parameters:
 - ``seeds``: replicate seeds; replicate k uses seed k for both ``seed_sample`` and ``seed_model`` unless
   those are given themselves.
 
+``require = "assumption6"`` (a run parameter) replaces each setting's ``seed_rules`` by the first seed >= it
+whose grammar satisfies Ren et al.'s Assumption 6, searched once per grammar over at most 1000 seeds.
+
 A TOML file holds the same keys at its top level, shared by every grid, and optionally ``[[grid]]``
 tables, each a grid of its own (its keys override the top level); the sweep is the union of the grids.
 Flags given on the command line override the file's top level.
@@ -20,17 +23,22 @@ import itertools
 import math
 import tomllib
 
+from rhmfast.data.grammar import find_assumption_seed
 from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, grammar_of
 
 # Parameters whose default is None still have a type.
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
-TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int)
+TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str)
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
+GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules")
+MAX_SEED_SEARCH = 1000  # rules seeds a require may try per grammar
 
 
 def _scalar(key: str, text: str):
     kind = TYPES[key]
     text = text.strip()
+    if key == "ren_sigma" and text == "auto":
+        return text
     if kind is bool:
         if text.lower() in ("1", "true", "yes"):
             return True
@@ -122,7 +130,7 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
     """The complete configs of a sweep, in grid order, without duplicates. Refuses, before anything
     runs, an empty grid, unknown parameters or models, impossible grammars and training sets larger
     than the grammar allows; the error names the parameter and its allowed range."""
-    configs, seen, grammars = [], set(), {}
+    configs, seen, grammars, searched = [], set(), {}, {}
     for grid in (grids or [{}]):
         axes = {key: parse_values(key, value) for key, value in {**common, **grid}.items()}
         for key, values in axes.items():
@@ -155,7 +163,7 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
                     config.setdefault("seed_sample", seed)
                     config.setdefault("seed_model", seed)
                 for P in _sizes(config, scaled):
-                    complete = complete_config({**config, "P": P})
+                    complete = _required_seed(complete_config({**config, "P": P}), searched)
                     key = config_hash(complete)
                     if key not in seen:
                         seen.add(key)
@@ -163,11 +171,29 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
     if not configs:
         raise ValueError("rhmfast: the grid is empty")
     for config in configs:
-        gkey = tuple(config[k] for k in ("v", "m", "s", "L", "n_classes", "rules", "seed_rules"))
+        gkey = tuple(config[k] for k in GRAMMAR_KEYS)
         if gkey not in grammars:
             grammars[gkey] = grammar_of(config)
         check_feasible(config, grammars[gkey])
     return configs
+
+
+def _required_seed(config: dict, searched: dict) -> dict:
+    """The complete config with seed_rules moved to the first seed >= it whose grammar meets its require;
+    searched caches the seed found per grammar."""
+    if config["require"] is None:
+        return config
+    key = tuple(config[k] for k in GRAMMAR_KEYS)
+    if key not in searched:
+        searched[key] = find_assumption_seed(config["v"], config["m"], config["s"], config["L"], config["n_classes"],
+                                             rules=config["rules"], start=config["seed_rules"],
+                                             max_seeds=MAX_SEED_SEARCH)
+    if searched[key] is None:
+        first = config["seed_rules"]
+        raise ValueError(f"rhmfast: require = 'assumption6': no seed_rules in [{first}, {first + MAX_SEED_SEARCH}) "
+                         f"gives a grammar v={config['v']} m={config['m']} s={config['s']} L={config['L']} "
+                         f"rules={config['rules']!r} that satisfies Assumption 6; drop require or change the grammar")
+    return {**config, "seed_rules": searched[key]}
 
 
 def _sizes(config: dict, scaled: list[float] | None) -> list[int]:
