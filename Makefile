@@ -16,11 +16,11 @@ PY := $(PYTHON)
 DEPS :=
 endif
 
-.PHONY: demo test build check-cuda bench gpu-check gpu-test gpu-bench gpu-test-slow sweep-pstar clean
+.PHONY: demo test build check-cuda bench bench-kernels gpu-check gpu-test gpu-bench gpu-test-slow sweep-pstar clean
 
 $(VENV)/.deps-stamp: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest matplotlib pyarrow "ray>=2.9"
+	$(VENV)/bin/pip install -q "torch==2.13.0" setuptools wheel ninja numpy scipy tqdm pytest pytest-benchmark matplotlib pyarrow "ray>=2.9"
 	touch $@
 
 # pip's editable install builds rhmfast._C in place; ninja, compiling in build/ (setup.py), recompiles only
@@ -31,8 +31,11 @@ build: $(DEPS)
 
 # RHMFAST_BACKEND=extension: an extension that fails to load is an error here, never a silent fall
 # back to the reference (tests that exercise the reference select it themselves).
+# The second line runs the kernel benchmarks once each, untimed, so that they (and their correctness
+# checks) cannot rot; the first one never collects them (testpaths = tests).
 test: build check-cuda
 	RHMFAST_BACKEND=extension $(PY) -m pytest -q -ra
+	RHMFAST_BACKEND=extension $(PY) -m pytest $(KERNEL_BENCHMARKS) --benchmark-disable -q -p no:cacheprovider
 
 # Compile-check every CUDA kernel with plain nvcc (no torch) for sm_80 and sm_90; fails on errors
 # and on register spills. Also parses every C++ source as C++17, as torch before 2.12 builds them.
@@ -48,6 +51,23 @@ bench: build
 	$(PY) benchmarks/bench_patchconv.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_sweep.py
+
+# The kernels under pytest-benchmark, one table per op, shape, mode and device with the providers side by
+# side (benchmarks/README.md). Each run is saved, numbered, as
+# benchmarks/results/kernels/<platform>-<python>/NNNN_<machine>.json (<machine> as the bench_*.py scripts
+# name theirs: cpu-avx2, cpu-avx512, with _cuda where the CUDA cases ran), and the latest one summarised in
+# benchmarks/results/kernels_<machine>.md. Compare two saved runs, by number:
+#     $(PY) -m pytest_benchmark --storage benchmarks/results/kernels compare 0001 0002 --group-by=group --sort=name --columns=min,median,rounds
+# or a new run with the latest saved one: add --benchmark-compare to the pytest line.
+KERNEL_BENCHMARKS := benchmarks/test_kernels_generate.py benchmarks/test_kernels_layers.py
+KERNEL_RESULTS := benchmarks/results/kernels
+bench-kernels: build
+	tag=$$($(PY) benchmarks/kernels_report.py --tag) && \
+	RHMFAST_BACKEND=extension $(PY) -m pytest $(KERNEL_BENCHMARKS) -q -p no:cacheprovider \
+		--benchmark-group-by=group --benchmark-columns=min,median,mean,stddev,rounds --benchmark-sort=name \
+		--benchmark-storage=$(KERNEL_RESULTS) --benchmark-save=$$tag && \
+	$(PY) benchmarks/kernels_report.py "$$(ls -t $(KERNEL_RESULTS)/*/*_$$tag.json | head -n 1)" \
+		--out benchmarks/results/kernels_$$tag.md
 
 # Every GPU check, for a machine with a CUDA torch and no network:
 #     make -k gpu-check PYTHON=python3 MAX_JOBS=16 RESULTS=some/dir
