@@ -89,7 +89,7 @@ def test_clusters_of_separated_blobs():
     assert tokens["n_clusters"] == 3 and tokens["eps_S"] == 0 and tokens["rho"] == pytest.approx(math.sqrt(2))
 
 
-@pytest.mark.parametrize("features", ["cluster", "kernel"])
+@pytest.mark.parametrize("features", ["cluster", "kernel", "tensor+kernel"])
 def test_theory_features_recover_the_synonym_classes_of_a_well_separated_grammar(features):
     """First-token-uniform (m, L) = (4, 3), v = 8, rules seed 1 (Assumption 6 holds: K_rho >= 1): with 64 n_c m^L
     samples every stage finds the v symbols of its level, its outputs lie nearest their own posteriors, and
@@ -108,9 +108,12 @@ def test_theory_features_recover_the_synonym_classes_of_a_well_separated_grammar
         assert stage["posterior_distance"] < 0.15, stage
         assert 0 < stage["rho_tilde"] <= stage["rho_centroids"] and stage["eps_S"] >= 0, stage
     assert record.stages[0]["rho_tilde"] == pytest.approx(math.sqrt(2))  # one-hot tokens
-    if features == "kernel":
-        assert all(st["sigma"] == pytest.approx(sigma_from_gap(st["rho_centroids"], 0.01)) for st in record.stages)
-        assert [st["kernel_solver"] for st in record.stages] == ["exact"] * 3
+    kernel_levels = {"kernel": [3, 2, 1], "tensor+kernel": [2, 1], "cluster": []}[features]
+    assert [lvl for lvl, kind in learner.level_features.items() if kind == "kernel"] == sorted(kernel_levels)
+    for st in record.stages:
+        if st["level"] in kernel_levels:
+            assert st["sigma"] == pytest.approx(sigma_from_gap(st["rho_centroids"], 0.01))
+            assert st["kernel_solver"] == "exact"
 
 
 def test_auto_bandwidth_is_deterministic_and_a_trained_learner_reloads():

@@ -12,7 +12,7 @@ from torch import nn
 
 from rhmfast._checks import check_choice, check_positive_int
 
-FEATURES = ("tensor", "rff", "tensor+rff", "kernel", "cluster")
+FEATURES = ("tensor", "rff", "tensor+rff", "kernel", "tensor+kernel", "cluster")
 KERNEL_CHUNK = 1 << 22  # kernel entries evaluated at once: 32 MiB of float64
 
 
@@ -87,7 +87,9 @@ class RenLayerwiseLearner(nn.Module):
     features="tensor+rff": the exact tensor product at the input level (level L), random Fourier features above;
     features="kernel": the M → ∞ limit of "rff": x = (k(h, c_i))_i, k the RBF kernel exp(−‖h − h′‖²/2σ²), at
     the distinct first patches c_i of the level's training samples (W is then the dual solution of the ridge
-    regression; see ``rhmfast.train.ren.fit_kernel_ridge``);
+    regression; see ``rhmfast.train.ren.fit_kernel_ridge``); features="tensor+kernel": the exact tensor product at
+    the input level, the kernel above (the M → ∞ limit of "tensor+rff": at the input level the kernel smooths
+    across patches that share a token, which costs the patches that rarely stand first);
     features="cluster": the paper's Construction 2: each embedding is replaced by the one-hot of its
     nearest cluster centre (clusters measured on the level's training samples, at most v of them), then
     the tensor product over the patch; the input level is the tensor product of the one-hot tokens.
@@ -133,8 +135,8 @@ class RenLayerwiseLearner(nn.Module):
         self.W = nn.ParameterList()
         self.level_features = {}
         for level in range(1, L + 1):
-            kind = {"tensor+rff": "rff", "cluster": "cluster"}.get(features, features)
-            if level == L and features in ("tensor+rff", "cluster"):
+            kind = {"tensor+rff": "rff", "tensor+kernel": "kernel"}.get(features, features)
+            if level == L and features in ("tensor+rff", "tensor+kernel", "cluster"):
                 kind = "tensor"  # one-hot tokens: their clusters are the tokens, their tensor product is exact
             self.level_features[level] = kind
             dim_in = v if level == L else n_classes

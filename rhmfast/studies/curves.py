@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "hcnn-layerwise": "hCNN (layerwise SGD)", "ren": "Ren layerwise",
-                 "ren-kernel": "Ren layerwise (kernel)", "ren-cluster": "Ren layerwise (cluster)",
-                 "ren-rff": "Ren layerwise (rff)", "ren-tensor": "Ren layerwise (tensor)", "fc": "fully connected"}
+LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "hcnn-layerwise": "hCNN (layerwise SGD)", "fc": "fully connected",
+                 "ren": "Ren layerwise", **{f"ren-{kind}": f"Ren layerwise ({kind})" for kind in
+                                            ("tensor", "rff", "kernel", "tensor+kernel", "cluster")}}
 _INT_KEYS = ("v", "n_classes", "m", "L", "s", "P", "seed", "n_test")
 
 

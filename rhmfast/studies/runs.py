@@ -76,7 +76,7 @@ def complete_config(config: dict) -> dict:
     if c["model"] == "ren":
         kind = check_choice("ren_feature_kind", c["ren_feature_kind"], REN_FEATURES)
         used -= set() if kind in ("rff", "tensor+rff") else {"ren_features"}
-        used -= set() if kind in ("rff", "tensor+rff", "kernel") else {"ren_sigma"}
+        used -= set() if kind in ("rff", "tensor+rff", "kernel", "tensor+kernel") else {"ren_sigma"}
     c = {key: (value if key not in _LEARNER_KEYS or key in used else None) for key, value in c.items()}
     for key in POSITIVE_INT_KEYS:
         if c[key] is not None or key not in _LEARNER_KEYS:
