@@ -51,6 +51,7 @@ bench: build
 	$(PY) benchmarks/bench_patchconv.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_hierarchy.py
 
 # The kernels under pytest-benchmark, one table per op, shape, mode and device with the providers side by
 # side (benchmarks/README.md). Each run is saved, numbered, as

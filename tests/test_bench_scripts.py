@@ -63,3 +63,10 @@ def test_sweep_engine_benchmark(tmp_path):
     assert [r["engine"] for r in run["rows"]] == ["in-process loop", "local"]
     assert all(r["wall_s"] > 0 and r["runs_per_s"] > 0 for r in run["rows"])
     assert "| local |" in markdown
+
+
+def test_hierarchy_benchmark(tmp_path):
+    run, markdown = run_script("bench_hierarchy.py", "hierarchy_cpu", tmp_path, "--n", "4096")
+    assert len(run["rows"]) == 4 and all(r["rhmfast_samples_per_s"] > 0 and r["baseline_samples_per_s"] > 0
+                                         for r in run["rows"])
+    assert all(f"| {r['config']} |" in markdown for r in run["rows"])

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import torch
 
+from rhmfast._checks import check_int
 from rhmfast.data import rule_samplers
 from rhmfast.data.exact import ExactStatistics
 from rhmfast.ops.rhm_sample import rhm_decode, rhm_sample
@@ -19,21 +20,12 @@ _INT64_LIMIT = 1 << 63
 _TOKEN_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
-
-
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """The part ``[lo, hi)`` of ``range(n)`` that rank ``rank`` of ``world_size`` holds: contiguous, in rank
     order, sizes differing by at most one; the parts of all ranks are disjoint and cover ``range(n)``."""
-    n = _check_int("n", n, 0)
-    world_size = _check_int("world_size", world_size, 1)
-    rank = _check_int("rank", rank, 0, world_size - 1)
+    n = check_int("n", n, 0)
+    world_size = check_int("world_size", world_size, 1)
+    rank = check_int("rank", rank, 0, world_size - 1)
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
@@ -41,8 +33,8 @@ def find_assumption_seed(v: int, m: int, s: int, L: int, n_classes: int | None =
                          start: int = 0, max_seeds: int = 1000) -> int | None:
     """The first rules seed in [start, start + max_seeds) whose grammar satisfies Ren et al.'s Assumption 6
     (``exact.satisfies_assumption()``), or None if there is none."""
-    start = _check_int("start", start, 0)
-    max_seeds = _check_int("max_seeds", max_seeds, 1)
+    start = check_int("start", start, 0)
+    max_seeds = check_int("max_seeds", max_seeds, 1)
     for seed in range(start, start + max_seeds):
         if RHM(v, m, s, L, n_classes, seed=seed, rules=rules).exact.satisfies_assumption():
             return seed
@@ -70,12 +62,12 @@ class RHM:
 
     def __init__(self, v: int, m: int, s: int, L: int, n_classes: int | None = None, seed: int = 0,
                  rules: str = "pcsl"):
-        v = _check_int("v", v, 2)
-        m = _check_int("m", m, 1)
-        s = _check_int("s", s, 2)
-        L = _check_int("L", L, 1, 64)
-        n_classes = v if n_classes is None else _check_int("n_classes", n_classes, 1)
-        seed = _check_int("seed", seed, 0)
+        v = check_int("v", v, 2)
+        m = check_int("m", m, 1)
+        s = check_int("s", s, 2)
+        L = check_int("L", L, 1, 64)
+        n_classes = v if n_classes is None else check_int("n_classes", n_classes, 1)
+        seed = check_int("seed", seed, 0)
         if rules not in rule_samplers.SAMPLERS:
             raise ValueError(f"rules must be one of {sorted(rule_samplers.SAMPLERS)}, got {rules!r}")
         if n_classes * m > v**s:
@@ -149,9 +141,9 @@ class RHM:
         number pi(i) for a keyed pseudo-random permutation pi of [0, pmax) -- exact sampling without
         replacement (needs pmax < 2^63; disjoint ranges of i give disjoint sets).
         """
-        n = _check_int("n", n, 0)
-        start = _check_int("start", start, 0)
-        seed = _check_int("seed", seed, 0, (1 << 64) - 1)
+        n = check_int("n", n, 0)
+        start = check_int("start", start, 0)
+        seed = check_int("seed", seed, 0, (1 << 64) - 1)
         if mode not in ("iid", "index"):
             raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
         if start + n >= _INT64_LIMIT:
@@ -181,7 +173,7 @@ class RHM:
             # numpy integers too (bools stay, for _check_int to refuse)
             values = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values]
             for value in values:
-                _check_int("indices", value, 0, self.pmax - 1)
+                check_int("indices", value, 0, self.pmax - 1)
             if self.pmax >= _INT64_LIMIT:
                 return self._decode_big(values, device, dtype, return_tree)
             datum = torch.tensor(values, dtype=torch.int64, device=device)
@@ -220,8 +212,8 @@ class RHM:
         ``shard_range`` of the training and of the test samples), generating nothing else: the parts
         of ranks 0 .. world_size-1, concatenated, are the unsharded sets.
         """
-        n_train = _check_int("n_train", n_train, 0)
-        n_test = _check_int("n_test", n_test, 0)
+        n_train = check_int("n_train", n_train, 0)
+        n_test = check_int("n_test", n_test, 0)
         if n_train + n_test > self.pmax:
             raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds pmax = {self.pmax}, the number of "
                              "distinct inputs (train and test are drawn without replacement)")
@@ -238,8 +230,8 @@ class RHM:
                 dtype: torch.dtype | None = None, return_tree: bool = False) -> Iterator:
         """Fresh batches forever (online SGD): batch k holds samples start + k*batch_size ... of the
         stream, so no sample index repeats. In ``mode="index"`` the stream ends after pmax samples."""
-        batch_size = _check_int("batch_size", batch_size, 1)
-        start = _check_int("start", start, 0)
+        batch_size = check_int("batch_size", batch_size, 1)
+        start = check_int("start", start, 0)
         if mode not in ("iid", "index"):
             raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
         end = self.pmax if mode == "index" else _INT64_LIMIT - 1

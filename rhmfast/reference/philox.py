@@ -10,6 +10,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 PURPOSE_IID = 0
 PURPOSE_FEISTEL = 1
+PURPOSE_LABEL_HIERARCHY = 2  # the input bits of rhmfast.data.hierarchy (no kernel: drawn through philox_uniform)
 FEISTEL_ROUNDS = 6
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
