@@ -48,7 +48,7 @@ def generate(args) -> None:
     except ValueError as error:
         raise SystemExit(f"rhmfast generate: {error}") from None
     except KeyboardInterrupt:
-        raise SystemExit(f"rhmfast generate: interrupted; the shards written so far are kept, run the same "
+        raise SystemExit("rhmfast generate: interrupted; the shards written so far are kept, run the same "
                          "command again to finish") from None
     seconds = time.perf_counter() - start
     size = sum(os.path.getsize(os.path.join(args.out, name)) for pair in dataset.manifest["shards"] for name in pair)
