@@ -5,6 +5,8 @@
 - ``train_layerwise_sgd`` (``layerwise``): the reference's layerwise schedule for the hCNN, optionally with
   hierarchical ("hint") supervision of the intermediate layers by the latent-tree symbols of their level.
 - ``train_ren_layerwise`` (``ren``): the algorithm of Ren et al. (2026), stage by stage, closed-form ridge.
+- ``train_residual_layerwise`` (``residual``): Daniely's (2026) layerwise training of the residual learner of a
+  label hierarchy, one block per level.
 
 They share ``record`` (the ``RunRecord`` every trainer returns) and ``loop`` (checks, evaluation and the SGD
 loop over epochs). Fixed seeds (rules: the grammar's; data: ``seed_data``; order of minibatches:
@@ -15,7 +17,8 @@ from rhmfast.train.end_to_end import train_sgd
 from rhmfast.train.layerwise import train_layerwise_sgd
 from rhmfast.train.loop import count_errors, test_error
 from rhmfast.train.record import RunRecord
+from rhmfast.train.residual import train_residual_layerwise
 from rhmfast.train.ren import fit_kernel_ridge, fit_ridge, ren_stage_sizes, train_ren_layerwise
 
 __all__ = ["RunRecord", "count_errors", "fit_kernel_ridge", "fit_ridge", "ren_stage_sizes", "test_error", "train_layerwise_sgd",
-           "train_ren_layerwise", "train_sgd"]
+           "train_ren_layerwise", "train_residual_layerwise", "train_sgd"]
