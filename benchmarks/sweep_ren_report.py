@@ -120,9 +120,9 @@ def main(argv=None) -> None:
     for group, belongs in GROUPS.items():
         hashes = [r["hash"] for r in records if belongs(r["config"])]
         if hashes:
-            folder = os.path.join(args.out, group)
-            write_report(load_rows(args.store, hashes), folder, eps=EPS, title=f"v = n_c = 8, {group}")
-            pstars[group] = pstar_table(load_rows(args.store, hashes), EPS)
+            rows = load_rows(args.store, hashes)
+            write_report(rows, os.path.join(args.out, group), eps=EPS, title=f"v = n_c = 8, {group}")
+            pstars[group] = pstar_table(rows, EPS)
     wall = sum(r["result"]["wall_time_s"] for r in records)
     meta = dict(machine(), runs=len(records), run_wall_time_s=round(wall, 1), config="benchmarks/sweeps/ren.toml")
     with open(os.path.join(args.out, "meta.json"), "w") as f:

@@ -76,10 +76,7 @@ def posterior_distance(learner, grammar, level: int, n: int = 4096, seed: int = 
     """Mean ‖h^(level-1)_1(x) − q^(level)_{μ(x)}‖₂ over the iid samples start .. start+n-1 of stream seed:
     the learner's normalised output on the first level-``level`` patch against the exact label posterior
     of that patch. The samples are drawn on the device of the learner's parameters."""
-    if not 1 <= level <= grammar.L:
-        raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
-    output, tree = _first_patch_output(learner, grammar, level, n, seed, start)
-    return (output - first_patch_posterior(grammar, tree, level)).norm(dim=1).mean().item()
+    return first_patch_diagnostics(learner, grammar, level, n, seed, start)["posterior_distance"]
 
 
 @torch.no_grad()
@@ -88,18 +85,21 @@ def synonym_purity(learner, grammar, level: int, n: int = 4096, seed: int = 0, s
     level-``level`` patch lies nearest (L2) to the exact label posterior of that patch's own parent, among the
     posteriors of all level-(level-1) symbols that can stand first (parents with identical posteriors count
     as one). 1 when the level tells every synonym class apart."""
+    return first_patch_diagnostics(learner, grammar, level, n, seed, start)["purity"]
+
+
+@torch.no_grad()
+def first_patch_diagnostics(learner, grammar, level: int, n: int = 4096, seed: int = 0, start: int = 0) -> dict:
+    """posterior_distance and synonym_purity of one stage from one draw of the samples and one pass of the
+    learner: dict(posterior_distance, purity)."""
     if not 1 <= level <= grammar.L:
         raise ValueError(f"rhmfast: level must be in [1, L = {grammar.L}], got {level}")
-    output, tree = _first_patch_output(learner, grammar, level, n, seed, start)
+    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=device_of(learner))
+    width = grammar.s ** (grammar.L - level + 1)
+    output = learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0]
+    own = first_patch_posterior(grammar, tree, level).to(output.device)
     candidates = grammar.exact.label_posterior(level)[:, 0]
     candidates = candidates[~candidates.isnan().any(1)].to(output.device)
     nearest = candidates[torch.cdist(output, candidates).argmin(1)]
-    own = first_patch_posterior(grammar, tree, level).to(output.device)
-    return ((nearest - own).abs().amax(1) < 1e-12).double().mean().item()
-
-
-def _first_patch_output(learner, grammar, level: int, n: int, seed: int, start: int):
-    """The learner's level-(level-1) output on the first patch of n samples [n, n_classes], and their trees."""
-    x, _, tree = grammar.sample(n, seed=seed, start=start, return_tree=True, device=device_of(learner))
-    width = grammar.s ** (grammar.L - level + 1)
-    return learner.embeddings(x[:, :width], down_to=level - 1)[-1][:, 0], tree
+    return dict(posterior_distance=(output - own).norm(dim=1).mean().item(),
+                purity=((nearest - own).abs().amax(1) < 1e-12).double().mean().item())

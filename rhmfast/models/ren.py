@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.cluster.hierarchy import cut_tree, linkage
 from torch import nn
 
 from rhmfast._checks import check_choice, check_positive_int
@@ -46,6 +45,9 @@ def cluster_embeddings(h: torch.Tensor, max_clusters: int, *, max_points: int = 
     clusters: ρ̃; inf for one cluster), rho_centroids (the smallest distance between two cluster centres),
     eps_S (the largest distance between points of one cluster: ε̃_S), gap (the merge-cost ratio of the chosen
     cut; inf when the clusters are single points))."""
+    # Imported here: scipy.cluster costs 0.4 s at import, which every sweep worker and CLI start would pay.
+    from scipy.cluster.hierarchy import cut_tree, linkage
+
     distinct = torch.unique(h, dim=0)
     n_distinct = distinct.shape[0]
     if n_distinct <= max_clusters:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rhmfast.models import RenLayerwiseLearner, device_of
-from rhmfast.models.observables import posterior_distance, synonym_purity
+from rhmfast.models.observables import first_patch_diagnostics
 from rhmfast.models.ren import KERNEL_CHUNK, rbf_kernel
 from rhmfast.train.loop import check_budget, check_fits, test_error
 from rhmfast.train.record import RunRecord, finish, grammar_config
@@ -157,9 +157,8 @@ def train_ren_layerwise(learner: RenLayerwiseLearner, grammar, scale: float = 1.
                     record.stopped_by = "diverged"
                     break
                 learner.set_weights(l, w)
-                diagnostic = dict(n=n_diagnostic, seed=seed_data, start=position + n)
-                stage.update(posterior_distance=posterior_distance(learner, grammar, l, **diagnostic),
-                             purity=synonym_purity(learner, grammar, l, **diagnostic))
+                stage.update(first_patch_diagnostics(learner, grammar, l, n=n_diagnostic, seed=seed_data,
+                                                     start=position + n))
                 position += n + n_diagnostic
                 record.samples_seen += n  # counted with its stage, so an interrupted record adds up
                 record.stages.append(stage)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from rhmfast._checks import check_choice, check_int, check_positive_int
 from rhmfast.models._common import device_of
-from rhmfast.train.loop import minibatches
+from rhmfast.train.loop import EVAL_BATCH, minibatches
 from rhmfast.train.record import RunRecord, finish
 
 LOSSES = {
@@ -19,7 +19,6 @@ LOSSES = {
     "hinge": lambda margin: F.relu(1.0 - margin),
     "square": lambda margin: (1.0 - margin).square(),  # = (score - y)^2 for y = +-1
 }
-EVAL_BATCH = 8192
 
 
 def hierarchy_config(hierarchy) -> dict:
