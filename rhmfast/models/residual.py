@@ -150,3 +150,33 @@ class ResidualLayerwiseNet(nn.Module):
         return (f"d={self.d}, levels={self.level_sizes}, width={self.width}, beta={self.beta}, "
                 f"activation={self.activation!r}, features={self.features!r}, write={self.write!r}")
 
+
+class ShallowMLP(nn.Module):
+    """The shallow baseline of label hierarchies: one hidden layer on x [n, d] of +-1,
+      scores = V act(W x / sqrt(d) + b) + c,   W [width, d], b [width] N(0, 1); V [n_out, width], c zero,
+    all trained (end to end, ``rhmfast.train.train_hierarchy_end_to_end``). n_out: the labels it predicts
+    (the top level's, or all). Randomness from ``seed`` (None: torch's global generator)."""
+
+    def __init__(self, d: int, n_out: int, width: int = 1024, activation: str = "relu", seed: int | None = None):
+        super().__init__()
+        self.d = check_positive_int("d", d)
+        self.n_out = check_positive_int("n_out", n_out)
+        self.width = check_positive_int("width", width)
+        self.activation = check_choice("activation", activation, tuple(ACTIVATIONS))
+        self.seed = None if seed is None else check_int("seed", seed, 0, (1 << 64) - 1)
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(width, d, generator=gen))
+        self.bias = nn.Parameter(torch.randn(width, generator=gen))
+        self.readout = nn.Linear(width, n_out)
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.d:
+            raise ValueError(f"rhmfast: x must have shape [n, d={self.d}], got {tuple(x.shape)}")
+        x = x.to(device=self.weight.device, dtype=torch.float32)
+        pre = torch.addmm(self.bias, x, self.weight.t(), alpha=1.0 / math.sqrt(self.d))
+        return self.readout(ACTIVATIONS[self.activation](pre))
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, n_out={self.n_out}, width={self.width}, activation={self.activation!r}"

@@ -6,7 +6,8 @@
   hierarchical ("hint") supervision of the intermediate layers by the latent-tree symbols of their level.
 - ``train_ren_layerwise`` (``ren``): the algorithm of Ren et al. (2026), stage by stage, closed-form ridge.
 - ``train_residual_layerwise`` (``residual``): Daniely's (2026) layerwise training of the residual learner of a
-  label hierarchy, one block per level.
+  label hierarchy, one block per level; ``train_hierarchy_end_to_end`` (``residual_end_to_end``) its
+  end-to-end baselines (the same network on the top labels or on all labels, and a shallow MLP).
 
 They share ``record`` (the ``RunRecord`` every trainer returns) and ``loop`` (checks, evaluation and the SGD
 loop over epochs). Fixed seeds (rules: the grammar's; data: ``seed_data``; order of minibatches:
@@ -18,7 +19,9 @@ from rhmfast.train.layerwise import train_layerwise_sgd
 from rhmfast.train.loop import count_errors, test_error
 from rhmfast.train.record import RunRecord
 from rhmfast.train.residual import train_residual_layerwise
+from rhmfast.train.residual_end_to_end import train_hierarchy_end_to_end
 from rhmfast.train.ren import fit_kernel_ridge, fit_ridge, ren_stage_sizes, train_ren_layerwise
 
-__all__ = ["RunRecord", "count_errors", "fit_kernel_ridge", "fit_ridge", "ren_stage_sizes", "test_error", "train_layerwise_sgd",
+__all__ = ["RunRecord", "count_errors", "fit_kernel_ridge", "fit_ridge", "ren_stage_sizes", "test_error", "train_hierarchy_end_to_end",
+           "train_layerwise_sgd",
            "train_ren_layerwise", "train_residual_layerwise", "train_sgd"]
