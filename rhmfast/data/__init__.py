@@ -6,6 +6,7 @@ from rhmfast.data.encoding import one_hot
 from rhmfast.data.exact import ExactStatistics
 from rhmfast.data.grammar import RHM, find_assumption_seed, shard_range
 from rhmfast.data.hierarchy import CircuitTeacher, LabelHierarchy
+from rhmfast.data.rhm_labels import RHMLabels
 
-__all__ = ["CircuitTeacher", "Dataset", "ExactStatistics", "LabelHierarchy", "RHM", "find_assumption_seed", "one_hot",
-           "open_dataset", "shard_range", "write_dataset"]
+__all__ = ["CircuitTeacher", "Dataset", "ExactStatistics", "LabelHierarchy", "RHM", "RHMLabels", "find_assumption_seed",
+           "one_hot", "open_dataset", "shard_range", "write_dataset"]

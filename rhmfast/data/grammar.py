@@ -246,6 +246,13 @@ class RHM:
                               return_tree=return_tree)
             position += n
 
+    def label_hierarchy(self):
+        """This grammar as a label hierarchy (``rhmfast.data.RHMLabels``): one-hot leaf tokens as inputs,
+        the one-hot latent symbols of every level as labels, level 1 just above the leaves and level L the
+        root class; for the learners of Daniely's label hierarchies."""
+        from rhmfast.data.rhm_labels import RHMLabels  # here, not at the top: rhm_labels imports RHM
+        return RHMLabels(self)
+
     # ---- persistence ---------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
