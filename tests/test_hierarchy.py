@@ -209,3 +209,16 @@ def test_bad_sample_arguments_and_unbalanceable_levels(monkeypatch):
     monkeypatch.setattr(hierarchy_module, "MAX_DRAWS", 0)
     with pytest.raises(ValueError, match=r"level 1 \(gate='junta'\): no balanced gate"):
         LabelHierarchy(8, [50], 1, gate="junta")
+
+
+def test_constant_labels_are_redrawn():
+    # Seed 0's first wiring of this hierarchy makes every top label a parity whose inputs cancel (constant
+    # +1, measured); the redraw gives balanced labels.
+    h = LabelHierarchy(64, [4] * 6, 2, gate="parity", wiring="random", seed=0)
+    _, y = h.sample(8192, seed=3)
+    assert bool((y.double().mean(0).abs() < 0.1).all())
+
+
+def test_unbalanceable_hierarchy_is_refused():
+    with pytest.raises(ValueError, match="level_sizes"):
+        LabelHierarchy(4, [2] * 6, 2, gate="parity", wiring="random", seed=0)

@@ -40,6 +40,8 @@ WIRINGS = ("random", "tree")
 MAX_FAN_IN = 12  # tables and polynomials of 2^fan_in entries are enumerated at construction
 BALANCE = 0.9  # "junta" and "ptf" tables: |mean over the 2^fan_in argument values| <= BALANCE
 MAX_DRAWS = 1000  # draws of a level's random gates before its law is declared unbalanceable
+MAX_HIERARCHY_DRAWS = 100  # draws of a whole hierarchy before it is declared unbalanceable
+BALANCE_SAMPLES = 8192  # samples of a fixed stream on which every label is checked for balance
 PTF_SLACK = 1e-9  # relative: the rescaled polynomial's float64 values on the cube stay >= 1
 _BLOCK = 128  # samples per Philox block (4 lanes of 32 bits)
 _CHUNK_WORDS = 1 << 22  # bound on the int64 words of a pass's gate intermediates
@@ -190,6 +192,20 @@ class LabelHierarchy:
         if gate == "majority" and fan_in % 2 == 0:
             raise ValueError(f"rhmfast: fan_in must be odd for gate='majority' (no ties), got {fan_in}")
         generator = torch.Generator().manual_seed(seed)
+        self.gate, self.wiring, self.fan_in, self.seed = gate, wiring, fan_in, seed
+        # Composed gates can make a constant or nearly constant label (random wiring: a parity of parities
+        # whose inputs cancel; random gates: a gate of skewed labels); such a hierarchy is redrawn, the
+        # generator running on, so a hierarchy whose first draw is balanced stays as drawn.
+        for _ in range(MAX_HIERARCHY_DRAWS):
+            self._finish(d, self._draw_stages(d, sizes, fan_in, gate, wiring, generator), sizes)
+            if self._labels_balanced():
+                return
+        raise ValueError(f"rhmfast: no hierarchy with every label balanced (|mean| <= {BALANCE} on "
+                         f"{BALANCE_SAMPLES} samples) in {MAX_HIERARCHY_DRAWS} draws of its wiring and gates; use "
+                         "more labels per level (level_sizes), another gate or wiring")
+
+    @staticmethod
+    def _draw_stages(d, sizes, fan_in, gate, wiring, generator) -> list[_Stage]:
         stages, first, below_first, below_name, below = [], d, 0, "d", d
         for i, size in enumerate(sizes):
             if fan_in > below:
@@ -203,8 +219,12 @@ class LabelHierarchy:
             stages.append(_Stage(first, parents, tables, coefficients))
             below_first, below_name, below = first, f"level_sizes[{i}]", size
             first += size
-        self.gate, self.wiring, self.fan_in, self.seed = gate, wiring, fan_in, seed
-        self._finish(d, stages, sizes)
+        return stages
+
+    def _labels_balanced(self) -> bool:
+        """Every label's mean over BALANCE_SAMPLES samples of a fixed stream is within +-BALANCE."""
+        _, y = self.sample(BALANCE_SAMPLES, seed=0)
+        return bool((y.double().mean(0).abs() <= BALANCE).all())
 
     def _finish(self, d: int, stages: list[_Stage], level_sizes: list[int]) -> None:
         """The attributes and the samples per pass, from the stages (in evaluation order)."""
