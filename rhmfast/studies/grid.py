@@ -24,13 +24,15 @@ import math
 import tomllib
 
 from rhmfast.data.grammar import find_assumption_seed
-from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, grammar_of
+from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_config, config_hash, data_of
 
 # Parameters whose default is None still have a type.
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
-TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str)
+TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str,
+             model=str, width=int, activation=str, lr=float, d=int, level_size=int)
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
 GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules")
+DATA_MODEL_KEYS = GRAMMAR_KEYS + ("data", "gate", "wiring", "fan_in", "d", "level_size")
 MAX_SEED_SEARCH = 1000  # rules seeds a require may try per grammar
 
 
@@ -140,7 +142,7 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
             raise ValueError("rhmfast: give P or P_scaled, not both")
         if "P" not in axes and "P_scaled" not in axes:
             raise ValueError("rhmfast: the grid needs training-set sizes: P (samples) or P_scaled (units of n_c m^L)")
-        for model in axes.get("model", [DEFAULTS["model"]]):
+        for model in axes.get("model", []):
             if model not in MODELS:
                 raise ValueError(f"rhmfast: model must be one of {MODELS}, got {model!r}")
         settings = axes.pop("settings", None)
@@ -171,9 +173,9 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
     if not configs:
         raise ValueError("rhmfast: the grid is empty")
     for config in configs:
-        gkey = tuple(config[k] for k in GRAMMAR_KEYS)
+        gkey = tuple(config[k] for k in DATA_MODEL_KEYS)
         if gkey not in grammars:
-            grammars[gkey] = grammar_of(config)
+            grammars[gkey] = data_of(config)
         check_feasible(config, grammars[gkey])
     return configs
 
@@ -200,6 +202,8 @@ def _sizes(config: dict, scaled: list[float] | None) -> list[int]:
     if scaled is None:
         return [config["P"]]
     c = {**DEFAULTS, **config}
+    if c["data"] != "rhm":
+        raise ValueError(f"rhmfast: P_scaled (units of n_c m^L) is for RHM grids; give P for data = {c['data']!r}")
     n_classes = c["n_classes"] if c["n_classes"] is not None else c["v"]
     base = n_classes * c["m"] ** c["L"]
     return sorted(set(max(1, round(f * base)) for f in scaled))

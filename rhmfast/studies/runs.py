@@ -1,8 +1,9 @@
 """One training run described by one flat, JSON-serialisable config: what a sweep stores, hashes and
 dispatches, and what ``rhmfast train`` runs.
 
-A config names the grammar (v, m, s, L, n_classes, rules, seed_rules, and require: a condition seed_rules
-was searched to meet), the learner (model, trainer and their hyper-parameters), the training-set size P
+A config names its data: an RHM (``data = "rhm"``: v, m, s, L, n_classes, rules, seed_rules, and require:
+a condition seed_rules was searched to meet) or a label hierarchy (``data = "hierarchy"``: gate, wiring,
+fan_in, depth L, d, level_size, seed_rules; see ``hierarchy_of``); the learner (model, trainer and their hyper-parameters), the training-set size P
 and the seeds of data (seed_sample) and model (seed_model). ``complete_config`` fills the defaults and
 resolves the automatic choices, so the stored config says everything the run depended on; its hash names
 the run in the result store. Where a run is executed (device, threads) is not part of the config: it must
@@ -16,26 +17,39 @@ import math
 from fractions import Fraction
 
 from rhmfast._checks import check_choice, check_positive_int
+from rhmfast.data.hierarchy import GATES, WIRINGS
 from rhmfast.models.ren import FEATURES as REN_FEATURES
 
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
 
-MODELS = ("hcnn", "fc", "ren")
-TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "ren": ("ren",)}
+DATA = ("rhm", "hierarchy")
+MODELS = ("hcnn", "fc", "ren", "residual", "mlp")
+MODELS_OF = {"rhm": ("hcnn", "fc", "ren"), "hierarchy": ("residual", "mlp")}
+TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "ren": ("ren",),
+            "residual": ("layerwise", "e2e_all", "e2e_top"), "mlp": ("e2e_top",)}
 SAMPLERS = ("pcsl", "pcsl-2023", "first-token-uniform")
 REQUIREMENTS = (None, "assumption6")
 
 DEFAULTS = dict(
+    data="rhm",
     # grammar; require "assumption6": seed_rules must give a grammar that satisfies Ren et al.'s Assumption 6
     # (a sweep searches the first such seed >= the one given)
     v=8, m=2, s=2, L=3, n_classes=None, rules="pcsl", seed_rules=0, require=None,
+    # label hierarchy (Daniely): L levels of gates of fan_in arguments, drawn from seed_rules; wiring "tree":
+    # d inputs (default fan_in^L), level i holds d / fan_in^i labels; "random": d inputs and level_size labels
+    # per level, each reading fan_in distinct labels (inputs) of the level below
+    gate="parity", wiring="tree", fan_in=2, d=None, level_size=None,
     # data and seeds: samples are drawn from the stream seed_sample, the model initialised from seed_model
     P=None, n_test=2048, seed_sample=0, seed_model=0,
-    # learner: trainer "auto" is sgd for hcnn and fc, ren for the Ren learner
-    model="hcnn", trainer="auto", width=64, depth=1, norm="mf", bias=False, activation="relu", hint_weight=1.0,
-    # SGD (the reference recipe); max_epochs None: ceil(max_steps / steps per epoch) epochs
-    lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
+    # learner: model None is hcnn on an RHM, residual on a hierarchy; trainer "auto" is sgd for hcnn and fc, ren for the Ren learner, layerwise for the residual
+    # learner, e2e_top for the shallow MLP; width and activation None: the model's default (MODEL_DEFAULTS)
+    model=None, trainer="auto", width=None, depth=1, norm="mf", bias=False, activation=None, hint_weight=1.0,
+    # SGD (the reference recipe; the hierarchy learners' end-to-end trainers use Adam); lr None: 0.1 for SGD,
+    # 1e-3 for Adam; max_epochs None: ceil(max_steps / steps per epoch) epochs
+    lr=None, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
     loss_threshold=1e-3, cosine=False, online=False,
+    # the residual layerwise learner's closed-form read-outs: ridge penalty (relative to the features' variance)
+    ridge=1e-2,
     # Ren et al.: P is the total of the stages' fresh samples, N^(l) proportional to m^l
     # ren_lam None: the ridge penalty 1/(v m) of Ren et al. ren_sigma: the RBF bandwidth above the input level
     # times sqrt(m), or "auto" (per level, from the measured clusters of its embeddings); ren_features: the
@@ -45,16 +59,27 @@ DEFAULTS = dict(
 
 _SGD = ("lr", "momentum", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold", "cosine", "online")
 _REN = ("ren_features", "ren_sigma", "ren_feature_kind", "ren_lam")
+_ADAM = ("width", "activation", "lr", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold")
 # The parameters each learner reads; complete_config sets the others to None, so that a parameter a run
 # ignores never makes two names for one run.
 USED_BY = {"hcnn": ("width", "norm", "bias", "activation", "hint_weight") + _SGD, "fc": ("width", "depth") + _SGD,
-           "ren": _REN}
+           "ren": _REN, "residual": _ADAM + ("ridge",), "mlp": _ADAM}
 _LEARNER_KEYS = {key for keys in USED_BY.values() for key in keys}
+MODEL_DEFAULTS = {"hcnn": dict(width=64, activation="relu", lr=0.1), "fc": dict(width=64, lr=0.1),
+                  "residual": dict(width=4096, activation="quadratic", lr=1e-3),
+                  "mlp": dict(width=1024, activation="relu", lr=1e-3)}
+# The parameters each data model reads (L and seed_rules both do).
+DATA_KEYS = {"rhm": ("v", "m", "s", "n_classes", "rules", "require"),
+             "hierarchy": ("gate", "wiring", "fan_in", "d", "level_size")}
+_DATA_KEYS = {key for keys in DATA_KEYS.values() for key in keys}
 
-POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features")
+POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features",
+                     "fan_in")
 SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
-# Keys added after runs were stored: at None they stay out of the hash, so the stored runs keep their names.
-_UNHASHED_AT_NONE = ("require",)
+# Keys added after runs were stored: at these values they stay out of the hash, so the stored runs keep
+# their names.
+_UNHASHED_AT = dict(require=None, data="rhm", gate=None, wiring=None, fan_in=None, d=None, level_size=None,
+                    ridge=None)
 
 
 def complete_config(config: dict) -> dict:
@@ -66,33 +91,50 @@ def complete_config(config: dict) -> dict:
     c = {**DEFAULTS, **config}
     if c["P"] is None:
         raise ValueError("rhmfast: P (the training-set size) must be given")
-    check_choice("model", c["model"], MODELS)
-    check_choice("rules", c["rules"], SAMPLERS)
-    check_choice("require", c["require"], REQUIREMENTS)
+    check_choice("data", c["data"], DATA)
+    if c["model"] is None:
+        c["model"] = MODELS_OF[c["data"]][0]
+    check_choice(f"model (for data {c['data']!r})", c["model"], MODELS_OF[c["data"]])
+    c = {key: (value if key not in _DATA_KEYS or key in DATA_KEYS[c["data"]] else None) for key, value in c.items()}
+    if c["data"] == "rhm":
+        check_choice("rules", c["rules"], SAMPLERS)
+        check_choice("require", c["require"], REQUIREMENTS)
+    else:
+        check_choice("gate", c["gate"], GATES)
+        check_choice("wiring", c["wiring"], WIRINGS)
+        for key in ("d", "level_size"):
+            if c[key] is not None:
+                check_positive_int(key, c[key])
+    for key, value in MODEL_DEFAULTS.get(c["model"], {}).items():
+        if c[key] is None:
+            c[key] = value
     if c["trainer"] == "auto":
         c["trainer"] = TRAINERS[c["model"]][0]
     check_choice(f"trainer (for model {c['model']!r})", c["trainer"], TRAINERS[c["model"]])
     used = set(USED_BY[c["model"]]) - ({"hint_weight"} if c["trainer"] != "layerwise_hints" else set())
+    if c["model"] == "residual":  # layerwise: closed-form read-outs; end to end: Adam, no ridge
+        used -= set(_ADAM[2:]) if c["trainer"] == "layerwise" else {"ridge"}
     if c["model"] == "ren":
         kind = check_choice("ren_feature_kind", c["ren_feature_kind"], REN_FEATURES)
         used -= set() if kind in ("rff", "tensor+rff") else {"ren_features"}
         used -= set() if kind in ("rff", "tensor+rff", "kernel", "tensor+kernel") else {"ren_sigma"}
     c = {key: (value if key not in _LEARNER_KEYS or key in used else None) for key, value in c.items()}
     for key in POSITIVE_INT_KEYS:
-        if c[key] is not None or key not in _LEARNER_KEYS:
+        if c[key] is not None or (key not in _LEARNER_KEYS and (key not in _DATA_KEYS or key in DATA_KEYS[c["data"]])):
             check_positive_int(key, c[key])
     for key in SEED_KEYS:
         if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
             raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
-    c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
+    if c["data"] == "rhm":
+        c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
     if c["max_epochs"] is not None:
         check_positive_int("max_epochs", c["max_epochs"])
-    for key in ("lr", "ren_sigma", "ren_lam", "hint_weight"):
+    for key in ("lr", "ren_sigma", "ren_lam", "hint_weight", "ridge"):
         if c[key] is not None and not (isinstance(c[key], (int, float)) and not isinstance(c[key], bool)
                                        and c[key] > 0) and not (key == "ren_sigma" and c[key] == "auto"):
             also = " or 'auto'" if key == "ren_sigma" else ""
             raise ValueError(f"rhmfast: {key} must be a number > 0{also}, got {c[key]!r}")
-    for key in ("lr", "ren_sigma", "momentum", "weight_decay", "loss_threshold", "hint_weight", "ren_lam"):
+    for key in ("lr", "ren_sigma", "momentum", "weight_decay", "loss_threshold", "hint_weight", "ren_lam", "ridge"):
         if c[key] is not None and c[key] != "auto":
             c[key] = float(c[key])  # 1 and 1.0 are one config, one hash
     for key in ("bias", "cosine", "online"):
@@ -104,13 +146,13 @@ def complete_config(config: dict) -> dict:
 def config_hash(config: dict) -> str:
     """The name of a run: a hash of its complete config (and of the format version)."""
     c = complete_config(config)
-    hashed = {key: value for key, value in c.items() if value is not None or key not in _UNHASHED_AT_NONE}
+    hashed = {key: value for key, value in c.items() if key not in _UNHASHED_AT or value != _UNHASHED_AT[key]}
     text = json.dumps({"format": RUN_FORMAT_VERSION, **hashed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def learner_name(config: dict) -> str:
-    """"hcnn", "fc", "ren", "<model>-<trainer>" for a non-default trainer, "ren-<features>" for the Ren
+    """"hcnn", "fc", "ren", "residual", "mlp", "<model>-<trainer>" for a non-default trainer, "ren-<features>" for the Ren
     learner with other features than the default tensor+rff (the analysis keeps learners apart by name)."""
     c = complete_config(config)
     if c["model"] == "ren" and c["ren_feature_kind"] != DEFAULTS["ren_feature_kind"]:
@@ -135,11 +177,44 @@ def grammar_of(config: dict):
     return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"])
 
 
-def check_feasible(config: dict, grammar=None) -> None:
-    """Refuse what cannot run, before anything runs: an impossible grammar, a grammar that does not meet
-    the config's require, or a training plus test set larger than pmax (they are drawn without replacement)
-    for the SGD trainers."""
+def hierarchy_of(config: dict):
+    """The label hierarchy of a config with data = "hierarchy": L levels of gates of fan_in arguments, seed
+    seed_rules. wiring "tree": d inputs (None: fan_in^L; else a multiple of fan_in^L), level i holding
+    d / fan_in^i labels; "random": d inputs and level_size labels per level (both needed)."""
+    from rhmfast.data.hierarchy import LabelHierarchy
+
     c = complete_config(config)
+    if c["data"] != "hierarchy":
+        raise ValueError(f"rhmfast: hierarchy_of needs data = 'hierarchy', got {c['data']!r}")
+    fan_in, depth = c["fan_in"], c["L"]
+    if c["wiring"] == "tree":
+        d = fan_in**depth if c["d"] is None else c["d"]
+        if d % fan_in**depth:
+            raise ValueError(f"rhmfast: d must be a multiple of fan_in^L = {fan_in**depth} for wiring='tree', got {d}")
+        if c["level_size"] is not None:
+            raise ValueError("rhmfast: level_size is set by d and fan_in for wiring='tree'; leave it out")
+        sizes = [d // fan_in**i for i in range(1, depth + 1)]
+    else:
+        if c["d"] is None or c["level_size"] is None:
+            raise ValueError("rhmfast: wiring='random' needs d (inputs) and level_size (labels per level)")
+        d, sizes = c["d"], [c["level_size"]] * depth
+    return LabelHierarchy(d, sizes, fan_in, gate=c["gate"], wiring=c["wiring"], seed=c["seed_rules"])
+
+
+def data_of(config: dict):
+    """The data model of a config: its RHM or its label hierarchy."""
+    return grammar_of(config) if complete_config(config)["data"] == "rhm" else hierarchy_of(config)
+
+
+def check_feasible(config: dict, grammar=None) -> None:
+    """Refuse what cannot run, before anything runs: an impossible grammar or hierarchy, a grammar that
+    does not meet the config's require, or a training plus test set larger than pmax (they are drawn
+    without replacement) for the SGD trainers. grammar: the config's data model, if already built."""
+    c = complete_config(config)
+    if c["data"] == "hierarchy":
+        if grammar is None:
+            hierarchy_of(c)
+        return
     grammar = grammar_of(c) if grammar is None else grammar
     if c["require"] == "assumption6" and not grammar.exact.satisfies_assumption():
         raise ValueError(f"rhmfast: seed_rules = {c['seed_rules']} does not meet require = 'assumption6' for "
@@ -153,9 +228,19 @@ def check_feasible(config: dict, grammar=None) -> None:
 
 def build_model(config: dict):
     """The learner of a config, initialised from seed_model."""
-    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner
+    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP
 
     c = complete_config(config)
+    if c["model"] == "residual":
+        # layerwise: frozen random features and thresholded writes (the theory's); end to end: every block
+        # trained, tanh writes so that the gradient passes
+        layerwise = c["trainer"] == "layerwise"
+        return ResidualLayerwiseNet(hierarchy_of(c), width=c["width"], activation=c["activation"],
+                                    features="random" if layerwise else "trained", write="sign" if layerwise else "tanh",
+                                    seed=c["seed_model"])
+    if c["model"] == "mlp":
+        hierarchy = hierarchy_of(c)
+        return ShallowMLP(hierarchy.d, len(hierarchy.levels[-1]), c["width"], c["activation"], seed=c["seed_model"])
     if c["model"] == "hcnn":
         return HierarchicalCNN(c["v"], c["width"], c["s"], c["L"], c["n_classes"], norm=c["norm"], bias=c["bias"],
                                activation=c["activation"], seed=c["seed_model"])
@@ -167,6 +252,12 @@ def build_model(config: dict):
                                n_features=c["ren_features"] or 1,
                                sigma=sigma if sigma == "auto" else sigma / math.sqrt(c["m"]),
                                seed=c["seed_model"])
+
+
+def stage_size(config: dict) -> int:
+    """The residual layerwise learner's samples per stage: ceil(P / L), so P counts all stages' samples."""
+    c = complete_config(config)
+    return -(-c["P"] // c["L"])
 
 
 def sgd_epochs(config: dict) -> int:
@@ -191,9 +282,22 @@ def sgd_arguments(config: dict) -> dict:
 def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
     """Train the learner of one config on `device` and return its RunRecord (every trainer keeps its data
     on the model's device)."""
-    from rhmfast.train import train_layerwise_sgd, train_ren_layerwise, train_sgd
+    from rhmfast.train import (train_hierarchy_end_to_end, train_layerwise_sgd, train_ren_layerwise,
+                               train_residual_layerwise, train_sgd)
 
     c = complete_config(config)
+    if c["data"] == "hierarchy":
+        hierarchy = hierarchy_of(c)
+        model = build_model(c).to(device)
+        if c["trainer"] == "layerwise":  # P: the total of the stages' fresh samples
+            return train_residual_layerwise(model, hierarchy, stage_size(c), ridge=c["ridge"], n_test=c["n_test"],
+                                            seed_data=c["seed_sample"], seed_order=c["seed_sample"],
+                                            progress=progress)
+        return train_hierarchy_end_to_end(model, hierarchy, c["P"], labels=c["trainer"][len("e2e_"):], lr=c["lr"],
+                                          batch_size=c["batch_size"], epochs=sgd_epochs(c),
+                                          weight_decay=c["weight_decay"], loss_threshold=c["loss_threshold"],
+                                          eval_every=max(1, sgd_epochs(c) // 5), n_test=c["n_test"],
+                                          seed_data=c["seed_sample"], seed_order=c["seed_sample"], progress=progress)
     grammar = grammar_of(c)
     check_feasible(c, grammar)
     model = build_model(c).to(device)

@@ -37,12 +37,13 @@ def _json_safe(value):
 
 def make_record(config: dict, run_record, *, execution: dict | None = None) -> dict:
     """The stored form of a finished run: its complete config and hash, the trainer's RunRecord, the
-    P the analysis uses (for the Ren learner, the total of its stages' samples), and where it ran. A
+    P the analysis uses (for the Ren and residual layerwise learners, the total of their stages' samples), and where it ran. A
     diverged run is stored too, its non-finite numbers as null and no test error (null), so that it is
     not run again and the analysis counts it as missing."""
     config = complete_config(config)
     result = _json_safe(run_record.to_dict() if hasattr(run_record, "to_dict") else dict(run_record))
-    p_used = result["samples_seen"] if config["model"] == "ren" else config["P"]
+    stages = config["model"] == "ren" or (config["model"] == "residual" and config["trainer"] == "layerwise")
+    p_used = result["samples_seen"] if stages else config["P"]
     return dict(format=RECORD_FORMAT, version=RECORD_VERSION, hash=config_hash(config), learner=learner_name(config),
                 config=config, P_used=p_used, test_error=result["final_test_error"], result=result,
                 execution=dict(host=socket.gethostname(), python=platform.python_version(),
@@ -173,7 +174,14 @@ def collect(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
 
 # Config keys that are the analysis' own axes (setting, P, replicate); any other key that varies
 # between runs splits a learner's curves and is named in its label.
-_ANALYSIS_AXES = {"v", "n_classes", "s", "m", "L", "P", "seed_rules", "seed_sample", "seed_model", "model", "trainer"}
+_ANALYSIS_AXES = {"v", "n_classes", "s", "m", "L", "P", "seed_rules", "seed_sample", "seed_model", "model", "trainer",
+                  "data", "fan_in"}
+
+
+def _hierarchy_setting(row: dict) -> dict:
+    """A label hierarchy's run in the analysis' terms: +-1 inputs and labels (v = n_classes = 2), fan-in s,
+    depth L, one rule per symbol (m = 1)."""
+    return dict(v=2, n_classes=2, s=row["fan_in"], m=1)
 
 
 def load_rows(source: str | os.PathLike, hashes=None) -> list[dict]:
@@ -198,7 +206,8 @@ def load_rows(source: str | os.PathLike, hashes=None) -> list[dict]:
     varying = varying_keys(runs, _ANALYSIS_AXES)
     replicates = {key: i for i, key in enumerate(sorted({(r["seed_rules"], r["seed_sample"], r["seed_model"])
                                                          for r in runs}))}
-    return [dict(learner=" ".join([r["learner"]] + [f"{k}={r[k]}" for k in varying[r["learner"]]]), v=r["v"],
-                 n_classes=r["n_classes"], s=r["s"], m=r["m"], L=r["L"], P=r["P_used"],
+    return [dict(learner=" ".join([r["learner"]] + [f"{k}={r[k]}" for k in varying[r["learner"]]]),
+                 **(_hierarchy_setting(r) if r.get("data") == "hierarchy" else
+                    dict(v=r["v"], n_classes=r["n_classes"], s=r["s"], m=r["m"])), L=r["L"], P=r["P_used"],
                  seed=replicates[(r["seed_rules"], r["seed_sample"], r["seed_model"])], test_error=r["test_error"],
                  n_test=r["n_test"]) for r in runs]

@@ -16,7 +16,16 @@ from rhmfast.studies.runs import config_hash, learner_name, varying_keys
 from rhmfast.studies.store import ResultStore
 
 # Keys that identify a setting in summaries; other keys that vary for a learner are listed too.
-_SUMMARY_KEYS = ("v", "m", "s", "L")
+_SUMMARY_KEYS = ("v", "m", "s", "L", "gate", "wiring", "fan_in", "d", "level_size")
+
+
+def _setting(c: dict) -> str:
+    if c.get("data", "rhm") == "rhm":
+        return f"v={c['v']} m={c['m']} s={c['s']} L={c['L']}"
+    # d and level_size when given (a tree's d may be a multiple of fan_in^L): settings that differ only in d
+    # must not share a line
+    sizes = "".join(f" {k}={c[k]}" for k in ("d", "level_size") if c.get(k) is not None)
+    return f"{c['gate']} {c['wiring']} fan_in={c['fan_in']} L={c['L']}{sizes}"
 
 
 def describe(configs: list[dict]) -> str:
@@ -26,14 +35,14 @@ def describe(configs: list[dict]) -> str:
     groups = collections.OrderedDict()
     for c in configs:
         learner = learner_name(c)
-        head = (learner,) + tuple(c[k] for k in _SUMMARY_KEYS) + tuple(f"{k}={c[k]}" for k in varying[learner])
+        head = (learner, _setting(c)) + tuple(f"{k}={c[k]}" for k in varying[learner])
         ps, seeds = groups.setdefault(head, (set(), set()))
         ps.add(c["P"])
         seeds.add((c["seed_sample"], c["seed_model"]))
     lines = [f"{len(configs)} runs"]
     for head, (ps, seeds) in groups.items():
         seed_text = ",".join(str(a) if a == b else f"{a}/{b}" for a, b in sorted(seeds))
-        lines.append(f"  {head[0]:<22} v={head[1]} m={head[2]} s={head[3]} L={head[4]} {' '.join(head[5:])}".rstrip()
+        lines.append(f"  {head[0]:<22} {head[1]} {' '.join(head[2:])}".rstrip()
                      + f": {len(ps)} P in [{min(ps)}, {max(ps)}] x {len(seeds)} seeds ({seed_text})")
     return "\n".join(lines)
 
@@ -41,7 +50,7 @@ def describe(configs: list[dict]) -> str:
 def summary(record: dict) -> str:
     c = record["config"]
     error = "diverged" if record["test_error"] is None else f"test error {record['test_error']:.4f}"
-    return (f"{record['learner']} v={c['v']} m={c['m']} L={c['L']} P={c['P']} seed={c['seed_sample']}: "
+    return (f"{record['learner']} {_setting(c)} P={c['P']} seed={c['seed_sample']}: "
             f"{error} ({record['result']['wall_time_s']:.1f} s)")
 
 
