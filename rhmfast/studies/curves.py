@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "hcnn-layerwise": "hCNN (layerwise SGD)", "fc": "fully connected",
+LEARNER_NAMES = {"hcnn": "hCNN (SGD)", "hcnn-layerwise": "hCNN (layerwise SGD)",
+                 "hcnn-layerwise_hints": "hCNN (layerwise SGD, hints)", "fc": "fully connected",
+                 "residual": "residual layerwise", "residual-e2e_all": "residual, end to end (all labels)",
+                 "residual-e2e_top": "residual, end to end (top labels)", "mlp": "shallow MLP",
                  "ren": "Ren layerwise", **{f"ren-{kind}": f"Ren layerwise ({kind})" for kind in
                                             ("tensor", "rff", "kernel", "tensor+kernel", "cluster")}}
 _INT_KEYS = ("v", "n_classes", "m", "L", "s", "P", "seed", "n_test")
