@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from rhmfast._checks import check_positive_int, check_real
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.token_patch_embed import token_patch_embed
 from rhmfast.reference.patch_conv import check_activation
@@ -55,12 +56,11 @@ class PatchConv1d(nn.Module):
                  activation: str | None = None, layout: str = "ncl", scale: float = 1.0, device=None, dtype=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("patch_size", patch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"rhmfast: {name} must be an int >= 1, got {value!r}")
+            check_positive_int(name, value)  # bools too are refused (True would be a patch size of 1)
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
         self.activation = _activation(activation)
         self.layout = _check_layout(layout)
-        self.scale = float(scale)
+        self.scale = check_real("scale", scale)
         factory = dict(device=device, dtype=dtype)
         storage = torch.empty(out_channels, patch_size, in_channels, **factory)
         self.weight = nn.Parameter(storage.permute(0, 2, 1))  # shape [C_out, C_in, s], like nn.Conv1d
@@ -145,12 +145,11 @@ class TokenPatchEmbedding(nn.Module):
                  activation: str | None = None, layout: str = "ncl", scale: float = 1.0, device=None, dtype=None):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("out_channels", out_channels), ("patch_size", patch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"rhmfast: {name} must be an int >= 1, got {value!r}")
+            check_positive_int(name, value)
         self.vocab_size, self.out_channels, self.patch_size = vocab_size, out_channels, patch_size
         self.activation = _activation(activation)
         self.layout = _check_layout(layout)
-        self.scale = float(scale)
+        self.scale = check_real("scale", scale)
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(patch_size, vocab_size, out_channels, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import torch
 
-from rhmfast._checks import check_int
+from rhmfast._checks import check_device, check_int, check_seed
 from rhmfast.data import rule_samplers
 from rhmfast.data.exact import ExactStatistics
 from rhmfast.ops.rhm_sample import rhm_decode, rhm_sample
@@ -17,6 +17,8 @@ from rhmfast.reference import rhm_sample as sample_ref
 FORMAT_NAME = "rhmfast.RHM"
 FORMAT_VERSION = 1
 _INT64_LIMIT = 1 << 63
+_MAX_SYMBOLS = (1 << 31) - 1  # the kernels' rule table is int32: symbols and labels must fit it
+_GIB = float(1 << 30)
 _TOKEN_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
@@ -62,13 +64,13 @@ class RHM:
 
     def __init__(self, v: int, m: int, s: int, L: int, n_classes: int | None = None, seed: int = 0,
                  rules: str = "pcsl"):
-        v = check_int("v", v, 2)
+        v = check_int("v", v, 2, _MAX_SYMBOLS)
         m = check_int("m", m, 1)
         s = check_int("s", s, 2)
         L = check_int("L", L, 1, 64)
-        n_classes = v if n_classes is None else check_int("n_classes", n_classes, 1)
+        n_classes = v if n_classes is None else check_int("n_classes", n_classes, 1, _MAX_SYMBOLS)
         seed = check_int("seed", seed, 0)
-        if rules not in rule_samplers.SAMPLERS:
+        if not isinstance(rules, str) or rules not in rule_samplers.SAMPLERS:
             raise ValueError(f"rules must be one of {sorted(rule_samplers.SAMPLERS)}, got {rules!r}")
         if n_classes * m > v**s:
             raise ValueError(f"n_classes * m must be <= v^s = {v**s} (each label needs m distinct s-tuples), "
@@ -102,11 +104,18 @@ class RHM:
         return (f"RHM(v={self.v}, m={self.m}, s={self.s}, L={self.L}, n_classes={self.n_classes}, "
                 f"seed={self.seed}, rules={self.sampler!r})")
 
-    def table(self, device="cpu") -> torch.Tensor:
-        """The int32 [L, R, m, s] rule table the kernels read, on ``device`` (cached)."""
-        device = torch.device(device)
+    @staticmethod
+    def _device(device) -> torch.device:
+        """The device argument of the samplers, checked (it exists here), CUDA without an index resolved to the
+        current device."""
+        device = check_device("device", device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def table(self, device="cpu") -> torch.Tensor:
+        """The int32 [L, R, m, s] rule table the kernels read, on ``device`` (cached)."""
+        device = self._device(device)
         if device not in self._tables:
             self._tables[device] = self._tables[torch.device("cpu")].to(device)
         return self._tables[device]
@@ -123,6 +132,28 @@ class RHM:
             what = "symbols and labels" if return_tree else "tokens"
             raise ValueError(f"dtype {dtype} cannot hold {what} up to {top} (max {torch.iinfo(dtype).max})")
         return dtype
+
+    def _check_memory(self, n: int, device: torch.device, dtype: torch.dtype, return_tree: bool) -> None:
+        """Refuses up front (ValueError naming n and the GiB needed) a draw whose output alone exceeds the
+        memory of the device: the physical memory for the CPU, the GPU's total memory for CUDA."""
+        per_sample = self.input_dim * dtype.itemsize + 8  # tokens, and the int64 label
+        if return_tree:
+            per_sample += (self.input_dim - 1) // (self.s - 1) * dtype.itemsize  # levels 0 .. L-1
+        need = n * per_sample
+        if device.type == "cpu":
+            try:
+                cap = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (AttributeError, OSError, ValueError):  # no sysconf (Windows): no cap
+                return
+        elif device.type == "cuda":
+            cap = torch.cuda.get_device_properties(device).total_memory
+        else:
+            return
+        if need > cap:
+            raise ValueError(f"rhmfast: n = {n} samples need {need / _GIB:.1f} GiB ({per_sample} bytes each: "
+                             f"{self.input_dim} tokens of {dtype}, the label{', the tree' if return_tree else ''}), "
+                             f"more than the {cap / _GIB:.1f} GiB of memory of {device}; draw fewer at a time "
+                             "(batches(), or sample() with start=)")
 
     @staticmethod
     def _result(tokens, labels, tree, return_tree):
@@ -143,9 +174,10 @@ class RHM:
         """
         n = check_int("n", n, 0)
         start = check_int("start", start, 0)
-        seed = check_int("seed", seed, 0, (1 << 64) - 1)
-        if mode not in ("iid", "index"):
+        seed = check_seed("seed", seed, optional=False)
+        if not isinstance(mode, str) or mode not in ("iid", "index"):
             raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+        device = self._device(device)
         if start + n >= _INT64_LIMIT:
             raise ValueError(f"start + n must be < 2^63, got {start + n}")
         if mode == "index":
@@ -155,6 +187,7 @@ class RHM:
                 raise ValueError(f"mode='index' draws without replacement: start + n must be <= pmax = {self.pmax}, "
                                  f"got {start + n}")
         dtype = self._dtype(dtype, return_tree)
+        self._check_memory(n, device, dtype, return_tree)
         out = rhm_sample(self.table(device), self.n_classes, n, seed, start, mode, dtype, return_tree)
         return self._result(*out, return_tree)
 
@@ -164,9 +197,11 @@ class RHM:
         root first and then each level's nodes, are the rule choices. Python ints of any size are
         accepted (pmax may exceed 2^64)."""
         dtype = self._dtype(dtype, return_tree)
+        device = self._device(device)
         if isinstance(indices, torch.Tensor):
             if indices.dtype != torch.int64:
                 raise TypeError(f"indices must be an int64 tensor, got {indices.dtype}")
+            self._check_memory(indices.numel(), device, dtype, return_tree)
             datum = indices.reshape(-1).to(device)
         else:
             values = [indices] if isinstance(indices, numbers.Integral) else list(indices)
@@ -174,6 +209,7 @@ class RHM:
             values = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values]
             for value in values:
                 check_int("indices", value, 0, self.pmax - 1)
+            self._check_memory(len(values), device, dtype, return_tree)
             if self.pmax >= _INT64_LIMIT:
                 return self._decode_big(values, device, dtype, return_tree)
             datum = torch.tensor(values, dtype=torch.int64, device=device)
@@ -217,7 +253,10 @@ class RHM:
         if n_train + n_test > self.pmax:
             raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds pmax = {self.pmax}, the number of "
                              "distinct inputs (train and test are drawn without replacement)")
+        if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+            raise TypeError(f"rhmfast: shard must be a pair (rank, world_size), got {shard!r}")
         rank, world_size = shard
+        shard_range(0, rank, world_size)  # checks rank and world_size now, whatever n_train and n_test
         mode = "index" if self.pmax < _INT64_LIMIT else "iid"
         common = dict(seed=seed, mode=mode, device=device, dtype=dtype, return_tree=return_tree)
         parts = []
@@ -232,9 +271,12 @@ class RHM:
         stream, so no sample index repeats. In ``mode="index"`` the stream ends after pmax samples."""
         batch_size = check_int("batch_size", batch_size, 1)
         start = check_int("start", start, 0)
-        if mode not in ("iid", "index"):
+        seed = check_seed("seed", seed, optional=False)
+        device = self._device(device)  # checked now, not at the first batch
+        if not isinstance(mode, str) or mode not in ("iid", "index"):
             raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
         end = self.pmax if mode == "index" else _INT64_LIMIT - 1
+        self._dtype(dtype, return_tree)
         if start >= end:  # checked now, not at the first batch: batches() is not itself a generator
             raise ValueError(f"start must be < {'pmax = ' if mode == 'index' else ''}{end}, got {start}")
         return self._batch_stream(batch_size, seed, start, end, mode, device, dtype, return_tree)
@@ -273,19 +315,157 @@ class RHM:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RHM":
-        """Read a grammar written by :meth:`save`."""
-        with open(path) as f:
-            record = json.load(f)
+        """Read a grammar written by :meth:`save`.
+
+        Everything the file promises is checked, and a violation is a ValueError naming the file and the
+        field: the format and version; v, m, s, L, n_classes and seed ints (not bools or floats) in the
+        constructor's ranges; a known rules_sampler; L levels of parents and rules, level l's rules a
+        [len(parents[l]), m, s] nested list of ints in [0, v); the parents of level 0 the labels
+        0 .. n_classes-1, those of a deeper level the symbols 0 .. v-1 (pcsl, first-token-uniform) or, for
+        pcsl-2023, the symbols that occur in the rules of the level above, in increasing order; no s-tuple
+        twice in a level (the grammar is unambiguous); for first-token-uniform, n_classes == v and every
+        symbol starting exactly m rules of each level. A file that cannot be read (missing, unreadable)
+        raises the OSError of open()."""
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            record = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(f"rhmfast: grammar file {path} is not valid JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"rhmfast: grammar file {path} must hold a JSON object, got {type(record).__name__}")
         if record.get("format") != FORMAT_NAME:
             raise ValueError(f"{path} is not an rhmfast grammar file (format {record.get('format')!r})")
-        if record.get("version") != FORMAT_VERSION:
+        if type(record.get("version")) is not int or record["version"] != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported grammar format version {record.get('version')!r} "
                              f"(this rhmfast reads version {FORMAT_VERSION})")
-        v, m, s, L, n_classes = (record[k] for k in ("v", "m", "s", "L", "n_classes"))
-        parents = [torch.tensor(p, dtype=torch.int64) for p in record["parents"]]
-        rules = [torch.tensor(r, dtype=torch.int64).reshape(len(p), m, s) for p, r in zip(record["parents"], record["rules"])]
-        if len(rules) != L:
-            raise ValueError(f"{path}: expected {L} levels of rules, found {len(rules)}")
+        field = _FileFields(path, record)
+        v = field.integer("v", 2, _MAX_SYMBOLS)
+        m = field.integer("m", 1)
+        s = field.integer("s", 2)
+        L = field.integer("L", 1, 64)
+        n_classes = field.integer("n_classes", 1, _MAX_SYMBOLS)
+        seed = field.integer("seed", 0)
+        sampler = field.get("rules_sampler")
+        if not isinstance(sampler, str) or sampler not in rule_samplers.SAMPLERS:
+            raise field.error("rules_sampler", f"must be one of {sorted(rule_samplers.SAMPLERS)}, got {sampler!r}")
+        if sampler == "first-token-uniform" and n_classes != v:
+            raise field.error("n_classes", f"must equal v = {v} for rules_sampler 'first-token-uniform', "
+                                           f"got {n_classes}")
+        for key in ("parents", "rules"):
+            levels = field.get(key)
+            if not isinstance(levels, list) or len(levels) != L:
+                found = f"{len(levels)}" if isinstance(levels, list) else f"a {type(levels).__name__}"
+                raise field.error(key, f"must be a list of L = {L} levels, found {found}")
+        parents, rules = [], []
+        for level in range(L):
+            top = n_classes if level == 0 else v
+            what = "n_classes" if level == 0 else "v"
+            p = field.int_array(f"parents[{level}]", record["parents"][level], (None,), top, what)
+            r = field.int_array(f"rules[{level}]", record["rules"][level], (p.numel(), m, s), v, "v",
+                                shape_text=f"[len(parents[{level}]) = {p.numel()}, m = {m}, s = {s}]")
+            if level == 0 or sampler != "pcsl-2023":
+                expected, meaning = torch.arange(top), (f"the labels 0 .. n_classes-1 = {top - 1}" if level == 0 else
+                                                        f"the symbols 0 .. v-1 = {top - 1} (sampler {sampler!r})")
+            else:
+                expected = torch.unique(rules[-1])
+                meaning = f"the symbols occurring in rules[{level - 1}], in increasing order (sampler 'pcsl-2023')"
+            if not torch.equal(p, expected):
+                raise field.error(f"parents[{level}]", f"must be {meaning}: {_short(expected.tolist())}, "
+                                                       f"got {_short(p.tolist())}")
+            _check_unambiguous(field, level, p, r, v)
+            if sampler == "first-token-uniform":
+                starts = torch.bincount(r[:, :, 0].reshape(-1), minlength=v)
+                bad = int(torch.nonzero(starts != m)[0, 0]) if bool((starts != m).any()) else None
+                if bad is not None:
+                    raise field.error(f"rules[{level}]", f"must start every symbol exactly m = {m} times "
+                                                         f"(sampler 'first-token-uniform'); symbol {bad} starts "
+                                                         f"{int(starts[bad])}")
+            parents.append(p)
+            rules.append(r)
         grammar = cls.__new__(cls)
-        grammar._init(v, m, s, L, n_classes, record["seed"], record["rules_sampler"], parents, rules)
+        grammar._init(v, m, s, L, n_classes, seed, sampler, parents, rules)
         return grammar
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _FileFields:
+    """Reads and checks the fields of a grammar file; every error names the file and the field."""
+
+    def __init__(self, path: str, record: dict):
+        self.path, self.record = path, record
+
+    def error(self, name: str, message: str) -> ValueError:
+        return ValueError(f"rhmfast: grammar file {self.path}: field {name!r} {message}")
+
+    def get(self, name: str):
+        if name not in self.record:
+            raise self.error(name, "is missing")
+        return self.record[name]
+
+    def integer(self, name: str, low: int, high: int | None = None) -> int:
+        value = self.get(name)
+        try:
+            return check_int(name, value, low, high)
+        except (TypeError, ValueError) as error:
+            found = f" ({_short(value)})" if isinstance(error, TypeError) else ""
+            raise self.error(name, str(error).removeprefix(f"rhmfast: {name} ") + found) from None
+
+    def int_array(self, name: str, value, shape: tuple, top: int, top_name: str, shape_text: str | None = None):
+        """A nested list of the given shape (None: any length) of ints (type int exactly: no bools, no
+        floats) in [0, top) -> an int64 tensor."""
+        shape_text = shape_text or "[" + ", ".join("n" if size is None else str(size) for size in shape) + "]"
+        items, sizes = [value], []
+        for depth, size in enumerate(shape):
+            flat = []
+            for item in items:
+                if type(item) is not list:
+                    raise self.error(name, f"must be a nested list of shape {shape_text}, got {_short(item)} "
+                                           f"(a {type(item).__name__}) at depth {depth}")
+                if size is not None and len(item) != size:
+                    raise self.error(name, f"must have shape {shape_text}, got a list of length {len(item)} "
+                                           f"at depth {depth}")
+                if size is None and not sizes and len(item) == 0:
+                    raise self.error(name, f"must not be empty (shape {shape_text})")
+                flat.extend(item)
+            sizes.append(len(items[0]) if size is None else size)
+            items = flat
+        if set(map(type, items)) != {int}:  # type, not isinstance: bools are ints to isinstance
+            item = next(item for item in items if type(item) is not int)
+            raise self.error(name, f"must hold ints (no bools, no floats), got {_short(item)} "
+                                   f"(a {type(item).__name__})")
+        lo, hi = min(items), max(items)  # never empty: sizes are >= 1 (m, s >= 1, parents non-empty)
+        if lo < 0 or hi >= top:
+            raise self.error(name, f"entries must be in [0, {top_name}-1 = {top - 1}], got {lo if lo < 0 else hi}")
+        return torch.tensor(items, dtype=torch.int64).reshape(sizes)
+
+
+def _check_unambiguous(field: _FileFields, level: int, parents: torch.Tensor, rules: torch.Tensor, v: int) -> None:
+    """No s-tuple is the rule of two (parent, rule) slots of one level: an input would otherwise have two
+    derivations, and possibly two labels."""
+    m, s = rules.shape[1], rules.shape[2]
+    flat = rules.reshape(-1, s)
+    if v**s <= _INT64_LIMIT:  # each tuple as one base-v integer: a 1-D sort, much faster than unique(dim=0)
+        powers = torch.tensor([v ** (s - 1 - k) for k in range(s)], dtype=torch.int64)
+        codes, order = (flat * powers).sum(1).sort()
+        same = torch.nonzero(codes[1:] == codes[:-1])
+        if same.numel() == 0:
+            return
+        first, second = sorted((int(order[same[0, 0]]), int(order[same[0, 0] + 1])))
+    else:
+        _, inverse, counts = torch.unique(flat, dim=0, return_inverse=True, return_counts=True)
+        if counts.numel() == flat.shape[0]:
+            return
+        twice = int(torch.nonzero(counts > 1)[0, 0])
+        first, second = (int(k) for k in torch.nonzero(inverse == twice)[:2, 0])
+
+    def slot(k: int) -> str:
+        return f"symbol {int(parents[k // m])} (rule {k % m})"
+    raise field.error(f"rules[{level}]", f"is ambiguous: the s-tuple {tuple(flat[first].tolist())} is the rule of "
+                                         f"{slot(first)} and of {slot(second)}; the rules of a level must be "
+                                         "distinct")

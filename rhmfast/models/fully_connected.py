@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rhmfast._checks import check_positive_int
+from rhmfast._checks import check_positive_int, check_seed, check_tokens
 from rhmfast.models._common import seeded_generator
 
 
@@ -21,7 +21,7 @@ class FullyConnected(nn.Module):
         super().__init__()
         for name, value in (("v", v), ("d", d), ("width", width), ("depth", depth), ("n_classes", n_classes)):
             check_positive_int(name, value)
-        self.v, self.d, self.n_classes, self.seed = v, d, n_classes, seed
+        self.v, self.d, self.n_classes, self.seed = v, d, n_classes, check_seed("seed", seed)
         sizes = [d * v] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(width, n_classes)
@@ -34,8 +34,8 @@ class FullyConnected(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=gen)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.dim() != 2 or tokens.shape[1] != self.d:
-            raise ValueError(f"rhmfast: FullyConnected expects tokens [B, d={self.d}], got {list(tokens.shape)}")
+        # Integer ids [B, d] in [0, v) (floats were truncated and out-of-range ids hit one_hot's bare error).
+        check_tokens("FullyConnected", tokens, self.v, self.d, f"d={self.d}")
         h = F.one_hot(tokens.long(), self.v).flatten(1).to(self.out.weight.dtype)
         for layer in self.hidden:
             h = torch.relu(layer(h))

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from rhmfast._checks import check_choice, check_positive_int
+from rhmfast._checks import check_choice, check_int, check_positive_int, check_seed, check_tokens
 from rhmfast.models._common import seeded_generator
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.patch_conv_stack import patch_conv_stack
@@ -36,7 +36,7 @@ class HierarchicalCNN(nn.Module):
         self.v, self.width, self.s, self.L, self.n_classes = v, width, s, L, n_classes
         self.norm = check_choice("norm", norm, NORMS)
         self.activation = check_choice("activation", activation, ACTIVATIONS)
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         gen = seeded_generator(seed)
         self.embed = nn.Parameter(torch.randn(s, v, width, generator=gen))
         self.weights = nn.ParameterList([nn.Parameter(torch.randn(width, s * width, generator=gen))
@@ -59,23 +59,33 @@ class HierarchicalCNN(nn.Module):
         # The op computes act(scale*z + b); the reference computes act(scale*(z + b)).
         return None if self.biases is None else [b * c for b, c in zip(list(self.biases)[:depth], self.scales)]
 
+    def _check_input(self, tokens: torch.Tensor) -> None:
+        """Token ids [B, s^L] of an integer dtype, else a TypeError/ValueError naming the expected and the
+        received shape or dtype. The ids' range [0, v) is checked by the first layer's op (token_patch_embed:
+        in eager mode, and in the compiled kernels under torch.compile), so it is not scanned twice here."""
+        check_tokens("HierarchicalCNN", tokens, self.v, self.s**self.L, f"s^L={self.s**self.L}", values=False)
+
     def layer_outputs(self, tokens: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
         """Outputs of layers 1..depth (default L), channels-last [B, s^L/s^l, H], in one fused call."""
-        depth = self.L if depth is None else depth
+        depth = self.L if depth is None else check_int("depth", depth, 1, self.L)
+        self._check_input(tokens)
         return patch_conv_stack(tokens, self.embed, list(self.weights)[:depth - 1], self._scaled_biases(depth),
                                 patch_size=self.s, scales=self.scales[:depth], activation=self.activation,
                                 return_all=True)
 
     def layer(self, l: int, inputs: torch.Tensor) -> torch.Tensor:
         """Layer l (1-based) alone: from token ids when l = 1, else from layer l-1's output."""
+        check_int("l", l, 1, self.L)
         bias = None if self.biases is None else self.biases[l - 1] * self.scales[l - 1]
         if l == 1:
+            self._check_input(inputs)
             return token_patch_embed(inputs, self.embed, bias, patch_size=self.s, scale=self.scales[0],
                                      activation=self.activation)
         return patch_conv(inputs, self.weights[l - 2], bias, patch_size=self.s, scale=self.scales[l - 1],
                           activation=self.activation)
 
     def layer_parameters(self, l: int) -> list[nn.Parameter]:
+        check_int("l", l, 1, self.L)
         params = [self.embed if l == 1 else self.weights[l - 2]]
         return params + ([self.biases[l - 1]] if self.biases is not None else [])
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rhmfast._checks import check_choice, check_positive_int
+from rhmfast._checks import check_choice, check_int, check_positive_int, check_real, check_seed, check_tokens
 
 FEATURES = ("tensor", "rff", "tensor+rff", "kernel", "tensor+kernel", "cluster")
 KERNEL_CHUNK = 1 << 22  # kernel entries evaluated at once: 32 MiB of float64
@@ -120,18 +120,19 @@ class RenLayerwiseLearner(nn.Module):
             sigmas = [math.nan] * L
         elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
             sigmas = [float(sigma)] * L
-        elif isinstance(sigma, (list, tuple)) and all(isinstance(x, (int, float)) for x in sigma):
+        elif isinstance(sigma, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                      for x in sigma):
             sigmas = [float(x) for x in sigma]
         else:
             sigmas = []
         if len(sigmas) != L or any(not (x > 0) for x in sigmas if not self.auto_sigma):
             raise ValueError(f"rhmfast: sigma must be a positive float, L={L} positive floats or 'auto', "
                              f"got {sigma!r}")
-        if not 0 < sigma_eps < 1:
+        if not 0 < check_real("sigma_eps", sigma_eps) < 1:
             raise ValueError(f"rhmfast: sigma_eps must be in (0, 1), got {sigma_eps!r}")
-        if not eps > 0:
+        if not check_real("eps", eps) > 0:
             raise ValueError(f"rhmfast: eps must be > 0, got {eps!r}")
-        self.sigma_eps, self.eps, self.seed = sigma_eps, eps, seed
+        self.sigma_eps, self.eps, self.seed = sigma_eps, eps, check_seed("seed", seed)
         self.register_buffer("sigmas", torch.tensor(sigmas, dtype=torch.float64))
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         self.W = nn.ParameterList()
@@ -252,12 +253,19 @@ class RenLayerwiseLearner(nn.Module):
         return torch.cat([self.normalise(self.patch_features(level, part) @ w.t()) for part in h.split(rows)])
 
     def embeddings(self, tokens: torch.Tensor, down_to: int = 0) -> list[torch.Tensor]:
-        """Embeddings of levels L, L-1, ..., down_to (each [B, s^l, e])."""
+        """Embeddings of levels L, L-1, ..., down_to (each [B, s^l, e]). tokens: integer ids in [0, v),
+        [B, T] with T a multiple of s^(L - down_to) (the whole input s^L, or the first patches of a level)."""
+        down_to = check_int("down_to", down_to, 0, self.L)
+        span = self.s ** (self.L - down_to)
+        check_tokens("RenLayerwiseLearner", tokens, self.v, span, f"s^(L-down_to)={span}", exact=False)
         hs = [self.embed_tokens(tokens)]
         for level in range(self.L, down_to, -1):
             hs.append(self.level_step(level, hs[-1]))
         return hs
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The level-0 output [B, n_classes] (a normalised label score; predict with argmax)."""
+        """The level-0 output [B, n_classes] (a normalised label score; predict with argmax) of token ids
+        [B, s^L] in [0, v)."""
+        n = self.s**self.L  # exactly s^L here: embeddings() alone accepts several root patches
+        check_tokens("RenLayerwiseLearner", tokens, self.v, n, f"s^L={n}", values=False)
         return self.embeddings(tokens)[-1][:, 0]
