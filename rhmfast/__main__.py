@@ -19,15 +19,25 @@ from rhmfast.data.dataset import write_dataset
 
 def generate(args) -> None:
     """Generate a large RHM data set: with --out, write it as a resumable sharded data set
-    (rhmfast.data.dataset); without, only measure the throughput."""
-    for name, value, low in (("n", args.n, 0), ("start", args.start, 0), ("shard", args.shard, 1)):
+    (rhmfast.data.dataset); without, only measure the throughput. Every flag, --out (a writable folder)
+    and the disk's free space are checked before anything is written (exit status 2); a write that
+    fails all the same (a full disk) exits with 1, its partial shard removed."""
+    from rhmfast._files import check_writable_dir
+    from rhmfast.data.dataset import NotEnoughSpace
+
+    for name, value, low in (("n", args.n, 0), ("start", args.start, 0), ("shard", args.shard, 1),
+                             ("seed_sample", args.seed_sample, 0), ("seed_rules", args.seed_rules, 0)):
         if value < low:
-            raise SystemExit(f"rhmfast generate: --{name} must be >= {low}, got {value}")
+            raise _stop("generate", f"--{name} must be >= {low}, got {value}")
+    if args.seed_sample >= 1 << 64:
+        raise _stop("generate", f"--seed_sample must be < 2^64, got {args.seed_sample}")
     try:
+        if args.out is not None:
+            check_writable_dir(args.out, "--out")
         grammar = _grammar(args)
         grammar.sample(0, seed=args.seed_sample, start=args.start + args.n, mode=args.mode)  # checks the stream
-    except ValueError as error:
-        raise SystemExit(f"rhmfast generate: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise _stop("generate", error) from None
     print(f"{grammar}: input length {grammar.input_dim}, pmax = {grammar.pmax:.3e}")
     print("backends:", json.dumps(rhmfast.backends()))
     start = time.perf_counter()
@@ -45,11 +55,19 @@ def generate(args) -> None:
     try:
         dataset = write_dataset(grammar, args.n, args.out, seed=args.seed_sample, start=args.start, mode=args.mode,
                                 shard_size=args.shard)
-    except ValueError as error:
-        raise SystemExit(f"rhmfast generate: {error}") from None
+    except NotEnoughSpace as error:
+        raise _stop("generate", f"--n {args.n:,} needs {error.needed:,} bytes ({error.needed / 1e9:,.2f} GB) in "
+                                f"{args.out}, but only {error.free:,} bytes ({error.free / 1e9:,.2f} GB) are free "
+                                "there; lower --n or free some space") from None
+    except (ValueError, TypeError) as error:
+        raise _stop("generate", error) from None
+    except OSError as error:  # a write failed all the same (a full disk): its partial file is removed
+        raise _stop("generate", f"writing {args.out} failed: {error}; the complete shards are kept (no partial "
+                                "one): free some space and run the same command again to finish",
+                    EXIT_FAILED) from None
     except KeyboardInterrupt:
-        raise SystemExit("rhmfast generate: interrupted; the shards written so far are kept, run the same "
-                         "command again to finish") from None
+        raise _stop("generate", "interrupted; the shards written so far are kept, run the same command again to "
+                                "finish", EXIT_INTERRUPTED) from None
     seconds = time.perf_counter() - start
     size = sum(os.path.getsize(os.path.join(args.out, name)) for pair in dataset.manifest["shards"] for name in pair)
     print(f"{args.out}: {len(dataset):,} samples in {dataset.n_shards} shards, {size / 1e9:.2f} GB "
@@ -57,7 +75,8 @@ def generate(args) -> None:
     if args.verify:
         bad = dataset.verify()
         if bad:
-            raise SystemExit(f"verify: shards {bad} differ from the stream; delete them and run again")
+            raise _stop("generate", f"verify: shards {bad} differ from the stream; delete them and run again",
+                        EXIT_FAILED)
         print(f"verify: all {dataset.n_shards} shards equal the stream, drawn again")
 
 
@@ -160,41 +179,131 @@ def _add_pool_flags(parser) -> None:
 
 
 def _grid_from_args(args) -> list[dict]:
-    """The configs of the --config file and the flags; a bad grid ends the command with its reason."""
+    """The configs of the --config file and the flags; a bad grid ends the command with its reason (a
+    SystemExit whose code is the message 'rhmfast <command>: ...'; the command picks its exit status)."""
     from rhmfast.studies.grid import EXTRA_KEYS, sweep_configs
     from rhmfast.studies.runs import DEFAULTS
 
     flags = {key: getattr(args, key) for key in list(DEFAULTS) + list(EXTRA_KEYS) if hasattr(args, key)}
     try:
         return sweep_configs(flags, getattr(args, "config", None))
-    except (ValueError, OSError) as error:
+    except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"rhmfast {args.command}: {str(error).removeprefix('rhmfast: ')}") from None
 
 
+# Exit statuses of sweep, collect and plot, listed in their --help (argparse's own usage errors are 2 too)
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 75, 130  # 75: EX_TEMPFAIL, try again later
+SWEEP_EXITS = """exit status:
+  0    every run of the grid is stored
+  1    some runs failed (see the FAILED lines); the others are stored, the same command retries the failed
+  2    bad flags, grid or --out: nothing was run
+  75   another sweep (its process id is named) holds the store --out; --wait queues behind it
+  130  interrupted (Ctrl-C): every finished run is stored, the same command resumes the rest"""
+READ_EXITS = """corrupt run records are skipped with a warning on stderr and never renamed (rhmfast sweep moves
+them aside and redoes their runs); files not named like run records are never touched.
+
+exit status:
+  0    written
+  2    bad flags, DIR missing or without valid run records, or --out not writable: nothing was written
+  130  interrupted (Ctrl-C)"""
+
+
+class _CommandExit(SystemExit):
+    """Ends a command with a documented exit status; the message is already on stderr (str() is it)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(status)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _stop(command: str, message, status: int = EXIT_USAGE) -> _CommandExit:
+    """Print 'rhmfast <command>: <message>' on stderr; raise the returned exception to exit with status."""
+    message = f"rhmfast {command}: {str(message).removeprefix('rhmfast: ')}"
+    print(message, file=sys.stderr, flush=True)
+    return _CommandExit(message, status)
+
+
+def _warn_corrupt(command: str, corrupt: list, shown: int = 10) -> None:
+    """One stderr line per corrupt record skipped (the first few, then a count)."""
+    for name, why in corrupt[:shown]:
+        print(f"rhmfast {command}: warning: corrupt record {name} skipped, not counted ({why}); rhmfast sweep "
+              "moves it aside and redoes its run", file=sys.stderr)
+    if len(corrupt) > shown:
+        print(f"rhmfast {command}: warning: {len(corrupt) - shown} more corrupt records skipped", file=sys.stderr)
+
+
 def sweep(args) -> None:
-    """Run a grid of trainings into a result store (resumable: stored runs are skipped)."""
-    from rhmfast.studies.sweep import describe, run_sweep
+    """Run a grid of trainings into a result store (resumable: stored runs are skipped). Exit statuses:
+    SWEEP_EXITS."""
+    import shlex
+
+    from rhmfast._files import check_writable_dir
+    from rhmfast.studies.sweep import StoreLockedError, describe, run_sweep
 
     for name, value, low in (("workers", args.workers, 1), ("threads", args.threads, 1), ("retries", args.retries, 0),
                              ("gpus_per_run", args.gpus_per_run, 0)):
         if value is not None and value < low:
-            raise SystemExit(f"rhmfast sweep: --{name} must be >= {low}, got {value}")
-    configs = _grid_from_args(args)
+            raise _stop("sweep", f"--{name} must be >= {low}, got {value}")
+    try:
+        configs = _grid_from_args(args)
+    except SystemExit as error:  # its message, with this command's status for bad input
+        raise _stop("sweep", str(error.code).removeprefix("rhmfast sweep: ")) from None
     print(describe(configs))
     if args.dry_run:
         return
+    try:
+        check_writable_dir(args.out, "--out")
+    except ValueError as error:
+        raise _stop("sweep", error) from None
     options = dict(workers=args.workers, threads=args.threads, retries=args.retries)
     if args.engine == "ray":
         options.update(address=args.address, gpus=args.gpus_per_run, device=args.device)
     elif args.device is not None:
         if args.device == "cuda" and not torch.cuda.is_available():  # Ray's GPUs may be on other machines
-            raise SystemExit("rhmfast sweep: --device cuda, but torch sees no CUDA device")
+            raise _stop("sweep", "--device cuda, but torch sees no CUDA device")
         options.update(device=args.device)
-    outcome = run_sweep(configs, args.out, engine=args.engine, **options)
+    try:
+        outcome = run_sweep(configs, args.out, engine=args.engine, wait=args.wait, **options)
+    except StoreLockedError as error:
+        raise _stop("sweep", f"{error}; let it finish, or pass --wait to run after it", EXIT_LOCKED) from None
+    except KeyboardInterrupt as interrupt:  # the engine has stopped; every finished run is stored
+        done = getattr(interrupt, "outcome", None)
+        if done:
+            print(f"sweep interrupted after {done['seconds']:.0f} s: {done['ran']} runs done now, "
+                  f"{done['stored_before']} stored before, {len(done['failures'])} failed, {done['not_run']} not "
+                  f"run; records in {args.out}", flush=True)
+        command = shlex.join(["rhmfast", *getattr(args, "argv", ["sweep"])])
+        raise _stop("sweep", f"interrupted; every finished run is stored in {args.out}. Resume with the same "
+                             f"command:\n  {command}", EXIT_INTERRUPTED) from None
     print(f"sweep finished in {outcome['seconds']:.0f} s: {outcome['ran']} runs done now, "
           f"{outcome['stored_before']} stored before, {len(outcome['failures'])} failed; records in {args.out}")
     if outcome["failures"]:
-        raise SystemExit(1)
+        raise _stop("sweep", f"{len(outcome['failures'])} runs failed (the FAILED lines above); the same command "
+                             "runs them again", EXIT_FAILED)
+
+
+def _check_train_device(device: str, nproc: int) -> str:
+    """train's --device: cpu, or cuda / cuda:N on a torch that sees that GPU (and, for --nproc N > 1 on
+    cuda, N GPUs: one per rank); ValueError naming --device otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "it sees no CUDA device"
+            raise ValueError(f"--device {device}: {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: torch sees {count} CUDA devices (cuda:0 .. cuda:{count - 1})")
+        if nproc > count:
+            raise ValueError(f"--device {device} with --nproc {nproc} needs one GPU per rank; torch sees {count}")
+    return device
 
 
 def train(args) -> None:
@@ -202,19 +311,29 @@ def train(args) -> None:
     generating its own shard of the data, gradients all-reduced (end-to-end SGD only)."""
     import torch
 
+    from rhmfast._files import check_writable_dir
     from rhmfast.studies.distributed import init_from_env, launch_torchrun, shutdown, train_sgd_distributed
     from rhmfast.studies.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
     from rhmfast.studies.store import ResultStore, make_record
     from rhmfast.studies.sweep import summary
 
-    configs = _grid_from_args(args)
+    for name, value in (("nproc", args.nproc), ("threads", args.threads)):
+        if value < 1:
+            raise _stop("train", f"--{name} must be >= 1, got {value}")
+    try:
+        configs = _grid_from_args(args)
+    except SystemExit as error:  # its message, with the status of bad input
+        raise _stop("train", str(error.code).removeprefix("rhmfast train: ")) from None
     if len(configs) != 1:
-        raise SystemExit(f"rhmfast train: runs one config, the flags give {len(configs)}; use rhmfast sweep for grids")
+        raise _stop("train", f"runs one config, the flags give {len(configs)}; use rhmfast sweep for grids")
     (config,) = configs
-    if args.nproc < 1:
-        raise SystemExit(f"rhmfast train: --nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and config["trainer"] != "sgd":
-        raise SystemExit(f"rhmfast train: --nproc > 1 trains end to end with SGD only, not trainer {config['trainer']!r}")
+        raise _stop("train", f"--nproc > 1 trains end to end with SGD only, not trainer {config['trainer']!r}")
+    try:  # before the store is created: a refused command leaves nothing behind
+        _check_train_device(args.device, args.nproc)
+        check_writable_dir(args.out, "--out")
+    except ValueError as error:
+        raise _stop("train", error) from None
     store = ResultStore(args.out)
     stored = store.read(config_hash(config))
     if stored is not None:
@@ -237,35 +356,62 @@ def train(args) -> None:
         record = run_config(config, device=args.device, progress=True)
         execution = dict(engine="train", threads=args.threads, device=args.device)
     if record.interrupted:
-        raise SystemExit("rhmfast train: interrupted; nothing stored")
+        raise _stop("train", "interrupted; nothing stored", EXIT_INTERRUPTED)
     stored = make_record(config, record, execution=execution)
     path = store.write(stored)
     print(f"{summary(stored)}\n{path}")
 
 
 def plot(args) -> None:
-    """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots."""
+    """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots. Reads
+    the store only (corrupt records are skipped, not renamed). Exit statuses: READ_EXITS."""
+    from rhmfast._files import check_writable_dir
     from rhmfast.studies.report import write_report
     from rhmfast.studies.store import load_rows
 
+    if not os.path.exists(args.dir):
+        raise _stop("plot", f"DIR {args.dir} does not exist; give a result store (the --out of rhmfast sweep) "
+                            "or a Parquet table of rhmfast collect")
+    out = args.out or os.path.join(args.dir if os.path.isdir(args.dir) else os.path.dirname(args.dir), "report")
+    corrupt = []
     try:
-        rows = load_rows(args.dir)
-        paths = write_report(rows, args.out or os.path.join(args.dir if os.path.isdir(args.dir) else
-                                                            os.path.dirname(args.dir), "report"), eps=args.eps)
-    except ValueError as error:
-        raise SystemExit(f"rhmfast plot: {str(error).removeprefix('rhmfast: ')}") from None
-    print(open(paths["pstar.md"]).read())
+        check_writable_dir(out, "--out" if args.out else "--out (default DIR/report)")
+        rows = load_rows(args.dir, corrupt=corrupt)
+        _warn_corrupt("plot", corrupt)
+        paths = write_report(rows, out, eps=args.eps)
+        with open(paths["pstar.md"]) as f:
+            table = f.read()
+    except (ValueError, OSError) as error:
+        raise _stop("plot", error) from None
+    except KeyboardInterrupt:
+        raise _stop("plot", "interrupted", EXIT_INTERRUPTED) from None
+    print(table)
     print("wrote " + ", ".join(sorted(paths.values())))
 
 
 def collect(args) -> None:
-    """Compact a store's valid records into one Parquet table."""
+    """Compact a store's valid records into one Parquet table. Reads the store only (corrupt records are
+    skipped, not renamed). Exit statuses: READ_EXITS."""
+    from rhmfast._files import check_writable_dir
     from rhmfast.studies.store import collect as collect_store
 
-    path, rows, corrupt = collect_store(args.dir, args.out)
-    for name, why in corrupt:
-        print(f"corrupt record {name} moved aside, not counted ({why})")
-    print(f"wrote {rows} runs to {path}")
+    if not os.path.isdir(args.dir):
+        what = "is not a folder" if os.path.exists(args.dir) else "does not exist"
+        raise _stop("collect", f"DIR {args.dir} {what}; give a result store (the --out of rhmfast sweep)")
+    out = args.out or os.path.join(args.dir, "results.parquet")
+    try:
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder; give the table's file name, e.g. "
+                             f"{os.path.join(out, 'results.parquet')}")
+        check_writable_dir(os.path.dirname(os.path.abspath(out)),
+                           "--out (its folder)" if args.out else "DIR (where results.parquet goes without --out)")
+        path, rows, corrupt = collect_store(args.dir, out)
+    except (ValueError, OSError) as error:
+        raise _stop("collect", error) from None
+    except KeyboardInterrupt:
+        raise _stop("collect", "interrupted; nothing written", EXIT_INTERRUPTED) from None
+    _warn_corrupt("collect", corrupt)
+    print(f"wrote {rows} runs to {path}" + (f" ({len(corrupt)} corrupt records skipped)" if corrupt else ""))
 
 
 def main(argv=None) -> None:
@@ -324,7 +470,8 @@ def main(argv=None) -> None:
     e.add_argument("--out", default="out/demo", help="the report; the run records go to OUT/runs")
     e.set_defaults(run=demo)
     sw = commands.add_parser("sweep", help="run a grid of trainings, resumably, on a local pool or Ray",
-                             description="Run a grid of trainings into a result store. Re-running resumes it.")
+                             description="Run a grid of trainings into a result store. Re-running resumes it.",
+                             epilog=SWEEP_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(sw)
     sw.add_argument("--config", help="a TOML file of grid keys (top level shared, [[grid]] tables united)")
     sw.add_argument("--out", default="out/sweep", help="the result store (one JSON record per run)")
@@ -338,6 +485,8 @@ def main(argv=None) -> None:
                          "every worker uses the current GPU")
     sw.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                     help="print the grid and its size, run nothing")
+    sw.add_argument("--wait", action="store_true",
+                    help="if another sweep holds the store --out, wait for it to finish instead of exiting (75)")
     sw.set_defaults(run=sweep)
     tr = commands.add_parser("train", help="one training run (--nproc N: data-parallel under torchrun)",
                              description="One run, given by the same flags as a sweep, stored in --out.")
@@ -348,12 +497,14 @@ def main(argv=None) -> None:
     tr.add_argument("--threads", type=int, default=1, help="torch threads per process")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (end-to-end SGD; each rank its own GPU)")
     tr.set_defaults(run=train)
-    pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store")
+    pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store",
+                             epilog=READ_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     pl.add_argument("dir", help="a result store, or a Parquet table written by rhmfast collect")
     pl.add_argument("--eps", type=_eps, default=0.1, help=_eps.__doc__)
     pl.add_argument("--out", default=None, help="default: DIR/report")
     pl.set_defaults(run=plot)
-    co = commands.add_parser("collect", help="compact a result store into one Parquet table")
+    co = commands.add_parser("collect", help="compact a result store into one Parquet table",
+                             epilog=READ_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     co.add_argument("dir")
     co.add_argument("--out", default=None, help="default: DIR/results.parquet")
     co.set_defaults(run=collect)

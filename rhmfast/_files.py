@@ -13,3 +13,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_writable_dir(path, flag: str) -> str:
+    """path, if it is a folder this process can create files in, or one it can create (its nearest
+    existing ancestor is such a folder); otherwise ValueError naming flag. Creates nothing, so a command
+    can check its output before any work."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise ValueError(f"{flag} {path} is a broken symbolic link")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: the folder is not writable")
+        return path
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{flag} {path}: cannot create it, {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot create it, {ancestor} is not writable")
+    return path

@@ -1,5 +1,5 @@
-"""The result store: atomic records named by their config hash, corrupt records detected and moved
-aside (never counted), and the Parquet table of `rhmfast collect`."""
+"""The result store: atomic records named by their config hash, corrupt records detected (never counted;
+moved aside only by a writer that redoes them), and the Parquet table of `rhmfast collect`."""
 from __future__ import annotations
 
 import json
@@ -59,7 +59,9 @@ def test_corrupt_records_are_moved_aside_and_not_counted(tmp_path, records, how)
         store.write(record)
     victim = records[0]["hash"]
     _damage(store.path_of(victim), how)
-    assert store.read(victim) is None
+    assert store.read(victim) is None and os.path.exists(store.path_of(victim))  # reading renames nothing
+    store.corrupt.clear()
+    assert store.read(victim, move_aside=True) is None
     assert os.path.exists(store.path_of(victim) + ".corrupt") and not os.path.exists(store.path_of(victim))
     assert [name for name, _ in store.corrupt] == [f"{victim}.json"]
     assert len(store.records()) == len(records) - 1
@@ -82,8 +84,8 @@ def test_invalid_records_are_never_written(tmp_path, records):
 
 def test_temporaries_of_dead_writers_are_removed(tmp_path):
     store = ResultStore(tmp_path)
-    dead = tmp_path / "abc.json.tmp-999999999"
-    live = tmp_path / f"abd.json.tmp-{os.getpid()}"
+    dead = tmp_path / f"{'a' * 20}.json.tmp-999999999"
+    live = tmp_path / f"{'b' * 20}.json.tmp-{os.getpid()}"
     dead.write_text("{")
     live.write_text("{")
     assert store.clean_temporaries() == 1
@@ -96,8 +98,8 @@ def test_collect_writes_one_parquet_row_per_valid_record(tmp_path, records, caps
         store.write(record)
     _damage(store.path_of(records[-1]["hash"]), "truncated")
     cli.main(["collect", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "corrupt record" in out and f"wrote {len(records) - 1} runs" in out
+    captured = capsys.readouterr()
+    assert "corrupt record" in captured.err and f"wrote {len(records) - 1} runs" in captured.out
     table = pq.read_table(tmp_path / "results.parquet").to_pylist()
     assert sorted(r["hash"] for r in table) == sorted(r["hash"] for r in records[:-1])
     by_hash = {r["hash"]: r for r in records}

@@ -5,16 +5,23 @@ process, which stores it: one writer, so a store never sees two half-written cop
 needs no shared file system. A run whose worker process dies (a crash, SIGKILL, the out-of-memory
 killer) costs only that run: it is retried up to ``retries`` times. A Python exception inside a run is
 deterministic (the same config fails the same way), so it is reported, not retried.
+
+Ctrl-C (SIGINT to the whole process group) is the calling process's alone: local workers ignore SIGINT
+from their first instruction on; the caller stores the results already sent, stops the workers (SIGTERM,
+which ends a worker like an exception, running its exit handlers) and lets the KeyboardInterrupt go on.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 import traceback
+from multiprocessing import resource_tracker
 
 
 def execute(config: dict, threads: int = 1, engine: str = "local", device: str = "cpu") -> dict:
@@ -38,7 +45,15 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds the run: exit handlers run (no leaked semaphores), no traceback
+
+
 def _worker_main(conn, threads: int, device: str, run) -> None:
+    # Ctrl-C is for the sweep process, which stops the pool; SIGINT was blocked since the fork (see _start)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     while True:
         try:
@@ -72,7 +87,15 @@ class LocalEngine:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_worker_main, args=(child, self.threads, self.device, self.run),
                                               daemon=True)
-        process.start()
+        # The child inherits the blocked SIGINT through fork and exec, so a Ctrl-C while it imports does
+        # not raise there; here a pending SIGINT is delivered when the mask is restored. The resource
+        # tracker is started first: starting it unblocks SIGINT in this thread.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         return parent, process
 
@@ -125,10 +148,47 @@ class LocalEngine:
                         on_result(task[1], payload)
                     else:
                         on_failure(task[1], payload)
+        except KeyboardInterrupt:
+            with _sigint_ignored():  # a second Ctrl-C must not cut the shutdown short
+                for conn, (process, task) in list(busy.items()):
+                    with contextlib.suppress(EOFError, OSError):
+                        if task is not None and conn.poll():  # finished before the Ctrl-C: keep it
+                            index, status, payload = conn.recv()
+                            busy[conn] = (process, None)
+                            (on_result if status == "ok" else on_failure)(task[1], payload)
+                self._stop(busy)
+            raise
         finally:
-            for conn, (process, _) in busy.items():
+            self._stop(busy)
+
+    @staticmethod
+    def _stop(busy: dict, grace: float = 10.0) -> None:
+        """End every worker still in busy: SIGTERM (a clean exit), SIGKILL after grace seconds."""
+        for conn, (process, _) in busy.items():
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + grace
+        for conn, (process, _) in busy.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
                 process.kill()
                 process.join()
+            conn.close()
+        busy.clear()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT in the body (only the main thread may change it; elsewhere nothing changes)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class RayEngine:

@@ -16,6 +16,10 @@ whose grammar satisfies Ren et al.'s Assumption 6, searched once per grammar ove
 A TOML file holds the same keys at its top level, shared by every grid, and optionally ``[[grid]]``
 tables, each a grid of its own (its keys override the top level); the sweep is the union of the grids.
 Flags given on the command line override the file's top level.
+
+Refused before anything runs: a range of more than MAX_RANGE_POINTS points, a sweep of more than
+MAX_GRID_CONFIGS configs, non-finite numbers, P_scaled values that are not > 0 or give less than one
+sample, and every value complete_config refuses (the error names the key).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ EXTRA_KEYS = ("P_scaled", "settings", "seeds")
 GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules")
 DATA_MODEL_KEYS = GRAMMAR_KEYS + ("data", "gate", "wiring", "fan_in", "d", "level_size")
 MAX_SEED_SEARCH = 1000  # rules seeds a require may try per grammar
+MAX_RANGE_POINTS = 10_000  # points of one lo:hi:n range
+MAX_GRID_CONFIGS = 1_000_000  # configs of one sweep (all its grids), counted before they are built
 
 
 def _scalar(key: str, text: str):
@@ -48,9 +54,16 @@ def _scalar(key: str, text: str):
             return False
         raise ValueError(f"rhmfast: {key} takes true or false, got {text!r}")
     try:
-        return kind(text) if kind is not int else int(text)
+        value = kind(text) if kind is not int else int(text)
     except ValueError:
         raise ValueError(f"rhmfast: {key} takes {kind.__name__} values, got {text!r}") from None
+    return _finite(key, value)
+
+
+def _finite(key: str, value):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"rhmfast: {key} takes finite numbers, got {value!r}")
+    return value
 
 
 def _log_range(key: str, text: str) -> list:
@@ -59,8 +72,10 @@ def _log_range(key: str, text: str) -> list:
         lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
     except (ValueError, IndexError):
         raise ValueError(f"rhmfast: {key} range must be lo:hi:n, got {text!r}") from None
-    if not (0 < lo <= hi and n >= 1 and len(parts) == 3):
-        raise ValueError(f"rhmfast: {key} range lo:hi:n needs 0 < lo <= hi and n >= 1, got {text!r}")
+    if not (0 < lo <= hi < math.inf and n >= 1 and len(parts) == 3):
+        raise ValueError(f"rhmfast: {key} range lo:hi:n needs 0 < lo <= hi < inf and n >= 1, got {text!r}")
+    if n > MAX_RANGE_POINTS:
+        raise ValueError(f"rhmfast: {key} range lo:hi:n takes at most n = {MAX_RANGE_POINTS:,} points, got {text!r}")
     points = [lo] if n == 1 else [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1))
                                   for i in range(n)]
     if TYPES[key] is int:
@@ -90,7 +105,7 @@ def parse_values(key: str, value) -> list:
         elif not isinstance(item, TYPES[key]) or (TYPES[key] is int and isinstance(item, bool)):
             raise ValueError(f"rhmfast: {key} takes {TYPES[key].__name__} values, got {item!r}")
         else:
-            checked.append(item)
+            checked.append(_finite(key, item))
     return checked
 
 
@@ -132,12 +147,22 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
     """The complete configs of a sweep, in grid order, without duplicates. Refuses, before anything
     runs, an empty grid, unknown parameters or models, impossible grammars and training sets larger
     than the grammar allows; the error names the parameter and its allowed range."""
-    configs, seen, grammars, searched = [], set(), {}, {}
-    for grid in (grids or [{}]):
+    configs, seen, grammars, searched, total, parsed = [], set(), {}, {}, 0, []
+    for grid in (grids or [{}]):  # every grid's values checked and counted before any config is built
         axes = {key: parse_values(key, value) for key, value in {**common, **grid}.items()}
         for key, values in axes.items():
             if not values:
                 raise ValueError(f"rhmfast: the grid has no values of {key}")
+        for f in axes.get("P_scaled", []):
+            if not f > 0:
+                raise ValueError(f"rhmfast: P_scaled (training-set sizes in units of n_c m^L) must be > 0, got {f!r}")
+        total += math.prod(len(values) for values in axes.values())
+        if total > MAX_GRID_CONFIGS:
+            sizes = " x ".join(f"{key}: {len(values):,}" for key, values in axes.items() if len(values) > 1)
+            raise ValueError(f"rhmfast: the sweep has more than MAX_GRID_CONFIGS = {MAX_GRID_CONFIGS:,} configs "
+                             f"({sizes}{' in this grid' if grids else ''}); split it or use fewer values")
+        parsed.append(axes)
+    for axes in parsed:
         if "P" in axes and "P_scaled" in axes:
             raise ValueError("rhmfast: give P or P_scaled, not both")
         if "P" not in axes and "P_scaled" not in axes:
@@ -204,6 +229,14 @@ def _sizes(config: dict, scaled: list[float] | None) -> list[int]:
     c = {**DEFAULTS, **config}
     if c["data"] != "rhm":
         raise ValueError(f"rhmfast: P_scaled (units of n_c m^L) is for RHM grids; give P for data = {c['data']!r}")
-    n_classes = c["n_classes"] if c["n_classes"] is not None else c["v"]
+    c = complete_config({**config, "P": 1})  # the grammar's keys checked before they make a size
+    n_classes = c["n_classes"]
     base = n_classes * c["m"] ** c["L"]
-    return sorted(set(max(1, round(f * base)) for f in scaled))
+    for f in scaled:
+        if not math.isfinite(f * base):
+            raise ValueError(f"rhmfast: P_scaled = {f!r} gives P = {f} x {base} samples: too many")
+        if round(f * base) < 1:
+            raise ValueError(f"rhmfast: P_scaled = {f!r} gives P = {f * base:.3g} samples (n_c m^L = {base} for "
+                             f"n_c={n_classes} m={c['m']} L={c['L']}), less than 1; P_scaled must be >= "
+                             f"{1 / base:.3g} here")
+    return sorted(set(round(f * base) for f in scaled))

@@ -18,7 +18,10 @@ from fractions import Fraction
 
 from rhmfast._checks import check_choice, check_positive_int
 from rhmfast.data.hierarchy import GATES, WIRINGS
+from rhmfast.models.hcnn import ACTIVATIONS as HCNN_ACTIVATIONS
+from rhmfast.models.hcnn import NORMS
 from rhmfast.models.ren import FEATURES as REN_FEATURES
+from rhmfast.models.residual import ACTIVATIONS as RESIDUAL_ACTIVATIONS
 
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
 
@@ -73,6 +76,14 @@ DATA_KEYS = {"rhm": ("v", "m", "s", "n_classes", "rules", "require"),
              "hierarchy": ("gate", "wiring", "fan_in", "d", "level_size")}
 _DATA_KEYS = {key for keys in DATA_KEYS.values() for key in keys}
 
+# The choice-valued parameters of each learner and their allowed values; a learner that does not read one
+# still refuses a value no learner allows (a typo never passes because the model at hand ignores it).
+CHOICES = {"hcnn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)),
+           "ren": dict(ren_feature_kind=tuple(REN_FEATURES)),
+           "residual": dict(activation=tuple(RESIDUAL_ACTIVATIONS)),
+           "mlp": dict(activation=tuple(RESIDUAL_ACTIVATIONS))}
+_ANY_CHOICE = {key: tuple(dict.fromkeys(value for choices in CHOICES.values() for value in choices.get(key, ())))
+               for key in ("norm", "activation", "ren_feature_kind")}
 POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features",
                      "fan_in")
 SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
@@ -118,6 +129,11 @@ def complete_config(config: dict) -> dict:
         kind = check_choice("ren_feature_kind", c["ren_feature_kind"], REN_FEATURES)
         used -= set() if kind in ("rff", "tensor+rff") else {"ren_features"}
         used -= set() if kind in ("rff", "tensor+rff", "kernel", "tensor+kernel") else {"ren_sigma"}
+    for key, allowed in _ANY_CHOICE.items():
+        if key in used and key in CHOICES.get(c["model"], {}):
+            check_choice(f"{key} (for model {c['model']!r})", c[key], CHOICES[c["model"]][key])
+        elif c[key] is not None:
+            check_choice(key, c[key], allowed)
     c = {key: (value if key not in _LEARNER_KEYS or key in used else None) for key, value in c.items()}
     for key in POSITIVE_INT_KEYS:
         if c[key] is not None or (key not in _LEARNER_KEYS and (key not in _DATA_KEYS or key in DATA_KEYS[c["data"]])):
@@ -131,9 +147,13 @@ def complete_config(config: dict) -> dict:
         check_positive_int("max_epochs", c["max_epochs"])
     for key in ("lr", "ren_sigma", "ren_lam", "hint_weight", "ridge"):
         if c[key] is not None and not (isinstance(c[key], (int, float)) and not isinstance(c[key], bool)
-                                       and c[key] > 0) and not (key == "ren_sigma" and c[key] == "auto"):
+                                       and 0 < c[key] < math.inf) and not (key == "ren_sigma" and c[key] == "auto"):
             also = " or 'auto'" if key == "ren_sigma" else ""
-            raise ValueError(f"rhmfast: {key} must be a number > 0{also}, got {c[key]!r}")
+            raise ValueError(f"rhmfast: {key} must be a number > 0{also} (finite), got {c[key]!r}")
+    for key in ("momentum", "weight_decay", "loss_threshold"):
+        if c[key] is not None and not (isinstance(c[key], (int, float)) and not isinstance(c[key], bool)
+                                       and 0 <= c[key] < math.inf):
+            raise ValueError(f"rhmfast: {key} must be a finite number >= 0, got {c[key]!r}")
     for key in ("lr", "ren_sigma", "momentum", "weight_decay", "loss_threshold", "hint_weight", "ren_lam", "ridge"):
         if c[key] is not None and c[key] != "auto":
             c[key] = float(c[key])  # 1 and 1.0 are one config, one hash

@@ -2,7 +2,9 @@
 
 Runs already stored are skipped, so running the same sweep again resumes it; corrupt records are moved
 aside and their runs redone. One progress bar counts the whole grid (stored runs included); each
-finished run prints a summary line.
+finished run prints a summary line. A sweep holds its store's lock while it runs (a second sweep into
+the same store is refused, or waits); Ctrl-C stops it with every finished run stored
+(SweepInterrupted carries the counts).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 
 from rhmfast.studies.engines import ENGINES
 from rhmfast.studies.runs import config_hash, learner_name, varying_keys
-from rhmfast.studies.store import ResultStore
+from rhmfast.studies.store import ResultStore, StoreLockedError  # noqa: F401 (raised by run_sweep)
 
 # Keys that identify a setting in summaries; other keys that vary for a learner are listed too.
 _SUMMARY_KEYS = ("v", "m", "s", "L", "gate", "wiring", "fan_in", "d", "level_size")
@@ -54,28 +56,55 @@ def summary(record: dict) -> str:
             f"{error} ({record['result']['wall_time_s']:.1f} s)")
 
 
-def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress: bool = True, **engine_options) -> dict:
-    """Run every config not yet stored in ``out``; returns counts and the failures [(config, reason)]."""
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a sweep; every run that finished is stored. ``outcome`` is run_sweep's dict of counts
+    (``interrupted`` True, ``not_run``: the runs neither stored nor failed)."""
+
+    def __init__(self, outcome: dict):
+        super().__init__("sweep interrupted")
+        self.outcome = outcome
+
+
+def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress: bool = True, wait: bool = False,
+              **engine_options) -> dict:
+    """Run every config not yet stored in ``out``; returns counts and the failures [(config, reason)].
+    Holds the store's lock throughout: another process holding it raises StoreLockedError, or with wait
+    the sweep waits for it. Ctrl-C raises SweepInterrupted (a KeyboardInterrupt) after the engine stopped."""
     store = ResultStore(out)
+
+    def waiting(pid):
+        print(f"waiting for {'process ' + str(pid) if pid else 'another process'} to release the store {out}")
+
+    with store.lock(wait=wait, on_wait=waiting):
+        counts = dict(total=len(configs), stored_before=0, ran=0, failures=[], interrupted=False)
+        started = time.perf_counter()
+        try:
+            _run_locked(store, configs, engine, progress, engine_options, counts)
+        except KeyboardInterrupt:
+            counts.update(interrupted=True, seconds=time.perf_counter() - started,
+                          not_run=len(configs) - counts["stored_before"] - counts["ran"] - len(counts["failures"]))
+            raise SweepInterrupted(counts) from None
+    return dict(counts, seconds=time.perf_counter() - started, not_run=0)
+
+
+def _run_locked(store: ResultStore, configs: list[dict], engine: str, progress: bool, engine_options: dict,
+                counts: dict) -> None:
     store.clean_temporaries()
-    todo = [c for c in configs if store.read(config_hash(c)) is None]
-    stored = len(configs) - len(todo)
+    todo = [c for c in configs if store.read(config_hash(c), move_aside=True) is None]
+    stored = counts["stored_before"] = len(configs) - len(todo)
     for name, why in store.corrupt:
-        print(f"corrupt record {name} moved aside ({why}); its run is redone")
-    print(f"{len(configs)} runs in the grid: {stored} already stored, {len(todo)} to run on {engine} -> {out}")
-    failures = []
-    started = time.perf_counter()
+        print(f"corrupt record {name} moved aside to {store.moved.get(name, '?')} ({why}); its run is redone")
+    print(f"{len(configs)} runs in the grid: {stored} already stored, {len(todo)} to run on {engine} -> {store.path}")
     with tqdm(total=len(configs), initial=stored, unit="run", desc="sweep", disable=not progress) as bar:
         def on_result(config, record):
             store.write(record)
+            counts["ran"] += 1
             bar.update(1)
             bar.write(summary(record))
 
         def on_failure(config, reason):
-            failures.append((config, reason))
+            counts["failures"].append((config, reason))
             bar.write(f"FAILED {learner_name(config)} {config_hash(config)}: {reason.strip().splitlines()[-1]}")
 
         if todo:
             ENGINES[engine](**engine_options).map(todo, on_result, on_failure)
-    return dict(total=len(configs), stored_before=stored, ran=len(todo) - len(failures), failures=failures,
-                seconds=time.perf_counter() - started)
