@@ -134,10 +134,30 @@ def assumption(args) -> None:
 
 
 def demo(args) -> None:
-    """The main job: a small sample-complexity experiment (rhmfast.studies.demo)."""
-    from rhmfast.studies.demo import run_demo
+    """The main job: a small sample-complexity experiment (rhmfast.studies.demo). Exit statuses:
+    DEMO_EXITS."""
+    import shlex
 
-    run_demo(args)
+    from rhmfast.studies.demo import check_demo, run_demo
+    from rhmfast.studies.store import StoreLockedError, StoreWriteError
+
+    try:
+        checked = check_demo(args)
+    except ValueError as error:  # bad flags or --out: nothing is created
+        raise _stop("demo", error) from None
+    command = shlex.join(["rhmfast", *getattr(args, "argv", ["demo"])])
+    store = os.path.join(args.out, "runs")
+    try:
+        run_demo(args, checked)
+    except StoreLockedError as error:
+        raise _stop("demo", f"{error}; let it finish, then run the same command again", EXIT_LOCKED) from None
+    except KeyboardInterrupt as interrupt:  # the engine has stopped; every finished run is stored
+        _print_stopped("demo interrupted", getattr(interrupt, "outcome", None), store)
+        raise _stop("demo", f"interrupted; every finished run is stored in {store}. Resume with the same "
+                            f"command:\n  {command}", EXIT_INTERRUPTED) from None
+    except StoreWriteError as error:  # a record not written (a full disk): the engine has stopped, no report
+        _print_stopped("demo stopped", error.outcome, store)
+        raise _stop("demo", _write_failed(error, command), EXIT_FAILED) from None
 
 
 def _eps(text: str):
@@ -191,21 +211,46 @@ def _grid_from_args(args) -> list[dict]:
         raise SystemExit(f"rhmfast {args.command}: {str(error).removeprefix('rhmfast: ')}") from None
 
 
-# Exit statuses of sweep, collect and plot, listed in their --help (argparse's own usage errors are 2 too)
+# Exit statuses of sweep, demo, collect and plot, listed in their --help (argparse's own usage errors are 2 too)
 EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 75, 130  # 75: EX_TEMPFAIL, try again later
 SWEEP_EXITS = """exit status:
   0    every run of the grid is stored
-  1    some runs failed (see the FAILED lines); the others are stored, the same command retries the failed
+  1    some runs failed (see the FAILED lines), or a record could not be written (a full disk: the sweep
+       stops, no partial record is left); the others are stored, the same command runs the missing ones
   2    bad flags, grid or --out: nothing was run
   75   another sweep (its process id is named) holds the store --out; --wait queues behind it
   130  interrupted (Ctrl-C): every finished run is stored, the same command resumes the rest"""
-READ_EXITS = """corrupt run records are skipped with a warning on stderr and never renamed (rhmfast sweep moves
-them aside and redoes their runs); files not named like run records are never touched.
+DEMO_EXITS = """exit status:
+  0    every run of the grid is stored and the report written
+  1    some runs failed (see the FAILED lines; the report covers the others), or a record could not be
+       written (a full disk: the demo stops, no partial record is left); the same command runs the
+       missing ones
+  2    bad flags or --out: nothing was run
+  75   another sweep or demo (its process id is named) holds the store OUT/runs; run again when it ends
+  130  interrupted (Ctrl-C): every finished run is stored, the same command resumes the rest"""
+READ_EXITS = """corrupt run records are skipped with a warning on stderr and never renamed (rhmfast sweep and
+train move them aside and redo their runs); files not named like run records are never touched.
 
 exit status:
-  0    written
+  0    written{failed}
   2    bad flags, DIR missing or without valid run records, or --out not writable: nothing was written
   130  interrupted (Ctrl-C)"""
+COLLECT_FAILED = """
+  1    writing the table failed (a full disk: the message says so); no partial table is left, an
+       earlier one is kept"""
+TRAIN_EXITS = """exit status:
+  0    the run is stored (or was already)
+  1    the record could not be written (a full disk: the message says so)
+  2    bad flags, device, threads or --out: nothing was created or trained
+  130  interrupted (Ctrl-C): nothing stored"""
+GENERATE_EXITS = """exit status:
+  0    every shard is written (or --verify found them whole)
+  1    a write failed (a full disk: complete shards are kept, no temporary is left, the manifest says the
+       data set is incomplete; the same command writes the rest) or --verify found a bad shard
+  2    bad flags or --out, or not enough free space for the data set: nothing was written
+  130  interrupted (Ctrl-C): complete shards are kept, the same command writes the rest"""
+PLOT_FAILED = """
+  1    writing the report failed (a full disk: the message says so); its files may be incomplete"""
 
 
 class _CommandExit(SystemExit):
@@ -235,13 +280,31 @@ def _warn_corrupt(command: str, corrupt: list, shown: int = 10) -> None:
         print(f"rhmfast {command}: warning: {len(corrupt) - shown} more corrupt records skipped", file=sys.stderr)
 
 
+def _print_stopped(what: str, done: dict | None, out: str) -> None:
+    """On stdout, the counts of a sweep that stopped early (run_sweep's outcome), if known."""
+    if done:
+        print(f"{what} after {done['seconds']:.0f} s: {done['ran']} runs done now, {done['stored_before']} stored "
+              f"before, {len(done['failures'])} failed, {done['not_run']} not run; records in {out}", flush=True)
+
+
+def _write_failed(error, command: str) -> str:
+    """The message of a sweep (or demo) stopped by a StoreWriteError (which names the file and the store
+    and says why in words): the records written before are kept, and how to resume."""
+    import errno
+
+    fix = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return (f"{error}; stopped. The records written before are kept, no partial one is left: {fix} and run the "
+            f"same command again to do the missing runs:\n  {command}")
+
+
 def sweep(args) -> None:
     """Run a grid of trainings into a result store (resumable: stored runs are skipped). Exit statuses:
     SWEEP_EXITS."""
     import shlex
 
     from rhmfast._files import check_writable_dir
-    from rhmfast.studies.sweep import StoreLockedError, describe, run_sweep
+    from rhmfast.studies.store import StoreLockedError, StoreWriteError
+    from rhmfast.studies.sweep import describe, run_sweep
 
     for name, value, low in (("workers", args.workers, 1), ("threads", args.threads, 1), ("retries", args.retries, 0),
                              ("gpus_per_run", args.gpus_per_run, 0)):
@@ -251,6 +314,8 @@ def sweep(args) -> None:
         configs = _grid_from_args(args)
     except SystemExit as error:  # its message, with this command's status for bad input
         raise _stop("sweep", str(error.code).removeprefix("rhmfast sweep: ")) from None
+    except KeyboardInterrupt:  # building a large grid (a rules-seed search) takes a while
+        raise _stop("sweep", "interrupted while building the grid; nothing was run", EXIT_INTERRUPTED) from None
     print(describe(configs))
     if args.dry_run:
         return
@@ -265,19 +330,18 @@ def sweep(args) -> None:
         if args.device == "cuda" and not torch.cuda.is_available():  # Ray's GPUs may be on other machines
             raise _stop("sweep", "--device cuda, but torch sees no CUDA device")
         options.update(device=args.device)
+    command = shlex.join(["rhmfast", *getattr(args, "argv", ["sweep"])])
     try:
         outcome = run_sweep(configs, args.out, engine=args.engine, wait=args.wait, **options)
     except StoreLockedError as error:
         raise _stop("sweep", f"{error}; let it finish, or pass --wait to run after it", EXIT_LOCKED) from None
     except KeyboardInterrupt as interrupt:  # the engine has stopped; every finished run is stored
-        done = getattr(interrupt, "outcome", None)
-        if done:
-            print(f"sweep interrupted after {done['seconds']:.0f} s: {done['ran']} runs done now, "
-                  f"{done['stored_before']} stored before, {len(done['failures'])} failed, {done['not_run']} not "
-                  f"run; records in {args.out}", flush=True)
-        command = shlex.join(["rhmfast", *getattr(args, "argv", ["sweep"])])
+        _print_stopped("sweep interrupted", getattr(interrupt, "outcome", None), args.out)
         raise _stop("sweep", f"interrupted; every finished run is stored in {args.out}. Resume with the same "
                              f"command:\n  {command}", EXIT_INTERRUPTED) from None
+    except StoreWriteError as error:  # a record not written (a full disk): the engine has stopped
+        _print_stopped("sweep stopped", error.outcome, args.out)
+        raise _stop("sweep", _write_failed(error, command), EXIT_FAILED) from None
     print(f"sweep finished in {outcome['seconds']:.0f} s: {outcome['ran']} runs done now, "
           f"{outcome['stored_before']} stored before, {len(outcome['failures'])} failed; records in {args.out}")
     if outcome["failures"]:
@@ -335,10 +399,12 @@ def train(args) -> None:
     except ValueError as error:
         raise _stop("train", error) from None
     store = ResultStore(args.out)
-    stored = store.read(config_hash(config))
+    stored = store.read(config_hash(config), move_aside=True)  # a corrupt record is kept aside, its run redone
     if stored is not None:
         print(f"already stored: {summary(stored)}\n{store.path_of(stored['hash'])}")
         return
+    for name, why in store.corrupt:
+        print(f"corrupt record {name} moved aside to {store.moved.get(name, '?')} ({why}); its run is redone")
     torch.set_num_threads(args.threads)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # the launcher: torchrun runs this command N times
         raise SystemExit(launch_torchrun(args.argv, args.nproc))
@@ -358,14 +424,17 @@ def train(args) -> None:
     if record.interrupted:
         raise _stop("train", "interrupted; nothing stored", EXIT_INTERRUPTED)
     stored = make_record(config, record, execution=execution)
-    path = store.write(stored)
+    try:
+        path = store.write(stored)
+    except OSError as error:  # a full disk: StoreWriteError says so; no partial record is left
+        raise _stop("train", f"{error}; the run is not stored (no partial record is left)", EXIT_FAILED) from None
     print(f"{summary(stored)}\n{path}")
 
 
 def plot(args) -> None:
     """The analysis of a store (or of a collected Parquet table): P* tables, scaling fit, plots. Reads
     the store only (corrupt records are skipped, not renamed). Exit statuses: READ_EXITS."""
-    from rhmfast._files import check_writable_dir
+    from rhmfast._files import check_writable_dir, write_error_text
     from rhmfast.studies.report import write_report
     from rhmfast.studies.store import load_rows
 
@@ -381,8 +450,12 @@ def plot(args) -> None:
         paths = write_report(rows, out, eps=args.eps)
         with open(paths["pstar.md"]) as f:
             table = f.read()
-    except (ValueError, OSError) as error:
+    except ValueError as error:
         raise _stop("plot", error) from None
+    except OSError as error:  # a full disk or a vanished folder while writing: the report is incomplete
+        raise _stop("plot", f"cannot write the report in {out}: {write_error_text(error)}; the files written "
+                            "there may be incomplete: free some space and run the same command again",
+                    EXIT_FAILED) from None
     except KeyboardInterrupt:
         raise _stop("plot", "interrupted", EXIT_INTERRUPTED) from None
     print(table)
@@ -393,6 +466,7 @@ def collect(args) -> None:
     """Compact a store's valid records into one Parquet table. Reads the store only (corrupt records are
     skipped, not renamed). Exit statuses: READ_EXITS."""
     from rhmfast._files import check_writable_dir
+    from rhmfast.studies.store import StoreWriteError
     from rhmfast.studies.store import collect as collect_store
 
     if not os.path.isdir(args.dir):
@@ -406,6 +480,8 @@ def collect(args) -> None:
         check_writable_dir(os.path.dirname(os.path.abspath(out)),
                            "--out (its folder)" if args.out else "DIR (where results.parquet goes without --out)")
         path, rows, corrupt = collect_store(args.dir, out)
+    except StoreWriteError as error:  # a full disk: no partial table is left, an earlier one is kept
+        raise _stop("collect", f"{error}; nothing written (no partial table is left)", EXIT_FAILED) from None
     except (ValueError, OSError) as error:
         raise _stop("collect", error) from None
     except KeyboardInterrupt:
@@ -420,7 +496,8 @@ def main(argv=None) -> None:
     info = commands.add_parser("info", help="print the available backends")
     info.set_defaults(run=lambda args: print(json.dumps(rhmfast.backends(), indent=1)))
     d = commands.add_parser("generate", help="write a large RHM data set as resumable .npy shards (--out), or "
-                                             "only measure generation throughput")
+                                             "only measure generation throughput",
+                            epilog=GENERATE_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_grammar_flags(d)
     d.add_argument("--n", type=int, default=1 << 23, help="number of samples")
     d.add_argument("--start", type=int, default=0, help="index of the first sample in the stream")
@@ -446,7 +523,8 @@ def main(argv=None) -> None:
     e = commands.add_parser("demo", help="a small sample-complexity experiment: P* of the hCNN, the Ren layerwise "
                                          "learner and a fully-connected baseline",
                             description="Run the demo's grid into the result store OUT/runs (re-running resumes "
-                                        "it) and write its report (P* tables, curves, plots) into OUT.")
+                                        "it) and write its report (P* tables, curves, plots) into OUT.",
+                            epilog=DEMO_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--v", type=int, default=8, help="vocabulary size = number of classes")
     e.add_argument("--s", type=int, default=2)
     e.add_argument("--settings", default="2,4 3,3 4,3", help="(m, L) pairs 'm,L m,L ...'")
@@ -489,7 +567,8 @@ def main(argv=None) -> None:
                     help="if another sweep holds the store --out, wait for it to finish instead of exiting (75)")
     sw.set_defaults(run=sweep)
     tr = commands.add_parser("train", help="one training run (--nproc N: data-parallel under torchrun)",
-                             description="One run, given by the same flags as a sweep, stored in --out.")
+                             description="One run, given by the same flags as a sweep, stored in --out.",
+                             epilog=TRAIN_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(tr)
     tr.add_argument("--config", help="a TOML file of run parameters")
     tr.add_argument("--out", default="out/train", help="the result store the record goes to")
@@ -498,13 +577,14 @@ def main(argv=None) -> None:
     tr.add_argument("--device", default="cpu", help="cpu or cuda (end-to-end SGD; each rank its own GPU)")
     tr.set_defaults(run=train)
     pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store",
-                             epilog=READ_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
+                             epilog=READ_EXITS.format(failed=PLOT_FAILED), formatter_class=argparse.RawDescriptionHelpFormatter)
     pl.add_argument("dir", help="a result store, or a Parquet table written by rhmfast collect")
     pl.add_argument("--eps", type=_eps, default=0.1, help=_eps.__doc__)
     pl.add_argument("--out", default=None, help="default: DIR/report")
     pl.set_defaults(run=plot)
     co = commands.add_parser("collect", help="compact a result store into one Parquet table",
-                             epilog=READ_EXITS, formatter_class=argparse.RawDescriptionHelpFormatter)
+                             epilog=READ_EXITS.format(failed=COLLECT_FAILED),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     co.add_argument("dir")
     co.add_argument("--out", default=None, help="default: DIR/results.parquet")
     co.set_defaults(run=collect)

@@ -1,7 +1,12 @@
 """Helpers for files that several processes write: data set shards and a sweep's run records."""
 from __future__ import annotations
 
+import errno
 import os
+
+# Why a write failed, in words, for the errors a full or read-only disk gives (others: their strerror)
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large for the file system"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -36,3 +41,12 @@ def check_writable_dir(path, flag: str) -> str:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: cannot create it, {ancestor} is not writable")
     return path
+
+
+def write_error_text(error: OSError) -> str:
+    """Why a write failed, in words: 'no space left on the device' for ENOSPC (so for pyarrow's errors
+    too, which carry the errno), a quota or read-only file system by name, else the error's own text."""
+    known = _WRITE_ERRORS.get(getattr(error, "errno", None))
+    if known:
+        return known
+    return error.strerror or str(error)

@@ -39,45 +39,59 @@ def demo_configs(args) -> list[dict]:
     ])
 
 
-def run_demo(args) -> dict[str, str]:
-    """Run the demo's grid (stored runs are skipped), write the report of its runs into args.out, print
-    the P* table and where everything is; returns {file name: path} of the report. Ctrl-C, or runs that
-    failed, still leave the report of the finished runs, then end the command with an error."""
+def check_demo(args) -> tuple[list[dict], float]:
+    """The demo's runs (demo_configs) and its test-error threshold, once its flags and --out (a folder it
+    may create or write) are checked; ValueError names a bad one. Creates nothing."""
+    from rhmfast._files import check_writable_dir
     from rhmfast.studies.curves import threshold
+
+    configs = demo_configs(args)
+    eps = threshold(args.v, args.eps)
+    check_writable_dir(args.out, "--out")
+    return configs, eps
+
+
+def run_demo(args, checked: tuple[list[dict], float] | None = None) -> dict[str, str]:
+    """Run the demo's grid (stored runs are skipped), write the report of its runs into args.out, print
+    the P* table and where everything is; returns {file name: path} of the report. checked: what
+    check_demo(args) returned (checked here otherwise; bad flags or --out: ValueError, before anything is
+    created). The exceptions of run_sweep end it as they end a sweep: StoreLockedError (another sweep or
+    demo holds OUT/runs) before any run, StoreWriteError (a record not written: a full disk) with no
+    report; Ctrl-C first writes the report of the finished runs, then raises its SweepInterrupted. Runs
+    that failed leave the report of the others, then a SystemExit."""
     from rhmfast.studies.report import write_report
     from rhmfast.studies.runs import config_hash
     from rhmfast.studies.store import load_rows
-    from rhmfast.studies.sweep import describe, run_sweep
+    from rhmfast.studies.sweep import SweepInterrupted, describe, run_sweep
 
-    try:
-        configs = demo_configs(args)
-        eps = threshold(args.v, args.eps)
-    except ValueError as error:
-        raise SystemExit(f"rhmfast demo: {str(error).removeprefix('rhmfast: ')}") from None
+    configs, eps = checked or check_demo(args)
     store = os.path.join(args.out, "runs")
     print(describe(configs))
     started = time.perf_counter()
-    outcome, stopped = None, None
+    interrupted = None
     try:
         outcome = run_sweep(configs, store, workers=args.workers, threads=args.threads)
-    except KeyboardInterrupt:
-        stopped = "interrupted"
+    except SweepInterrupted as interrupt:  # the engine has stopped; every finished run is stored
+        outcome, interrupted = interrupt.outcome, interrupt
     seconds = time.perf_counter() - started
-    if outcome and outcome["failures"]:
-        stopped = f"{len(outcome['failures'])} runs failed"
+    stopped = f"{len(outcome['failures'])} runs failed" if outcome["failures"] else None
     try:
         rows = load_rows(store, hashes=[config_hash(c) for c in configs])
     except ValueError:
+        if interrupted:
+            raise interrupted from None
         raise SystemExit(f"rhmfast demo: {stopped}; no finished runs to report") from None
     rows.sort(key=lambda row: LEARNERS.index(row["learner"]))
     title = f"RHM v = n_c = {args.v}, s = {args.s}, rules seed {args.seed_rules}"
     paths = write_report(rows, args.out, eps, title=title)
     with open(paths["pstar.md"]) as f:
         print(f.read())
-    done = f"{outcome['ran']} run now, {outcome['stored_before']} stored before" if outcome else "interrupted"
-    print(f"{len(rows)} of {len(configs)} runs finished ({done}) in {seconds:.0f} s; eps = {eps:g}\n"
+    print(f"{len(rows)} of {len(configs)} runs finished ({outcome['ran']} run now, {outcome['stored_before']} "
+          f"stored before{', then interrupted' if interrupted else ''}) in {seconds:.0f} s; eps = {eps:g}\n"
           f"run records: {store}/ (one JSON file per run, named by the hash of its config)\n"
           f"report: {', '.join(os.path.basename(p) for p in sorted(paths.values()))} in {args.out}/")
+    if interrupted:
+        raise interrupted
     if stopped:
         raise SystemExit(f"rhmfast demo: {stopped}; the report covers the {len(rows)} finished runs")
     return paths

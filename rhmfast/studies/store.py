@@ -7,10 +7,12 @@ are records; anything else in the folder (a user's notes, a data set's manifest)
 removed. A record is trusted only if it parses, has this format, its name, its stored hash and the hash
 of its stored config agree, and its run finished with a finite test error; anything else is *corrupt*.
 Readers (``records``, ``collect``, ``load_rows``) skip corrupt records and list them in
-``ResultStore.corrupt``; only a sweep, which redoes their runs, moves them aside (``<hash>.json.corrupt``,
-then ``.corrupt.1``, ... so that no earlier copy is overwritten). A sweep holds the store's lock
+``ResultStore.corrupt``; only a writer that redoes their runs (a sweep, ``rhmfast train``) moves them aside
+(``<hash>.json.corrupt``, then ``.corrupt.1``, ... so that no earlier copy is overwritten). A sweep holds the store's lock
 (``ResultStore.lock``) while it runs, so two sweeps never run the same grid into one store at once.
-``collect`` compacts the valid records into one Parquet table (pyarrow).
+``collect`` compacts the valid records into one Parquet table (pyarrow). A write that fails (a full disk)
+raises StoreWriteError, which says why in words; it leaves no temporary, and the file it would have
+replaced, if any, as it was.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import platform
 import re
 import socket
 
-from rhmfast._files import pid_alive
+from rhmfast._files import pid_alive, write_error_text
 from rhmfast.studies.runs import complete_config, config_hash, learner_name, varying_keys
 
 RECORD_FORMAT = "rhmfast.run"
@@ -42,6 +44,21 @@ class StoreLockedError(RuntimeError):
         holder = f"process {pid}" if pid is not None else "another process"
         super().__init__(f"the result store {path} is in use by {holder} (another sweep)")
         self.path, self.pid = path, pid
+
+
+class StoreWriteError(OSError):
+    """Writing a record or ``collect``'s table failed (a full disk, a quota): no temporary is left, and the
+    file it would have replaced is as it was. ``errno`` is the cause's (ENOSPC for a full disk), ``path``
+    the file not written; str() names it and says why in words ("no space left on the device"). A sweep
+    that stops on it sets ``outcome``, its counts (as SweepInterrupted's)."""
+
+    def __init__(self, path: str, cause: OSError, *, store: str | None = None):
+        what = f"the run record {os.path.basename(path)} into the result store {store}" if store else path
+        super().__init__(cause.errno, f"cannot write {what}: {write_error_text(cause)}")
+        self.path, self.outcome = path, None
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def _json_safe(value):
@@ -114,7 +131,8 @@ class ResultStore:
         return os.path.join(self.path, f"{run_hash}.json")
 
     def write(self, record: dict) -> str:
-        """Store a record atomically; returns its path."""
+        """Store a record atomically; returns its path. A failed write (a full disk) raises StoreWriteError
+        with no temporary left and an earlier record of the same hash, if any, kept."""
         problem = check_record(record)
         if problem:
             raise ValueError(f"rhmfast: refusing to store an invalid record: {problem}")
@@ -126,9 +144,11 @@ class ResultStore:
                 f.flush()
                 os.fsync(f.fileno())  # the data is on disk before the name points at it
             os.replace(tmp, path)
-        except BaseException:  # Ctrl-C or a full disk mid-write: no temporary is left behind
+        except BaseException as error:  # Ctrl-C or a full disk mid-write: no temporary is left behind
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if isinstance(error, OSError):
+                raise StoreWriteError(path, error, store=self.path) from error
             raise
         return path
 
@@ -187,10 +207,14 @@ class ResultStore:
         """Hold the store's lock (an flock on ``.rhmfast-sweep.lock``, which holds the holder's pid) for
         the body. Held elsewhere: StoreLockedError, or with wait, on_wait(pid) then block until it is
         released. The OS releases the lock of a process that dies, so a killed sweep never blocks the
-        next; the file is removed on release."""
+        next; the file is removed on release. A lock file that cannot be written (a full disk):
+        StoreWriteError."""
         path = os.path.join(self.path, LOCK_NAME)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:  # a full disk (no inode left), a read-only store
+                raise StoreWriteError(path, error) from error
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -215,8 +239,11 @@ class ResultStore:
                 break
             os.close(fd)
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as error:  # a full disk: released below, the file removed
+                raise StoreWriteError(path, error) from error
             yield self
         finally:
             with contextlib.suppress(OSError):
@@ -258,7 +285,8 @@ def _no_records(path: str, corrupt: list) -> ValueError:
 def collect(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[str, int, list]:
     """Compact the valid records of a store into one Parquet table (default ``<store>/results.parquet``).
     Returns (path, number of rows, corrupt records skipped: [(file, reason)]). Renames nothing in the
-    store; a missing store, or one without valid records, is a ValueError."""
+    store; a missing store, or one without valid records, is a ValueError; a failed write (a full disk),
+    StoreWriteError, with no temporary left."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -276,9 +304,11 @@ def collect(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as error:  # Ctrl-C or a full disk: no temporary, an earlier table is kept
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(error, OSError):  # pyarrow's I/O errors are OSErrors with the errno
+            raise StoreWriteError(out, error) from error
         raise
     return out, len(rows), list(store.corrupt)
 

@@ -4,7 +4,9 @@ Runs already stored are skipped, so running the same sweep again resumes it; cor
 aside and their runs redone. One progress bar counts the whole grid (stored runs included); each
 finished run prints a summary line. A sweep holds its store's lock while it runs (a second sweep into
 the same store is refused, or waits); Ctrl-C stops it with every finished run stored
-(SweepInterrupted carries the counts).
+(SweepInterrupted carries the counts). A record that cannot be written (a full disk) stops it too: the
+StoreWriteError, its counts in ``outcome``, says why; the records written before are kept, no temporary
+is left, and the same sweep run again does only the missing runs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tqdm.auto import tqdm
 
 from rhmfast.studies.engines import ENGINES
 from rhmfast.studies.runs import config_hash, learner_name, varying_keys
-from rhmfast.studies.store import ResultStore, StoreLockedError  # noqa: F401 (raised by run_sweep)
+from rhmfast.studies.store import ResultStore, StoreLockedError, StoreWriteError  # noqa: F401 (raised by run_sweep)
 
 # Keys that identify a setting in summaries; other keys that vary for a learner are listed too.
 _SUMMARY_KEYS = ("v", "m", "s", "L", "gate", "wiring", "fan_in", "d", "level_size")
@@ -69,7 +71,9 @@ def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress:
               **engine_options) -> dict:
     """Run every config not yet stored in ``out``; returns counts and the failures [(config, reason)].
     Holds the store's lock throughout: another process holding it raises StoreLockedError, or with wait
-    the sweep waits for it. Ctrl-C raises SweepInterrupted (a KeyboardInterrupt) after the engine stopped."""
+    the sweep waits for it. Ctrl-C raises SweepInterrupted (a KeyboardInterrupt) after the engine stopped;
+    a record that cannot be written (a full disk) stops the engine and raises StoreWriteError, its
+    ``outcome`` the counts (the unwritten run among those ``not_run``)."""
     store = ResultStore(out)
 
     def waiting(pid):
@@ -78,12 +82,18 @@ def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress:
     with store.lock(wait=wait, on_wait=waiting):
         counts = dict(total=len(configs), stored_before=0, ran=0, failures=[], interrupted=False)
         started = time.perf_counter()
+
+        def stopped(**flags) -> dict:
+            return dict(counts, **flags, seconds=time.perf_counter() - started,
+                        not_run=len(configs) - counts["stored_before"] - counts["ran"] - len(counts["failures"]))
+
         try:
             _run_locked(store, configs, engine, progress, engine_options, counts)
         except KeyboardInterrupt:
-            counts.update(interrupted=True, seconds=time.perf_counter() - started,
-                          not_run=len(configs) - counts["stored_before"] - counts["ran"] - len(counts["failures"]))
-            raise SweepInterrupted(counts) from None
+            raise SweepInterrupted(stopped(interrupted=True)) from None
+        except StoreWriteError as error:  # raised by on_result; the engine has stopped its workers
+            error.outcome = stopped()
+            raise
     return dict(counts, seconds=time.perf_counter() - started, not_run=0)
 
 
