@@ -231,3 +231,21 @@ def assert_same_result(a, b, context: str = ""):
     assert len(tra) == len(trb), context
     for level, (x, y) in enumerate(zip(tra, trb)):
         assert x.dtype == y.dtype and torch.equal(x, y), f"tree level {level} differs {context}"
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """The hashes of the runs the local sweep engine is handed, i.e. trains. Recorded in this process: the
+    runs themselves happen in spawned workers, out of a monkeypatch's reach."""
+    from rhmfast.studies import engines
+    from rhmfast.studies.runs import config_hash
+
+    hashes = []
+
+    class RecordingEngine(engines.LocalEngine):
+        def map(self, configs, on_result, on_failure):
+            hashes.extend(config_hash(c) for c in configs)
+            super().map(configs, on_result, on_failure)
+
+    monkeypatch.setitem(engines.ENGINES, "local", RecordingEngine)
+    return hashes

@@ -9,8 +9,6 @@ import os
 import pytest
 
 import rhmfast.__main__ as cli
-from rhmfast.studies import engines
-from rhmfast.studies.runs import config_hash
 from rhmfast.studies.store import ResultStore
 
 # 10 runs: seeds x (hCNN at 2 sizes + Ren at 1 + fully connected at 2)
@@ -19,21 +17,6 @@ TINY = ["demo", "--v", "4", "--settings", "2,2", "--grid", "0.5,1", "--ren_grid"
         "--workers", "1"]
 REPORT = ("pstar.md", "pstar.csv", "curves.csv", "scaling.csv", "test_error_vs_P.png", "test_error_vs_P.pdf",
           "test_error_vs_P_scaled.png", "test_error_vs_P_scaled.pdf", "pstar_vs_nc_mL.png", "pstar_vs_nc_mL.pdf")
-
-
-@pytest.fixture
-def trained(monkeypatch):
-    """The hashes of the runs the demo hands to its engine, i.e. trains. Recorded in this process: the
-    runs themselves happen in spawned workers, out of a monkeypatch's reach."""
-    hashes = []
-
-    class RecordingEngine(engines.LocalEngine):
-        def map(self, configs, on_result, on_failure):
-            hashes.extend(config_hash(c) for c in configs)
-            super().map(configs, on_result, on_failure)
-
-    monkeypatch.setitem(engines.ENGINES, "local", RecordingEngine)
-    return hashes
 
 
 def _pstar(out):

@@ -91,20 +91,6 @@ def train_record():
 
 
 @pytest.fixture
-def trained(monkeypatch):
-    """The hashes of the runs the local engine is handed (trains), recorded in this process."""
-    hashes = []
-
-    class RecordingEngine(engines.LocalEngine):
-        def map(self, configs, on_result, on_failure):
-            hashes.extend(config_hash(c) for c in configs)
-            super().map(configs, on_result, on_failure)
-
-    monkeypatch.setitem(engines.ENGINES, "local", RecordingEngine)
-    return hashes
-
-
-@pytest.fixture
 def in_process(monkeypatch):
     """The local engine replaced by one that runs each config in this process (no workers to spawn);
     in_process.stop_after = n makes it raise KeyboardInterrupt, as Ctrl-C does, before its (n+1)th run.
