@@ -38,6 +38,22 @@ def machine() -> dict:
     return info
 
 
+def study_report_start(doc: str, argv=None):
+    """A study report's command line (a result store and an output folder), the output folder created, and
+    the store's table of every run written there as results.parquet. Returns (args, store records)."""
+    import argparse
+
+    from rhmfast.studies.store import ResultStore, collect
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("store")
+    parser.add_argument("out")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    collect(args.store, os.path.join(args.out, "results.parquet"))
+    return args, list(ResultStore(args.store).records())
+
+
 def ieee_float32_on_gpu() -> None:
     """float32 candidates compute in float32 on the GPU: cuDNN's convolutions default to TF32 (inputs
     rounded to 10 mantissa bits), which would race the nn.Conv1d baselines against rhmfast's float32

@@ -15,7 +15,6 @@ divided by M.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -26,10 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine  # noqa: E402
+from common import machine, study_report_start  # noqa: E402
 from rhmfast.studies.pstar import estimate_pstar  # noqa: E402
 from rhmfast.studies.runs import DEFAULTS, hierarchy_of  # noqa: E402
-from rhmfast.studies.store import ResultStore, collect  # noqa: E402
 
 EPS = 0.1
 N_BOOT = 1000
@@ -183,13 +181,8 @@ def plot(groups: dict, rows: list[dict], out: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("store")
-    parser.add_argument("out")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    records = [r for r in ResultStore(args.store).records() if r["config"].get("data") == "hierarchy"]
-    collect(args.store, os.path.join(args.out, "results.parquet"))
+    args, records = study_report_start(__doc__, argv)
+    records = [r for r in records if r["config"].get("data") == "hierarchy"]
     groups = settings(records)
     rows = pstar_rows(groups)
     fits = depth_fits(rows)

@@ -10,7 +10,6 @@ goal.md (which satisfying settings the kernel, tensor+kernel or cluster learner 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,11 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine  # noqa: E402
+from common import machine, study_report_start  # noqa: E402
 import rhmfast  # noqa: E402
 from rhmfast.studies.pstar import pstar_table  # noqa: E402
 from rhmfast.studies.report import write_report  # noqa: E402
-from rhmfast.studies.store import ResultStore, collect, load_rows  # noqa: E402
+from rhmfast.studies.store import load_rows  # noqa: E402
 
 GROUPS = {
     "first-token-uniform": lambda c: c["rules"] == "first-token-uniform",
@@ -109,13 +108,7 @@ def goal_md(pstars: dict[str, list[dict]]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("store")
-    parser.add_argument("out")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    records = list(ResultStore(args.store).records())
-    collect(args.store, os.path.join(args.out, "results.parquet"))
+    args, records = study_report_start(__doc__, argv)
     pstars = {}
     for group, belongs in GROUPS.items():
         hashes = [r["hash"] for r in records if belongs(r["config"])]

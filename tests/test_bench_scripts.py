@@ -70,3 +70,22 @@ def test_hierarchy_benchmark(tmp_path):
     assert len(run["rows"]) == 4 and all(r["rhmfast_samples_per_s"] > 0 and r["baseline_samples_per_s"] > 0
                                          for r in run["rows"])
     assert all(f"| {r['config']} |" in markdown for r in run["rows"])
+
+
+def test_hierarchy_study_report(tmp_path):
+    # Two depths of the parity tree at three sizes (two seeds): enough for P*, the depth fit and the figures.
+    from rhmfast.studies.grid import expand
+    from rhmfast.studies.sweep import run_sweep
+
+    store, out = tmp_path / "store", tmp_path / "report"
+    run_sweep(expand(dict(data="hierarchy", L=[2, 3], P=[16, 64, 512], width=256, n_test=256, seeds=[0, 1])),
+              str(store), engine="local", workers=1, progress=False)
+    subprocess.run([sys.executable, os.path.join(BENCHMARKS, "sweep_hierarchy_report.py"), str(store), str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    assert sorted(os.listdir(out)) == ["meta.json", "pstar.csv", "pstar.md", "pstar_vs_L.pdf", "pstar_vs_L.png",
+                                       "results.parquet", "test_error_vs_P.pdf", "test_error_vs_P.png"]
+    table = (out / "pstar.md").read_text()
+    assert "| parity tree, fan-in 2 | residual (quadratic) | 2 | 4 | 2 |" in table
+    assert "| parity tree, fan-in 2 | residual (quadratic) | 3 | 8 | 2 |" in table
+    with open(out / "meta.json") as f:
+        assert json.load(f)["runs"] == 12
