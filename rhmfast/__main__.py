@@ -103,19 +103,19 @@ def assumption(args) -> None:
 
     for name, value, low in (("seed_rules", args.seed_rules, 0), ("max_seeds", args.max_seeds, 1)):
         if value < low:
-            raise SystemExit(f"rhmfast assumption: --{name} must be >= {low}, got {value}")
+            raise _stop("assumption", f"--{name} must be >= {low}, got {value}")
     try:
         if args.find:
             seed = find_assumption_seed(args.v, args.m, args.s, args.L, args.n_classes, rules=args.rules,
                                         start=args.seed_rules, max_seeds=args.max_seeds)
             if seed is None:
-                raise SystemExit(f"rhmfast assumption: no rules seed in [{args.seed_rules}, "
-                                 f"{args.seed_rules + args.max_seeds}) satisfies Assumption 6; raise --max_seeds "
-                                 "or change --seed_rules")
+                raise _stop("assumption", f"no rules seed in [{args.seed_rules}, {args.seed_rules + args.max_seeds}) "
+                                          "satisfies Assumption 6; raise --max_seeds or change --seed_rules",
+                            EXIT_FAILED)
             args.seed_rules = seed
         grammar = _grammar(args)
     except ValueError as error:
-        raise SystemExit(f"rhmfast assumption: {error}") from None
+        raise _stop("assumption", error) from None
     if args.find:  # on stderr under --json, so that stdout stays one JSON document
         print(f"the first rules seed that satisfies Assumption 6 is --seed_rules {grammar.seed}",
               file=sys.stderr if args.json else sys.stdout)
@@ -513,7 +513,8 @@ def main(argv=None) -> None:
         description="Print, per level l, rho (the smallest distance between the label posteriors of two "
                     "non-synonym patches that can stand first), K_rho = rho m^(l/2), collisions (such pairs at "
                     "distance < 1e-12), never_first (patches that never stand first) and kappa, then a summary "
-                    "line. Exit status: 0 when Assumption 6 holds, 1 when it does not (or --find finds no seed).")
+                    "line. Exit status: 0 when Assumption 6 holds, 1 when it does not (or --find finds no seed), 2 "
+                    "for bad flags.")
     _add_grammar_flags(a)
     a.add_argument("--json", action="store_true", help="print the levels as a JSON list; null stands for infinity")
     a.add_argument("--find", action="store_true",

@@ -106,6 +106,18 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.parametrize("argv, status, fragment", [
+    (["assumption", "--v", "0"], 2, "v must be in [2,"),
+    (["assumption", *GRAMMAR, "--seed_rules", "-1"], 2, "--seed_rules must be >= 0"),
+    (["assumption", *GRAMMAR, "--rules", "nope"], 2, "rules must be one of"),
+    (["assumption", *GRAMMAR, "--find", "--max_seeds", "0"], 2, "--max_seeds must be >= 1"),
+    (["assumption", *GRAMMAR, "--m", "9"], 2, "n_classes * m must be <="),
+])
+def test_assumption_refuses_bad_flags(capsys, argv, status, fragment):
+    code, err = _run(argv, capsys)
+    assert code == status and fragment in err and err.startswith("rhmfast assumption: ") and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv, out_kind, status, fragment", CLI_CASES)
 def test_cli_refuses_bad_input_before_creating_anything(tmp_path, capsys, monkeypatch, argv, out_kind, status,
                                                         fragment):
