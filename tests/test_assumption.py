@@ -23,10 +23,12 @@ LEVEL_1 = [[[0, 0], [0, 1]], [[1, 0], [1, 1]], [[2, 0], [2, 1]]]
 
 
 def hand_grammar(tmp_path, level_0) -> rhmfast.RHM:
-    """A grammar with n_classes = 2, v = 3, m = 2, s = 2, L = 2, the given label rules and LEVEL_1."""
+    """A grammar with n_classes = 2, v = 3, m = 2, s = 2, L = 2, the given label rules and LEVEL_1, written in
+    the pcsl sampler's layout (RHM.load checks the layout and its invariants, not that the seed draws these
+    rules)."""
     path = tmp_path / "grammar.json"
     path.write_text(json.dumps(dict(format="rhmfast.RHM", version=1, v=3, m=2, s=2, L=2, n_classes=2, seed=0,
-                                    rules_sampler="hand", parents=[[0, 1], [0, 1, 2]], rules=[level_0, LEVEL_1])))
+                                    rules_sampler="pcsl", parents=[[0, 1], [0, 1, 2]], rules=[level_0, LEVEL_1])))
     return rhmfast.RHM.load(path)
 
 
