@@ -11,6 +11,7 @@ converted once, when the weight is created or loaded, never per call.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -123,14 +124,43 @@ class PatchConv1d(nn.Module):
 def convert(model: nn.Module) -> nn.Module:
     """Replaces, in place, every patchwise nn.Conv1d of model (see is_patch_conv) by an equivalent
     PatchConv1d; other modules are left untouched. Returns model (a bare patchwise Conv1d is returned
-    converted, since it cannot be replaced in place)."""
+    converted, since it cannot be replaced in place). When it replaces nothing it warns, saying why (the
+    2024 reference library's hCNN and fcn have their own layers: use ``HierarchicalCNN.from_reference``,
+    ``FullyConnected.from_reference``)."""
     if is_patch_conv(model):
         return PatchConv1d.from_conv1d(model)
+    swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if is_patch_conv(child):
                 setattr(parent, name, PatchConv1d.from_conv1d(child))
+                swapped += 1
+    if not swapped:
+        warnings.warn(_nothing_converted(model), UserWarning, stacklevel=2)
     return model
+
+
+def _nothing_converted(model: nn.Module) -> str:
+    """Why convert swapped nothing, and what to use instead where we can tell."""
+    modules = list(model.modules())
+    names = {type(m).__name__ for m in modules}
+    convs = [m for m in modules if isinstance(m, nn.Conv1d)]
+    done = sum(isinstance(m, PatchConv1d) for m in modules)
+    text = (f"rhmfast.nn.convert: nothing converted, {type(model).__name__} is returned unchanged: it has no "
+            f"nn.Conv1d with kernel_size == stride (no padding, dilation 1, groups 1)")
+    if convs:
+        text += (f"; its {len(convs)} nn.Conv1d layer(s) are not patchwise (e.g. kernel_size={convs[0].kernel_size[0]},"
+                 f" stride={convs[0].stride[0]}, padding={convs[0].padding}, dilation={convs[0].dilation[0]}, "
+                 f"groups={convs[0].groups})")
+    if done:
+        text += f"; it already has {done} PatchConv1d layer(s) (converted before?)"
+    if "MyConv1d" in names or any(isinstance(getattr(m, "filter", None), torch.Tensor) for m in modules):
+        text += ("; it looks like the 2024 reference library's hCNN, whose layers are its own MyConv1d (a 'filter' "
+                 "parameter): use rhmfast.models.HierarchicalCNN.from_reference(model), which runs on token ids")
+    elif names & {"MyLinear", "MLP", "Perceptron"}:
+        text += ("; it looks like the 2024 reference library's fcn: use "
+                 "rhmfast.models.FullyConnected.from_reference(model, v=...)")
+    return text
 
 
 class TokenPatchEmbedding(nn.Module):

@@ -15,12 +15,12 @@ def library_hcnn(onehot, state, s, norm):
     """The 2024 reference library's hCNN as that library builds it, on one-hot input [B, v, s^L]: Conv1d layers with
     kernel = stride = s, each divided by sqrt(C_in*s), ReLU, mean over positions, readout / sqrt(H) or H."""
     h = onehot
-    L = sum(1 for k in state if k.endswith(".weight"))
+    L = sum(1 for k in state if k.endswith(".filter"))
     for l in range(L):
-        w = state[f"hier.{l}.weight"]
-        h = torch.relu(F.conv1d(h, w, state.get(f"hier.{l}.bias"), stride=s) / math.sqrt(w.shape[1] * s))
-    width = state["beta"].shape[0]
-    return h.mean(-1) @ state["beta"] / (math.sqrt(width) if norm == "std" else width)
+        w = state[f"hidden.{l}.0.filter"]
+        h = torch.relu(F.conv1d(h, w, state.get(f"hidden.{l}.0.bias"), stride=s) / math.sqrt(w.shape[1] * s))
+    width = state["readout"].shape[0]
+    return h.mean(-1) @ state["readout"] / (math.sqrt(width) if norm == "std" else width)
 
 
 def grads_in_reference_layout(model):
@@ -62,15 +62,15 @@ def test_hcnn_initialisation_follows_the_reference_law():
 def test_reference_state_dict_round_trip():
     model = HierarchicalCNN(5, 7, 3, 3, 4, bias=True, seed=1)
     state = model.to_reference_state_dict()
-    assert state["hier.0.weight"].shape == (7, 5, 3) and state["hier.2.weight"].shape == (7, 7, 3)
-    assert state["beta"].shape == (7, 4) and state["hier.1.bias"].shape == (7,)
-    back = HierarchicalCNN.from_reference_state_dict(state, s=3)
+    assert state["hidden.0.0.filter"].shape == (7, 5, 3) and state["hidden.2.0.filter"].shape == (7, 7, 3)
+    assert state["readout"].shape == (7, 4) and state["hidden.1.0.bias"].shape == (7,)
+    back = HierarchicalCNN.from_reference(state, s=3, norm="std")
     for a, b in zip(model.state_dict().values(), back.state_dict().values()):
         assert torch.equal(a, b)
     x, _ = rhmfast.RHM(5, 2, 3, 3, n_classes=4).sample(9, seed=0)
     assert torch.equal(model(x), back(x))
-    with pytest.raises(ValueError, match="hier.0.weight"):
-        HierarchicalCNN.from_reference_state_dict(state, s=2)
+    with pytest.raises(ValueError, match="hidden.0.0.filter"):
+        HierarchicalCNN.from_reference(state, s=2)
 
 
 def test_layer_by_layer_equals_fused_trunk():

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
 from rhmfast._checks import check_choice, check_int, check_positive_int, check_seed, check_tokens
 from rhmfast.models._common import seeded_generator
+from rhmfast.models._reference import NORMS, check_keys, check_shape, reference_state, resolve_norm
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.patch_conv_stack import patch_conv_stack
 from rhmfast.ops.token_patch_embed import token_patch_embed
 from rhmfast.reference.patch_conv import ACTIVATIONS
 
-NORMS = ("std", "mf")
+_FILTER = re.compile(r"hidden\.(\d+)\.0\.filter")
 
 
 class HierarchicalCNN(nn.Module):
@@ -26,10 +28,16 @@ class HierarchicalCNN(nn.Module):
     (= conv_{l+2}.weight.permute(0, 2, 1) flattened), ``biases[l]`` [H] in the reference's
     parametrisation (added before the 1/sqrt(C_in*s) division, as in a biased Conv1d that is then
     scaled), ``beta`` [H, n_classes]. ``seed`` makes the initialisation reproducible.
+
+    ``whiten=True`` computes what the reference computes on its whitened input (``--whitening 1``:
+    (onehot - 1/v) / sqrt(1 - 1/v)) by using a*(embed[k, t] - mean_t' embed[k, t']), a = (1 - 1/v)^-1/2,
+    in place of embed[k, t] (the parameter stays the reference's filter; gradients flow through the map).
+
+    ``from_reference`` / ``to_reference_state_dict`` convert from and to the reference's own key names.
     """
 
     def __init__(self, v: int, width: int, s: int, L: int, n_classes: int, norm: str = "std", bias: bool = False,
-                 activation: str = "relu", seed: int | None = None):
+                 activation: str = "relu", seed: int | None = None, whiten: bool = False):
         super().__init__()
         for name, value in (("v", v), ("width", width), ("s", s), ("L", L), ("n_classes", n_classes)):
             check_positive_int(name, value)
@@ -37,6 +45,11 @@ class HierarchicalCNN(nn.Module):
         self.norm = check_choice("norm", norm, NORMS)
         self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.seed = check_seed("seed", seed)
+        if not isinstance(whiten, bool):
+            raise TypeError(f"rhmfast: whiten must be a bool, got {type(whiten).__name__}")
+        if whiten and v < 2:
+            raise ValueError(f"rhmfast: whiten=True needs v >= 2 (it divides by sqrt(1 - 1/v)), got v={v}")
+        self.whiten = whiten
         gen = seeded_generator(seed)
         self.embed = nn.Parameter(torch.randn(s, v, width, generator=gen))
         self.weights = nn.ParameterList([nn.Parameter(torch.randn(width, s * width, generator=gen))
@@ -55,6 +68,12 @@ class HierarchicalCNN(nn.Module):
         """Mean-field training multiplies the learning rate by H (the 2024 reference library's recipe)."""
         return float(self.width) if self.norm == "mf" else 1.0
 
+    def input_embed(self) -> torch.Tensor:
+        """The first layer's weights [s, v, H] as the token layer uses them (whitened input folded in)."""
+        if not self.whiten:
+            return self.embed
+        return (self.embed - self.embed.mean(1, keepdim=True)) * (1.0 - 1.0 / self.v) ** -0.5
+
     def _scaled_biases(self, depth: int):
         # The op computes act(scale*z + b); the reference computes act(scale*(z + b)).
         return None if self.biases is None else [b * c for b, c in zip(list(self.biases)[:depth], self.scales)]
@@ -69,7 +88,7 @@ class HierarchicalCNN(nn.Module):
         """Outputs of layers 1..depth (default L), channels-last [B, s^L/s^l, H], in one fused call."""
         depth = self.L if depth is None else check_int("depth", depth, 1, self.L)
         self._check_input(tokens)
-        return patch_conv_stack(tokens, self.embed, list(self.weights)[:depth - 1], self._scaled_biases(depth),
+        return patch_conv_stack(tokens, self.input_embed(), list(self.weights)[:depth - 1], self._scaled_biases(depth),
                                 patch_size=self.s, scales=self.scales[:depth], activation=self.activation,
                                 return_all=True)
 
@@ -79,7 +98,7 @@ class HierarchicalCNN(nn.Module):
         bias = None if self.biases is None else self.biases[l - 1] * self.scales[l - 1]
         if l == 1:
             self._check_input(inputs)
-            return token_patch_embed(inputs, self.embed, bias, patch_size=self.s, scale=self.scales[0],
+            return token_patch_embed(inputs, self.input_embed(), bias, patch_size=self.s, scale=self.scales[0],
                                      activation=self.activation)
         return patch_conv(inputs, self.weights[l - 2], bias, patch_size=self.s, scale=self.scales[l - 1],
                           activation=self.activation)
@@ -96,44 +115,84 @@ class HierarchicalCNN(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.readout(self.layer_outputs(tokens)[-1])
 
+
     # ---- the reference's parameter layout -------------------------------------------------------------
-    # Keys: "hier.{l}.weight" [C_out, C_in, s] (nn.Conv1d layout, l = 0 .. L-1; C_in = v for l = 0),
-    # "hier.{l}.bias" [C_out] when bias=True, "beta" [H, n_classes]. The function is
-    # readout(mean(act(conv1d(x, W_l, b_l, stride=s) / sqrt(C_in*s)) ...)) on one-hot x [B, v, s^L].
+    # models/cnn.py: hidden.{l} = Sequential(MyConv1d, ReLU); MyConv1d.filter [C_out, C_in, s] (C_in = v for
+    # l = 0), MyConv1d.bias [C_out] (--bias), added before the 1/sqrt(C_in*s) division; readout [H, n_c].
 
     def to_reference_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"hier.0.weight": self.embed.detach().permute(2, 1, 0).contiguous()}
-        for l, w in enumerate(self.weights, start=1):
-            state[f"hier.{l}.weight"] = w.detach().reshape(self.width, self.s, self.width).permute(0, 2, 1).contiguous()
-        if self.biases is not None:
-            for l, b in enumerate(self.biases):
-                state[f"hier.{l}.bias"] = b.detach().clone()
-        state["beta"] = self.beta.detach().clone()
+        """The weights under the reference hCNN's keys, in its state dict's order: ``readout`` [H, n_classes],
+        ``hidden.{l}.0.filter`` [H, C_in, s], ``hidden.{l}.0.bias`` [H] (bias=True). Exact copies."""
+        filters = [self.embed.detach().permute(2, 1, 0)]
+        filters += [w.detach().reshape(self.width, self.s, self.width).permute(0, 2, 1) for w in self.weights]
+        state = {"readout": self.beta.detach().clone()}  # own parameters first, as nn.Module.state_dict
+        for l, f in enumerate(filters):
+            state[f"hidden.{l}.0.filter"] = f.contiguous()
+            if self.biases is not None:
+                state[f"hidden.{l}.0.bias"] = self.biases[l].detach().clone()
         return state
+
+    @classmethod
+    def from_reference(cls, model_or_state_dict, *, s: int | None = None, norm: str | None = None,
+                       activation: str = "relu", whiten: bool = False) -> "HierarchicalCNN":
+        """The HierarchicalCNN computing what a reference ``hCNN`` (models/cnn.py) computes, from the module or
+        its state dict (keys as in to_reference_state_dict), on the tensors' device and dtype. v, width, L,
+        n_classes, bias and s (the filters' last dim; s, if given, is checked) come from the shapes. norm: a
+        module's is read off its readout divisor (H: "mf", sqrt(H): "std"; a given norm is checked); a state dict
+        has none, so it defaults to "mf", what the reference's init.py builds. whiten: the data's --whitening."""
+        owner = "HierarchicalCNN.from_reference"
+        state, module_norm = reference_state(model_or_state_dict, owner)
+        layers = sorted(int(m.group(1)) for m in map(_FILTER.fullmatch, state) if m)
+        if not layers or "readout" not in state:
+            raise ValueError(f"rhmfast: {owner} needs the reference hCNN's keys 'hidden.{{l}}.0.filter' "
+                             f"(l = 0..L-1) and 'readout', got keys {sorted(state)}")
+        L, bias = layers[-1] + 1, "hidden.0.0.bias" in state
+        keys = [key for l in range(L) for key in ([f"hidden.{l}.0.filter"]
+                                                  + ([f"hidden.{l}.0.bias"] if bias else []))] + ["readout"]
+        check_keys(state, keys, owner)
+        first = state["hidden.0.0.filter"]
+        if first.dim() != 3:
+            raise ValueError(f"rhmfast: {owner}: hidden.0.0.filter must have shape [H, v, s], got {list(first.shape)}")
+        width, v = first.shape[0], first.shape[1]
+        if s is None:
+            s = first.shape[2]
+        elif s != first.shape[2]:
+            raise ValueError(f"rhmfast: {owner}: s={s}, but hidden.0.0.filter has shape {list(first.shape)} "
+                             f"([H, v, s])")
+        readout = state["readout"]
+        if readout.dim() != 2:
+            raise ValueError(f"rhmfast: {owner}: readout must have shape [H, n_classes], got {list(readout.shape)}")
+        n_classes = readout.shape[1]
+        check_shape(state, "hidden.0.0.filter", (width, v, s), owner)
+        for l in range(1, L):
+            check_shape(state, f"hidden.{l}.0.filter", (width, width, s), owner)
+        for l in range(L if bias else 0):
+            check_shape(state, f"hidden.{l}.0.bias", (width,), owner)
+        check_shape(state, "readout", (width, n_classes), owner)
+        norm = resolve_norm(norm, module_norm, width, owner)
+        # seed=0: a private generator, so that loading never advances torch's global one.
+        model = cls(v, width, s, L, n_classes, norm=norm, bias=bias, activation=activation, seed=0, whiten=whiten)
+        model.seed = None
+        model.to(device=first.device, dtype=first.dtype)
+        with torch.no_grad():
+            model.embed.copy_(first.permute(2, 1, 0))
+            for l in range(1, L):
+                w = state[f"hidden.{l}.0.filter"]
+                model.weights[l - 1].copy_(w.permute(0, 2, 1).reshape(width, s * width))
+            for l in range(L if bias else 0):
+                model.biases[l].copy_(state[f"hidden.{l}.0.bias"])
+            model.beta.copy_(readout)
+        return model
 
     @classmethod
     def from_reference_state_dict(cls, state: dict[str, torch.Tensor], s: int, norm: str = "std",
                                   activation: str = "relu") -> "HierarchicalCNN":
-        """The model holding the weights of a reference state dict (keys as in to_reference_state_dict)."""
-        L = sum(1 for key in state if key.endswith(".weight") and key.startswith("hier."))
-        if L == 0 or "beta" not in state:
-            raise ValueError("rhmfast: a reference state dict needs 'hier.{l}.weight' for l = 0..L-1 and 'beta', "
-                             f"got keys {sorted(state)}")
-        first = state["hier.0.weight"]
-        if first.dim() != 3 or first.shape[2] != s:
-            raise ValueError(f"rhmfast: hier.0.weight must have shape [H, v, s={s}], got {list(first.shape)}")
-        width, v = first.shape[0], first.shape[1]
-        n_classes = state["beta"].shape[1]
-        model = cls(v, width, s, L, n_classes, norm=norm, bias="hier.0.bias" in state, activation=activation)
-        with torch.no_grad():
-            model.embed.copy_(first.permute(2, 1, 0))
-            for l in range(1, L):
-                w = state[f"hier.{l}.weight"]
-                if tuple(w.shape) != (width, width, s):
-                    raise ValueError(f"rhmfast: hier.{l}.weight must have shape {[width, width, s]}, got {list(w.shape)}")
-                model.weights[l - 1].copy_(w.permute(0, 2, 1).reshape(width, s * width))
-            if model.biases is not None:
-                for l in range(L):
-                    model.biases[l].copy_(state[f"hier.{l}.bias"])
-            model.beta.copy_(state["beta"])
-        return model
+        """Older name of from_reference for state dicts; also reads the keys rhmfast wrote before it used the
+        reference's ("hier.{l}.weight", "hier.{l}.bias", "beta")."""
+        renamed = {}
+        for key, value in state.items():
+            m = re.fullmatch(r"hier\.(\d+)\.(weight|bias)", key)
+            key = (f"hidden.{m.group(1)}.0.{'filter' if m.group(2) == 'weight' else 'bias'}" if m
+                   else "readout" if key == "beta" else key)
+            renamed[key] = value
+        return cls.from_reference(renamed, s=s, norm=norm, activation=activation)
