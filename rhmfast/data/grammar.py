@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import random
+import warnings
 from typing import Iterator
 
 import torch
@@ -20,6 +22,8 @@ _INT64_LIMIT = 1 << 63
 _MAX_SYMBOLS = (1 << 31) - 1  # the kernels' rule table is int32: symbols and labels must fit it
 _GIB = float(1 << 30)
 _TOKEN_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+SPLIT_ORDERS = ("rhmfast", "pcsl")  # split(order=...): rhmfast's own draw, or the 2024 library's
+_PCSL_REPLACEMENT_ABOVE = 10**19  # the library samples with replacement when max_data > 1e19
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -235,34 +239,86 @@ class RHM:
                                 dtype, return_tree)
         return self._result(*out, return_tree)
 
-    def split(self, n_train: int, n_test: int, seed: int = 0, *, shard: tuple[int, int] = (0, 1), device="cpu",
-              dtype: torch.dtype | None = None, return_tree: bool = False):
-        """Disjoint training and test sets: ``((x_train, y_train), (x_test, y_test))``.
+    def split(self, n_train: int, n_test: int, seed: int = 0, *, order: str = "rhmfast", replacement: bool = False,
+              shard: tuple[int, int] = (0, 1), device="cpu", dtype: torch.dtype | None = None,
+              return_tree: bool = False):
+        """Training and test sets: ``((x_train, y_train), (x_test, y_test))``.
 
-        Exact sampling without replacement (index mode, disjoint index ranges) when pmax < 2^63;
-        beyond that, iid draws: any repeat then has probability below (n_train + n_test)^2 / pmax,
-        which is below 2^-63 (n_train + n_test)^2. The training set is samples [0, n_train) of that
-        stream, the test set samples [n_train, n_train + n_test).
+        ``order="rhmfast"`` (default): exact sampling without replacement (index mode, disjoint index
+        ranges) when pmax < 2^63; beyond that, iid draws: any repeat then has probability below
+        (n_train + n_test)^2 / pmax, which is below 2^-63 (n_train + n_test)^2. The training set is
+        samples [0, n_train) of that stream, the test set samples [n_train, n_train + n_test).
+        ``replacement=True``: the iid stream (``sample(mode="iid")``), so samples may repeat.
+
+        ``order="pcsl"``: the sets the 2024 pcsl-epfl random-hierarchy-model library draws for
+        ``seed_sample=seed`` (with this grammar's rules, e.g. ``rules="pcsl"`` and the same rules seed),
+        bit for bit: without replacement, the datum numbers ``random.Random(seed).sample(range(pmax),
+        n_train + n_test)`` (the library seeds Python's global ``random`` the same way; it is left alone
+        here), decoded (``decode``), the first n_train the training set; this needs pmax < 2^63 (the library's
+        ``random.sample`` fails beyond). ``replacement=True``, or pmax > 10^19 (where the library switches
+        to it by itself, with a warning; so does this): a ``torch.Generator`` seeded with ``seed`` draws the
+        n_train + n_test labels (``torch.randint``), then level by level the rule of every node, as the
+        library does; on the CPU, whatever ``device`` (the stream is the CPU generator's), then moved.
 
         ``shard=(rank, world_size)`` returns only that rank's contiguous part of each set (its
-        ``shard_range`` of the training and of the test samples), generating nothing else: the parts
-        of ranks 0 .. world_size-1, concatenated, are the unsharded sets.
+        ``shard_range`` of the training and of the test samples); for order "rhmfast" it generates nothing
+        else. The parts of ranks 0 .. world_size-1, concatenated, are the unsharded sets.
         """
         n_train = check_int("n_train", n_train, 0)
         n_test = check_int("n_test", n_test, 0)
-        if n_train + n_test > self.pmax:
+        seed = check_seed("seed", seed, optional=False)
+        if not isinstance(order, str) or order not in SPLIT_ORDERS:
+            raise ValueError(f"rhmfast: order must be one of {SPLIT_ORDERS}, got {order!r}")
+        if not isinstance(replacement, bool):
+            raise TypeError(f"rhmfast: replacement must be a bool, got {type(replacement).__name__}")
+        if order == "pcsl" and not replacement and self.pmax > _PCSL_REPLACEMENT_ABOVE:
+            warnings.warn(f"rhmfast: pmax = {self.pmax:.3e} > 1e19: order='pcsl' samples with replacement here, "
+                          "as the random-hierarchy-model library does", RuntimeWarning, stacklevel=2)
+            replacement = True
+        if not replacement and n_train + n_test > self.pmax:
             raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds pmax = {self.pmax}, the number of "
                              "distinct inputs (train and test are drawn without replacement)")
+        if order == "pcsl" and not replacement and self.pmax >= _INT64_LIMIT:
+            raise ValueError(f"rhmfast: order='pcsl' without replacement needs pmax < 2^63 (the random-hierarchy-"
+                             f"model library's random.sample(range(pmax), ...) fails beyond), got pmax = "
+                             f"{self.pmax}; pass replacement=True for its with-replacement draw")
         if not isinstance(shard, (tuple, list)) or len(shard) != 2:
             raise TypeError(f"rhmfast: shard must be a pair (rank, world_size), got {shard!r}")
         rank, world_size = shard
         shard_range(0, rank, world_size)  # checks rank and world_size now, whatever n_train and n_test
-        mode = "index" if self.pmax < _INT64_LIMIT else "iid"
+        ranges = [(first + lo, first + hi) for first, n in ((0, n_train), (n_train, n_test))
+                  for lo, hi in [shard_range(n, rank, world_size)]]
+        if order == "pcsl":
+            return self._split_pcsl(n_train + n_test, seed, replacement, ranges, device, dtype, return_tree)
+        mode = "iid" if replacement or self.pmax >= _INT64_LIMIT else "index"
         common = dict(seed=seed, mode=mode, device=device, dtype=dtype, return_tree=return_tree)
+        return tuple(self.sample(hi - lo, start=lo, **common) for lo, hi in ranges)
+
+    def _split_pcsl(self, total, seed, replacement, ranges, device, dtype, return_tree):
+        """split(order="pcsl"): the library's draw of all ``total`` samples, then the parts in ranges."""
+        device = self._device(device)
+        dtype = self._dtype(dtype, return_tree)
+        if not replacement:
+            # The datum numbers as the library draws them: Python's Mersenne Twister seeded with seed, and
+            # random.sample over range(pmax) (the algorithm of the Python running this; unchanged since 3.2).
+            datum = random.Random(seed).sample(range(self.pmax), total)
+            return tuple(self.decode(torch.tensor(datum[lo:hi], dtype=torch.int64), device=device, dtype=dtype,
+                                     return_tree=return_tree) for lo, hi in ranges)
+        self._check_memory(total, torch.device("cpu"), torch.int64, return_tree)
+        gen = torch.Generator().manual_seed(seed)
+        table = self.table("cpu").to(torch.int64)  # rows indexed by symbol: rules[l] for pcsl, first-token-uniform
+        labels = torch.randint(0, self.n_classes, (total,), generator=gen)
+        levels, x = [labels], labels
+        for level in range(self.L):
+            choice = torch.randint(0, self.m, x.shape, generator=gen)
+            x = table[level][x, choice].flatten(start_dim=1)
+            levels.append(x)
         parts = []
-        for first, n in ((0, n_train), (n_train, n_test)):
-            lo, hi = shard_range(n, rank, world_size)
-            parts.append(self.sample(hi - lo, start=first + lo, **common))
+        for lo, hi in ranges:
+            tokens, y = x[lo:hi].to(device=device, dtype=dtype), labels[lo:hi].to(device)
+            tree = [t[lo:hi].reshape(hi - lo, self.s**level).to(device=device, dtype=dtype)
+                    for level, t in enumerate(levels[:-1])]
+            parts.append(self._result(tokens, y, tree, return_tree))
         return tuple(parts)
 
     def batches(self, batch_size: int, seed: int = 0, *, start: int = 0, mode: str = "iid", device="cpu",
