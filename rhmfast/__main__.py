@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 import rhmfast
 from rhmfast.data.dataset import write_dataset
+from rhmfast.studies import reference_cli
 
 
 def generate(args) -> None:
@@ -165,8 +166,10 @@ def _eps(text: str):
     return text if text == "rand/10" else float(text)
 
 
-ALIASES = dict(v=["--num_features"], n_classes=["--num_classes"], L=["--num_layers"], P=["--train_size"],
-               n_test=["--test_size"], model=["--net"])
+# Other spellings of run keys: the 2024 random-hierarchy-model library's (reference_cli.ALIASES), and --net
+ALIASES = dict(model=["--net"])
+for _key, _spellings in reference_cli.ALIASES.items():
+    ALIASES.setdefault(_key, []).extend(_spellings)
 HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
             P_scaled="training-set sizes in units of n_c m^L: a,b,c or lo:hi:n",
             settings="(m, L) pairs 'm,L m,L ...' instead of the product of --m and --L",
@@ -183,11 +186,13 @@ def _add_run_flags(parser) -> None:
     from rhmfast.studies.grid import EXTRA_KEYS
     from rhmfast.studies.runs import DEFAULTS
 
-    group = parser.add_argument_group("run parameters (each a value, a list a,b,c, or a range lo:hi:n)")
+    group = parser.add_argument_group("run parameters (each a value, a list a,b,c, or a range lo:hi:n; a "
+                                      "true/false one alone means true, as --bias)")
     for key in list(DEFAULTS) + list(EXTRA_KEYS):
         default = f" (default {DEFAULTS[key]})" if DEFAULTS.get(key) is not None else ""
+        bare = dict(nargs="?", const="true") if isinstance(DEFAULTS.get(key), bool) else {}
         group.add_argument(f"--{key}", *ALIASES.get(key, []), dest=key, default=argparse.SUPPRESS, metavar="VALUES",
-                           help=HELP.get(key, "") + default)
+                           help=HELP.get(key, "") + default, **bare)
 
 
 def _add_pool_flags(parser) -> None:
@@ -200,15 +205,32 @@ def _add_pool_flags(parser) -> None:
 
 def _grid_from_args(args) -> list[dict]:
     """The configs of the --config file and the flags; a bad grid ends the command with its reason (a
-    SystemExit whose code is the message 'rhmfast <command>: ...'; the command picks its exit status)."""
-    from rhmfast.studies.grid import EXTRA_KEYS, sweep_configs
-    from rhmfast.studies.runs import DEFAULTS
+    SystemExit whose code is the message 'rhmfast <command>: ...'; the command picks its exit status).
+    In the library's mode (reference_cli.library_mode) the keys neither the flags nor the file give get the
+    2024 random-hierarchy-model library's defaults, and the configs its batch rule; its flags that are not
+    run keys are checked against the configs."""
+    from rhmfast.studies.grid import EXTRA_KEYS, load_toml, sweep_configs
+    from rhmfast.studies.runs import DEFAULTS, check_runnable
 
     flags = {key: getattr(args, key) for key in list(DEFAULTS) + list(EXTRA_KEYS) if hasattr(args, key)}
+    path = getattr(args, "config", None)
+    library = reference_cli.library_mode(args)
     try:
-        return sweep_configs(flags, getattr(args, "config", None))
+        reference_cli.check_flags(args)
+        if library:
+            common, grids = load_toml(path) if path else ({}, [])
+            file_keys = set(common).union(*(set(grid) for grid in grids))
+            flags = reference_cli.library_defaults(flags, file_keys)
+        configs = reference_cli.check_configs(sweep_configs(flags, path), args, library)
+        check_runnable(configs)
+        return configs
     except (ValueError, TypeError, OSError) as error:
-        raise SystemExit(f"rhmfast {args.command}: {str(error).removeprefix('rhmfast: ')}") from None
+        hint = ""
+        if library and "end-to-end SGD" in str(error):
+            hint = ("; a flag spelled as the 2024 library spells it (e.g. --train_size) gave the run the library's "
+                    "defaults (order pcsl, print_freq, stop_check eval, eval_at_start): --defaults rhmfast turns "
+                    "them off")
+        raise SystemExit(f"rhmfast {args.command}: {str(error).removeprefix('rhmfast: ')}{hint}") from None
 
 
 # Exit statuses of sweep, demo, collect and plot, listed in their --help (argparse's own usage errors are 2 too)
@@ -372,7 +394,9 @@ def _check_train_device(device: str, nproc: int) -> str:
 
 def train(args) -> None:
     """One run, stored like a sweep's. --nproc N > 1 restarts this command under torchrun: N ranks, each
-    generating its own shard of the data, gradients all-reduced (end-to-end SGD only)."""
+    generating its own shard of the data, gradients all-reduced (end-to-end SGD only). The 2024
+    random-hierarchy-model library's command line runs as it is (reference_cli), --outname writing its
+    output file besides the record."""
     import torch
 
     from rhmfast._files import check_writable_dir
@@ -393,14 +417,24 @@ def train(args) -> None:
     (config,) = configs
     if args.nproc > 1 and config["trainer"] != "sgd":
         raise _stop("train", f"--nproc > 1 trains end to end with SGD only, not trainer {config['trainer']!r}")
+    library = reference_cli.library_mode(args)
+    if args.outname is not None and not config["eval_at_start"] and config["trainer"] == "sgd":
+        from rhmfast.studies.runs import complete_config
+
+        config = complete_config({**config, "eval_at_start": True})  # the output file's epoch-0 entry
+    if args.device is None:  # the library's default is cuda
+        args.device = "cuda" if library and torch.cuda.is_available() else "cpu"
     try:  # before the store is created: a refused command leaves nothing behind
         _check_train_device(args.device, args.nproc)
         check_writable_dir(args.out, "--out")
+        _check_outname(args, config)
+        if args.nproc > 1:
+            _check_data_parallel(args, config)
     except ValueError as error:
         raise _stop("train", error) from None
     store = ResultStore(args.out)
     stored = store.read(config_hash(config), move_aside=True)  # a corrupt record is kept aside, its run redone
-    if stored is not None:
+    if stored is not None and (args.outname is None or os.path.exists(args.outname)):
         print(f"already stored: {summary(stored)}\n{store.path_of(stored['hash'])}")
         return
     for name, why in store.corrupt:
@@ -418,17 +452,83 @@ def train(args) -> None:
         execution = dict(engine="torchrun", world_size=world, threads=args.threads, device=args.device)
         if rank != 0:
             return
+    elif args.outname is not None:
+        try:
+            record = _train_outname(args, config)
+        except OSError as error:  # the output file could not be written (a full disk)
+            raise _stop("train", f"cannot write --outname {args.outname}: {error}", EXIT_FAILED) from None
+        execution = dict(engine="train", threads=args.threads, device=args.device, outname=args.outname)
     else:
         record = run_config(config, device=args.device, progress=True)
         execution = dict(engine="train", threads=args.threads, device=args.device)
     if record.interrupted:
-        raise _stop("train", "interrupted; nothing stored", EXIT_INTERRUPTED)
+        raise _stop("train", "interrupted; nothing stored" + (f" (--outname {args.outname} holds the last save "
+                                                              "checkpoint, if any)" if args.outname else ""),
+                    EXIT_INTERRUPTED)
     stored = make_record(config, record, execution=execution)
     try:
         path = store.write(stored)
     except OSError as error:  # a full disk: StoreWriteError says so; no partial record is left
         raise _stop("train", f"{error}; the run is not stored (no partial record is left)", EXIT_FAILED) from None
     print(f"{summary(stored)}\n{path}")
+
+
+def _check_outname(args, config: dict) -> None:
+    """--outname and --save_freq: a run the library's output file can describe, a file that can be written."""
+    from rhmfast._files import check_writable_dir
+
+    if args.outname is None:
+        if args.save_freq is not None:
+            raise ValueError("--save_freq sets when --outname is written; give --outname too")
+        return
+    if config["model"] not in ("hcnn", "fcn") or config["trainer"] != "sgd" or config["online"]:
+        raise ValueError(f"--outname writes the 2024 library's output file, for its models (hcnn, fcn) trained end to "
+                         f"end on a fixed training set; got model {config['model']!r}, trainer {config['trainer']!r}"
+                         f"{', online' if config['online'] else ''}")
+    if args.nproc > 1:
+        raise ValueError("--outname is written by one process; leave out --nproc")
+    if os.path.isdir(args.outname):
+        raise ValueError(f"--outname {args.outname} is a folder; give the output file's name")
+    check_writable_dir(os.path.dirname(os.path.abspath(args.outname)), "--outname (its folder)")
+
+
+def _check_data_parallel(args, config: dict) -> None:
+    """What train_sgd_distributed does not do: the library's data order and replacement, accumulation, the
+    epoch-0 evaluation."""
+    given = [key for key, default in (("order", "rhmfast"), ("replacement", False), ("accumulation", False),
+                                      ("eval_at_start", False)) if config[key] != default]
+    if given:
+        raise ValueError(f"--nproc > 1 does not support {', '.join(f'{k}={config[k]!r}' for k in given)} (the 2024 "
+                         "library's recipe); train in one process, or pass --defaults rhmfast and leave them out")
+
+
+def _train_outname(args, config: dict):
+    """train_sgd with the OutnameWriter callback: the record, and the library's output file --outname."""
+    from tqdm.auto import tqdm
+
+    from rhmfast.studies.runs import build_model, grammar_of, print_checkpoints, sgd_arguments, sgd_epochs
+    from rhmfast.train import train_sgd
+
+    grammar = grammar_of(config)
+    model = build_model(config).to(args.device)
+    arguments = sgd_arguments(config)  # eval_at_start: the library's epoch-0 entry
+    if config["print_freq"] is None:  # evaluations every eval_every epochs stand for its print checkpoints
+        print_epochs = arguments["eval_every"]
+        print_epochs = (list(range(print_epochs, sgd_epochs(config) + 1, print_epochs))
+                        if isinstance(print_epochs, int) else print_epochs)
+    else:
+        print_epochs = print_checkpoints(config["print_freq"], sgd_epochs(config))
+    save_freq = 10 if args.save_freq is None else args.save_freq
+    save_epochs = print_checkpoints(save_freq, sgd_epochs(config), fill=False)
+    library_args = reference_cli.library_args(config, lr_scale=float(model.lr_scale), device=args.device,
+                                              outname=args.outname, save_freq=save_freq,
+                                              filter_size=args.filter_size)
+    writer = reference_cli.OutnameWriter(args.outname, library_args, model, print_epochs, save_epochs,
+                                         echo=tqdm.write)
+    os.makedirs(os.path.dirname(os.path.abspath(args.outname)), exist_ok=True)
+    record = train_sgd(model, grammar, config["P"], progress=True, callback=writer, **arguments)
+    writer.finish(record)
+    return record
 
 
 def plot(args) -> None:
@@ -491,6 +591,14 @@ def collect(args) -> None:
 
 
 def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command, each with its flags."""
     parser = argparse.ArgumentParser(prog="rhmfast", description="Fast, exact Random Hierarchy Model tools")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print the available backends")
@@ -566,6 +674,7 @@ def main(argv=None) -> None:
                     help="print the grid and its size, run nothing")
     sw.add_argument("--wait", action="store_true",
                     help="if another sweep holds the store --out, wait for it to finish instead of exiting (75)")
+    reference_cli.add_flags(sw, outputs=False)
     sw.set_defaults(run=sweep)
     tr = commands.add_parser("train", help="one training run (--nproc N: data-parallel under torchrun)",
                              description="One run, given by the same flags as a sweep, stored in --out.",
@@ -575,7 +684,9 @@ def main(argv=None) -> None:
     tr.add_argument("--out", default="out/train", help="the result store the record goes to")
     tr.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPU)")
     tr.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda (end-to-end SGD; each rank its own GPU)")
+    tr.add_argument("--device", default=None, help="cpu or cuda (end-to-end SGD; each rank its own GPU); default cpu, "
+                                                   "in the library's mode (--defaults) cuda when there is one")
+    reference_cli.add_flags(tr, outputs=True)
     tr.set_defaults(run=train)
     pl = commands.add_parser("plot", help="P* with bootstrap intervals, the scaling fit and plots of a store",
                              epilog=READ_EXITS.format(failed=PLOT_FAILED), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -589,9 +700,7 @@ def main(argv=None) -> None:
     co.add_argument("dir")
     co.add_argument("--out", default=None, help="default: DIR/results.parquet")
     co.set_defaults(run=collect)
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.run(args)
+    return parser
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_conf
 # Parameters whose default is None still have a type.
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
 TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str,
-             model=str, width=int, activation=str, lr=float, d=int, level_size=int)
+             model=str, width=int, activation=str, lr=float, d=int, level_size=int, scheduler=str, scheduler_time=int,
+             eval_every=int, print_freq=int)
+NONE_VALUES = {"scheduler": ("none", "None")}  # the word for None of a choice whose default is None
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
 GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules")
 DATA_MODEL_KEYS = GRAMMAR_KEYS + ("data", "gate", "wiring", "fan_in", "d", "level_size")
@@ -94,11 +96,14 @@ def parse_values(key: str, value) -> list:
             return _log_range(key, value)
         return [_scalar(key, part) for part in value.split(",") if part.strip()]
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        return [None if part.strip() in NONE_VALUES.get(key, ()) else part.strip()
+                for part in value.split(",") if part.strip()]
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     checked = []
     for item in values:
-        if isinstance(item, str) and TYPES[key] is not str:
+        if item is None and key in NONE_VALUES:
+            checked.append(None)
+        elif isinstance(item, str) and TYPES[key] is not str:
             checked += parse_values(key, item)
         elif TYPES[key] is float and isinstance(item, int) and not isinstance(item, bool):
             checked.append(float(item))

@@ -6,8 +6,12 @@ a condition seed_rules was searched to meet) or a label hierarchy (``data = "hie
 fan_in, depth L, d, level_size, seed_rules; see ``hierarchy_of``); the learner (model, trainer and their hyper-parameters), the training-set size P
 and the seeds of data (seed_sample) and model (seed_model). ``complete_config`` fills the defaults and
 resolves the automatic choices, so the stored config says everything the run depended on; its hash names
-the run in the result store. Where a run is executed (device, threads) is not part of the config: it must
-not change which experiment a record is.
+the run in the result store. The 2024 random-hierarchy-model library's options (order, replacement, optimizer,
+scheduler, scheduler_time, accumulation, whiten, print_freq, stop_check, eval_at_start; model "fcn", its
+fully-connected net) are keys too; at their defaults they stay out of the hash (``_UNHASHED_AT``) and out of
+train_sgd's arguments (``sgd_arguments``), so runs stored before them keep their names and run as they did.
+Where a run is executed (device, threads) is not part of the config: it must not change which experiment a
+record is.
 """
 from __future__ import annotations
 
@@ -26,12 +30,15 @@ from rhmfast.models.residual import ACTIVATIONS as RESIDUAL_ACTIVATIONS
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
 
 DATA = ("rhm", "hierarchy")
-MODELS = ("hcnn", "fc", "ren", "residual", "mlp")
-MODELS_OF = {"rhm": ("hcnn", "fc", "ren"), "hierarchy": ("residual", "mlp")}
-TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "ren": ("ren",),
+MODELS = ("hcnn", "fc", "fcn", "ren", "residual", "mlp")
+MODELS_OF = {"rhm": ("hcnn", "fc", "fcn", "ren"), "hierarchy": ("residual", "mlp")}
+TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "fcn": ("sgd",), "ren": ("ren",),
             "residual": ("layerwise", "e2e_all", "e2e_top"), "mlp": ("e2e_top",)}
 SAMPLERS = ("pcsl", "pcsl-2023", "first-token-uniform")
 REQUIREMENTS = (None, "assumption6")
+ORDERS = ("rhmfast", "pcsl")  # rhmfast's own draw of the training and test sets, or the 2024 library's
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = (None, "cosine", "warmup")  # the 2024 library's --scheduler (None: constant learning rate)
 
 DEFAULTS = dict(
     data="rhm",
@@ -51,6 +58,17 @@ DEFAULTS = dict(
     # 1e-3 for Adam; max_epochs None: ceil(max_steps / steps per epoch) epochs
     lr=None, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
     loss_threshold=1e-3, cosine=False, online=False,
+    # the 2024 library's options (rhmfast train takes its flags): order "pcsl" draws its training and test sets
+    # (RHM.split(order=...)), replacement its with-replacement draw; optimizer "adam"; scheduler "cosine"
+    # (eta_min 0.1 lr, period scheduler_time, None: max_epochs) or "warmup" (cosine with scheduler_time warm-up
+    # epochs); accumulation: one step per epoch on the whole training set's gradient. whiten: the inputs
+    # (onehot - 1/v) / sqrt(1 - 1/v) (--whitening 1). Test evaluations: every eval_every epochs (None:
+    # max_epochs // 5, at least 1), or with print_freq at the library's print checkpoints (a few log-spaced
+    # epochs below print_freq when it is >= 10, then its multiples); stop_check "eval" checks loss_threshold
+    # only at evaluations (the library's rule), "epoch" after every epoch; eval_at_start adds the library's
+    # epoch-0 point (train and test loss of the untrained model).
+    order="rhmfast", replacement=False, optimizer="sgd", scheduler=None, scheduler_time=None, accumulation=False,
+    whiten=False, eval_every=None, print_freq=None, stop_check="epoch", eval_at_start=False,
     # the residual layerwise learner's closed-form read-outs: ridge penalty (relative to the features' variance)
     ridge=1e-2,
     # Ren et al.: P is the total of the stages' fresh samples, N^(l) proportional to m^l
@@ -60,15 +78,23 @@ DEFAULTS = dict(
     ren_features=512, ren_sigma=0.28, ren_feature_kind="tensor+rff", ren_lam=None,
 )
 
-_SGD = ("lr", "momentum", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold", "cosine", "online")
+_SGD = ("lr", "momentum", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold", "cosine", "online",
+        "order", "replacement", "optimizer", "scheduler", "scheduler_time", "accumulation", "whiten", "eval_every",
+        "print_freq", "stop_check", "eval_at_start")
+# The 2024 library's options that only end-to-end SGD (train_sgd) takes, at their defaults.
+_SGD_ONLY = dict(order="rhmfast", replacement=False, optimizer="sgd", scheduler=None, scheduler_time=None,
+                 accumulation=False, print_freq=None, stop_check="epoch", eval_at_start=False)
+STOP_CHECKS = ("epoch", "eval")
 _REN = ("ren_features", "ren_sigma", "ren_feature_kind", "ren_lam")
 _ADAM = ("width", "activation", "lr", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold")
 # The parameters each learner reads; complete_config sets the others to None, so that a parameter a run
 # ignores never makes two names for one run.
 USED_BY = {"hcnn": ("width", "norm", "bias", "activation", "hint_weight") + _SGD, "fc": ("width", "depth") + _SGD,
+           "fcn": ("width", "depth", "norm", "bias") + _SGD,
            "ren": _REN, "residual": _ADAM + ("ridge",), "mlp": _ADAM}
 _LEARNER_KEYS = {key for keys in USED_BY.values() for key in keys}
 MODEL_DEFAULTS = {"hcnn": dict(width=64, activation="relu", lr=0.1), "fc": dict(width=64, lr=0.1),
+                  "fcn": dict(width=64, lr=0.1),
                   "residual": dict(width=4096, activation="quadratic", lr=1e-3),
                   "mlp": dict(width=1024, activation="relu", lr=1e-3)}
 # The parameters each data model reads (L and seed_rules both do).
@@ -78,19 +104,22 @@ _DATA_KEYS = {key for keys in DATA_KEYS.values() for key in keys}
 
 # The choice-valued parameters of each learner and their allowed values; a learner that does not read one
 # still refuses a value no learner allows (a typo never passes because the model at hand ignores it).
-CHOICES = {"hcnn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)),
+CHOICES = {"hcnn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)), "fcn": dict(norm=tuple(NORMS)),
            "ren": dict(ren_feature_kind=tuple(REN_FEATURES)),
            "residual": dict(activation=tuple(RESIDUAL_ACTIVATIONS)),
            "mlp": dict(activation=tuple(RESIDUAL_ACTIVATIONS))}
 _ANY_CHOICE = {key: tuple(dict.fromkeys(value for choices in CHOICES.values() for value in choices.get(key, ())))
                for key in ("norm", "activation", "ren_feature_kind")}
 POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features",
-                     "fan_in")
+                     "fan_in", "scheduler_time", "eval_every", "print_freq")
 SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
 # Keys added after runs were stored: at these values they stay out of the hash, so the stored runs keep
-# their names.
-_UNHASHED_AT = dict(require=None, data="rhm", gate=None, wiring=None, fan_in=None, d=None, level_size=None,
-                    ridge=None)
+# their names (None too for the learner keys: a learner that does not read one has it None).
+_UNHASHED_AT = dict(require=(None,), data=("rhm",), gate=(None,), wiring=(None,), fan_in=(None,), d=(None,),
+                    level_size=(None,), ridge=(None,), order=("rhmfast", None), replacement=(False, None),
+                    optimizer=("sgd", None), scheduler=(None,), scheduler_time=(None,), accumulation=(False, None),
+                    whiten=(False, None), eval_every=(None,), print_freq=(None,), stop_check=("epoch", None),
+                    eval_at_start=(False, None))
 
 
 def complete_config(config: dict) -> dict:
@@ -129,6 +158,18 @@ def complete_config(config: dict) -> dict:
         kind = check_choice("ren_feature_kind", c["ren_feature_kind"], REN_FEATURES)
         used -= set() if kind in ("rff", "tensor+rff") else {"ren_features"}
         used -= set() if kind in ("rff", "tensor+rff", "kernel", "tensor+kernel") else {"ren_sigma"}
+    for key, allowed in (("order", ORDERS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
+                         ("stop_check", STOP_CHECKS)):
+        if c[key] is not None or key == "scheduler":
+            check_choice(key, c[key], allowed)
+    for key in ("replacement", "accumulation", "whiten", "eval_at_start"):
+        if c[key] is not None and not isinstance(c[key], bool):
+            raise ValueError(f"rhmfast: {key} must be true or false, got {c[key]!r}")
+    for key in ("order", "replacement", "optimizer", "accumulation", "whiten", "stop_check", "eval_at_start"):
+        if c[key] is None and key in used:  # None: not read (a config completed for another learner)
+            c[key] = DEFAULTS[key]
+    if c["model"] == "fcn" and c["depth"] == 0 and not isinstance(c["depth"], bool):
+        used -= {"width"}  # depth 0: the reference's perceptron, no hidden layer
     for key, allowed in _ANY_CHOICE.items():
         if key in used and key in CHOICES.get(c["model"], {}):
             check_choice(f"{key} (for model {c['model']!r})", c[key], CHOICES[c["model"]][key])
@@ -136,8 +177,12 @@ def complete_config(config: dict) -> dict:
             check_choice(key, c[key], allowed)
     c = {key: (value if key not in _LEARNER_KEYS or key in used else None) for key, value in c.items()}
     for key in POSITIVE_INT_KEYS:
+        if key == "depth" and c["model"] == "fcn" and c["depth"] == 0 and not isinstance(c["depth"], bool):
+            continue  # the reference's perceptron
         if c[key] is not None or (key not in _LEARNER_KEYS and (key not in _DATA_KEYS or key in DATA_KEYS[c["data"]])):
             check_positive_int(key, c[key])
+    if "order" in used:
+        _check_library_options(c)
     for key in SEED_KEYS:
         if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < 0:
             raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
@@ -163,12 +208,42 @@ def complete_config(config: dict) -> dict:
     return c
 
 
+def _check_library_options(c: dict) -> None:
+    """The 2024 library's options of an SGD learner's completed config c: end-to-end SGD only, offline data for
+    the data options, one cosine schedule; scheduler_time set to None where no scheduler reads it (in place)."""
+    given = [key for key, default in _SGD_ONLY.items() if c[key] != default]
+    if c["trainer"] != "sgd" and given:
+        raise ValueError(f"rhmfast: {', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
+                         f"end-to-end SGD (trainer 'sgd'), not of trainer {c['trainer']!r}; leave "
+                         f"{'it' if len(given) == 1 else 'them'} at the default "
+                         f"({', '.join(f'{k}={_SGD_ONLY[k]!r}' for k in given)})")
+    if c["online"] and (c["order"] != "rhmfast" or c["replacement"]):
+        raise ValueError("rhmfast: online=true draws fresh samples every epoch; order and replacement choose a fixed "
+                         "training set: use online=false with them")
+    if c["cosine"] and c["scheduler"] is not None:
+        raise ValueError(f"rhmfast: cosine=true (rhmfast's schedule: cosine to 0 over max_epochs) and scheduler="
+                         f"{c['scheduler']!r} (the 2024 library's) both set a schedule; give one")
+    if c["scheduler"] is None:
+        c["scheduler_time"] = None  # read by no schedule: one name for one run
+    if c["print_freq"] is not None and c["eval_every"] is not None:
+        raise ValueError("rhmfast: eval_every (every that many epochs) and print_freq (the 2024 library's print "
+                         "checkpoints) both set when the test set is evaluated; give one")
+    if c["online"] and c["eval_at_start"]:
+        raise ValueError("rhmfast: eval_at_start evaluates the training set, which online training does not have")
+
+
 def config_hash(config: dict) -> str:
     """The name of a run: a hash of its complete config (and of the format version)."""
     c = complete_config(config)
-    hashed = {key: value for key, value in c.items() if key not in _UNHASHED_AT or value != _UNHASHED_AT[key]}
+    hashed = {key: value for key, value in c.items()
+              if key not in _UNHASHED_AT or not any(_same(value, v) for v in _UNHASHED_AT[key])}
     text = json.dumps({"format": RUN_FORMAT_VERSION, **hashed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same type (False is not 0)."""
+    return type(a) is type(b) and a == b
 
 
 def learner_name(config: dict) -> str:
@@ -240,10 +315,16 @@ def check_feasible(config: dict, grammar=None) -> None:
         raise ValueError(f"rhmfast: seed_rules = {c['seed_rules']} does not meet require = 'assumption6' for "
                          f"v={c['v']} m={c['m']} s={c['s']} L={c['L']} rules={c['rules']!r}: "
                          f"{grammar.exact.assumption_summary()}; a sweep searches the first seed_rules that does")
-    if c["model"] != "ren" and not c["online"] and c["P"] + c["n_test"] > grammar.pmax:
+    pcsl_replaces = c["order"] == "pcsl" and grammar.pmax > 10**19  # the library samples with replacement there
+    if c["model"] != "ren" and not c["online"] and not c["replacement"] and not pcsl_replaces \
+            and c["P"] + c["n_test"] > grammar.pmax:
         raise ValueError(f"rhmfast: P + n_test = {c['P'] + c['n_test']} exceeds pmax = {grammar.pmax} for "
                          f"v={c['v']} m={c['m']} s={c['s']} L={c['L']} (training and test sets are drawn without "
                          "replacement)")
+    if c["order"] == "pcsl" and not c["replacement"] and 2**63 <= grammar.pmax <= 10**19:
+        raise ValueError(f"rhmfast: order 'pcsl' without replacement needs pmax < 2^63 (the 2024 library's "
+                         f"random.sample(range(pmax), ...) fails beyond), got pmax = {grammar.pmax} for v={c['v']} "
+                         f"m={c['m']} s={c['s']} L={c['L']}; add replacement=true for its with-replacement draw")
 
 
 def build_model(config: dict):
@@ -261,11 +342,17 @@ def build_model(config: dict):
     if c["model"] == "mlp":
         hierarchy = hierarchy_of(c)
         return ShallowMLP(hierarchy.d, len(hierarchy.levels[-1]), c["width"], c["activation"], seed=c["seed_model"])
+    # whiten is passed only when set: models without the option build as before
+    whiten = dict(whiten=True) if c["whiten"] else {}
     if c["model"] == "hcnn":
         return HierarchicalCNN(c["v"], c["width"], c["s"], c["L"], c["n_classes"], norm=c["norm"], bias=c["bias"],
-                               activation=c["activation"], seed=c["seed_model"])
+                               activation=c["activation"], seed=c["seed_model"], **whiten)
     if c["model"] == "fc":
-        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"])
+        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"],
+                              **whiten)
+    if c["model"] == "fcn":  # the 2024 library's fcn: N(0,1) weights, 1/sqrt(fan_in) layers, readout / H (mf)
+        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"],
+                              norm=c["norm"], bias=c["bias"], **whiten)
     # Distances between label posteriors shrink like m^(-1/2) per level: the bandwidth follows them.
     sigma = 1.0 if c["ren_sigma"] is None else c["ren_sigma"]
     return RenLayerwiseLearner(c["v"], c["s"], c["L"], c["n_classes"], features=c["ren_feature_kind"],
@@ -288,15 +375,65 @@ def sgd_epochs(config: dict) -> int:
     return max(1, math.ceil(c["max_steps"] / math.ceil(c["P"] / c["batch_size"])))
 
 
+def eval_every(config: dict) -> int | list[int]:
+    """When the test set is evaluated, as train_sgd's eval_every: every eval_every epochs (None: max_epochs // 5,
+    at least 1), or with print_freq the list of the 2024 library's print checkpoints up to the last epoch."""
+    c = complete_config(config)
+    if c["print_freq"] is not None:
+        return print_checkpoints(c["print_freq"], sgd_epochs(c))
+    return c["eval_every"] if c["eval_every"] is not None else max(1, sgd_epochs(c) // 5)
+
+
+def print_checkpoints(step: int, end: int, fill: bool | None = None) -> list[int]:
+    """The epochs up to end at which the 2024 library's main.py prints (and evaluates): init.py's
+    init_loglinckpt(step, end, fill) (``rhmfast.train.loop.reference_checkpoints``), fill = step >= 10 as main.py
+    calls it; [end] if there is none (train_sgd evaluates at the last epoch anyway). Its save checkpoints are
+    print_checkpoints(save_freq, end, fill=False)."""
+    from rhmfast.train.loop import reference_checkpoints
+
+    fill = step >= 10 if fill is None else fill
+    return [epoch for epoch in reference_checkpoints(step, end, fill=fill) if epoch <= end] or [end]
+
+
 def sgd_arguments(config: dict) -> dict:
     """The keyword arguments of train_sgd / train_layerwise_sgd for a config (data and order both from
-    seed_sample)."""
+    seed_sample). The 2024 library's options (order, replacement, optimizer, scheduler, scheduler_time,
+    accumulation, stop_check, eval_at_start: train_sgd's) are passed only when they differ from their
+    defaults, so a config that leaves them alone runs on a trainer without them; print_freq becomes the
+    eval_every list of its print checkpoints."""
     c = complete_config(config)
     epochs = sgd_epochs(c)
-    return dict(n_test=c["n_test"], lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
-                batch_size=c["batch_size"], max_epochs=epochs, cosine=c["cosine"],
-                loss_threshold=c["loss_threshold"], eval_every=max(1, epochs // 5), seed_data=c["seed_sample"],
-                seed_order=c["seed_sample"])
+    arguments = dict(n_test=c["n_test"], lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
+                     batch_size=c["batch_size"], max_epochs=epochs, cosine=c["cosine"],
+                     loss_threshold=c["loss_threshold"], eval_every=eval_every(c), seed_data=c["seed_sample"],
+                     seed_order=c["seed_sample"])
+    arguments.update({key: c[key] for key, default in _SGD_ONLY.items()
+                      if key != "print_freq" and c[key] is not None and c[key] != default})
+    return arguments
+
+
+def check_runnable(configs: list[dict]) -> None:
+    """The 2024 library's options the configs use (end-to-end SGD) are options of this build's train_sgd, else
+    a ValueError (check_trainer_takes), before anything runs."""
+    from rhmfast.train import train_sgd
+
+    used = {key: c[key] for c in configs if c["trainer"] == "sgd" and "order" in USED_BY[c["model"]]
+            for key, default in _SGD_ONLY.items() if key != "print_freq" and c[key] is not None and c[key] != default}
+    check_trainer_takes(train_sgd, used)
+
+
+def check_trainer_takes(trainer, arguments: dict) -> None:
+    """ValueError naming the keyword arguments (the 2024 library's options) that this build's trainer does not
+    take: a config that needs them is refused before anything runs, not by a TypeError in a worker."""
+    import inspect
+
+    parameters = inspect.signature(trainer).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [key for key in arguments if key not in parameters]
+    if missing:
+        raise ValueError(f"rhmfast: {trainer.__name__} of this build has no option {', '.join(missing)}; run "
+                         f"without {', '.join(f'{k}={arguments[k]!r}' for k in missing)}")
 
 
 def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
@@ -326,7 +463,9 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
         return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], lam=c["ren_lam"],
                                    seed_data=c["seed_sample"], progress=progress)
     if c["trainer"] == "sgd":
-        return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **sgd_arguments(c))
+        arguments = sgd_arguments(c)
+        check_trainer_takes(train_sgd, arguments)
+        return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **arguments)
     return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
                                hint_weight=c["hint_weight"], progress=progress, seed_readout=c["seed_model"],
                                **sgd_arguments(c))
