@@ -4,6 +4,7 @@ experiment, rhmfast.studies.demo), ``generate`` (a data set on disk, or generati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -260,7 +261,10 @@ exit status:
 COLLECT_FAILED = """
   1    writing the table failed (a full disk: the message says so); no partial table is left, an
        earlier one is kept"""
-TRAIN_EXITS = """exit status:
+TRAIN_EXITS = """--checkpoint_every N: a run killed or interrupted resumes from OUT/<hash>.ckpt when the same command
+runs again; the checkpoint is removed once the record is stored.
+
+exit status:
   0    the run is stored (or was already)
   1    the record could not be written (a full disk: the message says so)
   2    bad flags, device, threads or --out: nothing was created or trained
@@ -408,6 +412,8 @@ def train(args) -> None:
     for name, value in (("nproc", args.nproc), ("threads", args.threads)):
         if value < 1:
             raise _stop("train", f"--{name} must be >= 1, got {value}")
+    if args.checkpoint_every < 0:
+        raise _stop("train", f"--checkpoint_every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
     try:
         configs = _grid_from_args(args)
     except SystemExit as error:  # its message, with the status of bad input
@@ -417,6 +423,10 @@ def train(args) -> None:
     (config,) = configs
     if args.nproc > 1 and config["trainer"] != "sgd":
         raise _stop("train", f"--nproc > 1 trains end to end with SGD only, not trainer {config['trainer']!r}")
+    if args.checkpoint_every and (config["trainer"] != "sgd" or args.nproc > 1 or args.outname is not None):
+        raise _stop("train", "--checkpoint_every checkpoints end-to-end SGD runs in one process without --outname; "
+                             f"this run is trainer {config['trainer']!r}, --nproc {args.nproc}"
+                             + (", with --outname" if args.outname is not None else ""))
     library = reference_cli.library_mode(args)
     if args.outname is not None and not config["eval_at_start"] and config["trainer"] == "sgd":
         from rhmfast.studies.runs import complete_config
@@ -459,8 +469,18 @@ def train(args) -> None:
             raise _stop("train", f"cannot write --outname {args.outname}: {error}", EXIT_FAILED) from None
         execution = dict(engine="train", threads=args.threads, device=args.device, outname=args.outname)
     else:
-        record = run_config(config, device=args.device, progress=True)
+        checkpoint = os.path.join(args.out, f"{config_hash(config)}.ckpt") if args.checkpoint_every else None
+        if checkpoint is not None and os.path.exists(checkpoint):
+            print(f"resuming from the checkpoint {checkpoint}")
+        try:
+            record = run_config(config, device=args.device, progress=True, checkpoint=checkpoint,
+                                checkpoint_every=args.checkpoint_every)
+        except ValueError as error:  # a checkpoint of another run, or an unreadable one
+            raise _stop("train", f"{error}; delete it to start the run afresh") from None
         execution = dict(engine="train", threads=args.threads, device=args.device)
+    if record.interrupted and args.checkpoint_every:
+        raise _stop("train", f"interrupted; the checkpoint in {args.out} holds the last saved epoch: the same command "
+                             "resumes from it", EXIT_INTERRUPTED)
     if record.interrupted:
         raise _stop("train", "interrupted; nothing stored" + (f" (--outname {args.outname} holds the last save "
                                                               "checkpoint, if any)" if args.outname else ""),
@@ -470,6 +490,9 @@ def train(args) -> None:
         path = store.write(stored)
     except OSError as error:  # a full disk: StoreWriteError says so; no partial record is left
         raise _stop("train", f"{error}; the run is not stored (no partial record is left)", EXIT_FAILED) from None
+    if args.checkpoint_every and "LOCAL_RANK" not in os.environ:  # the record is stored: its checkpoint is spent
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.out, f"{config_hash(config)}.ckpt"))
     print(f"{summary(stored)}\n{path}")
 
 
@@ -684,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="out/train", help="the result store the record goes to")
     tr.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPU)")
     tr.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    tr.add_argument("--checkpoint_every", type=int, default=0, metavar="N",
+                    help="save the run's state every N epochs to OUT/<hash>.ckpt (end-to-end SGD, one process); "
+                         "the same command after a kill resumes from it, to the bits of an uninterrupted run")
     tr.add_argument("--device", default=None, help="cpu or cuda (end-to-end SGD; each rank its own GPU); default cpu, "
                                                    "in the library's mode (--defaults) cuda when there is one")
     reference_cli.add_flags(tr, outputs=True)

@@ -436,9 +436,14 @@ def check_trainer_takes(trainer, arguments: dict) -> None:
                          f"without {', '.join(f'{k}={arguments[k]!r}' for k in missing)}")
 
 
-def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
+def run_config(config: dict, *, device: str = "cpu", progress: bool = False, checkpoint: str | None = None,
+               checkpoint_every: int = 0):
     """Train the learner of one config on `device` and return its RunRecord (every trainer keeps its data
-    on the model's device)."""
+    on the model's device). checkpoint, checkpoint_every: train_sgd's (end-to-end SGD only): the run's state
+    saved every checkpoint_every epochs to the file checkpoint, resumed from it when it exists."""
+    if checkpoint is not None and complete_config(config)["trainer"] != "sgd":
+        raise ValueError(f"rhmfast: checkpoints are written by end-to-end SGD runs (trainer 'sgd') only, not trainer "
+                         f"{complete_config(config)['trainer']!r}")
     from rhmfast.train import (train_hierarchy_end_to_end, train_layerwise_sgd, train_ren_layerwise,
                                train_residual_layerwise, train_sgd)
 
@@ -464,6 +469,8 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False):
                                    seed_data=c["seed_sample"], progress=progress)
     if c["trainer"] == "sgd":
         arguments = sgd_arguments(c)
+        if checkpoint is not None:
+            arguments.update(checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         check_trainer_takes(train_sgd, arguments)
         return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **arguments)
     return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
