@@ -357,8 +357,11 @@ def sweep(args) -> None:
             raise _stop("sweep", "--device cuda, but torch sees no CUDA device")
         options.update(device=args.device)
     command = shlex.join(["rhmfast", *getattr(args, "argv", ["sweep"])])
+    if args.checkpoint_every < 0:
+        raise _stop("sweep", f"--checkpoint_every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
     try:
-        outcome = run_sweep(configs, args.out, engine=args.engine, wait=args.wait, **options)
+        outcome = run_sweep(configs, args.out, engine=args.engine, wait=args.wait,
+                            checkpoint_every=args.checkpoint_every, **options)
     except StoreLockedError as error:
         raise _stop("sweep", f"{error}; let it finish, or pass --wait to run after it", EXIT_LOCKED) from None
     except KeyboardInterrupt as interrupt:  # the engine has stopped; every finished run is stored
@@ -697,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the grid and its size, run nothing")
     sw.add_argument("--wait", action="store_true",
                     help="if another sweep holds the store --out, wait for it to finish instead of exiting (75)")
+    sw.add_argument("--checkpoint_every", type=int, default=0, metavar="N",
+                    help="end-to-end SGD runs save their state every N epochs to OUT/<hash>.ckpt, so a run whose "
+                         "sweep or worker is killed resumes where it was (for runs longer than a few minutes)")
     reference_cli.add_flags(sw, outputs=False)
     sw.set_defaults(run=sweep)
     tr = commands.add_parser("train", help="one training run (--nproc N: data-parallel under torchrun)",

@@ -75,3 +75,33 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, capsys):
         cli.main(["train", *RUN, "--checkpoint_every", "2", "--out", str(store)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and ".ckpt" in err and "delete it" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
+    # Two runs on one worker; the sweep (and its worker) is killed while the first has a checkpoint.
+    grid = ["--v", "8", "--m", "4", "--L", "3", "--P", "3000,4000", "--n_test", "256", "--width", "32",
+            "--max_epochs", "40", "--loss_threshold", "1e-9", "--workers", "1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cli.main(["sweep", *grid, "--out", str(whole)])
+    command = [sys.executable, "-m", "rhmfast", "sweep", *grid, "--checkpoint_every", "2", "--out", str(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (killed.exists() and any(n.endswith(".ckpt") for n in os.listdir(killed))):
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint appeared"
+        time.sleep(0.05)
+    time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its worker
+    process.wait()
+    cli.main(["sweep", *grid, "--checkpoint_every", "2", "--out", str(killed)])
+
+    def records(store):
+        out = {}
+        for name in sorted(n for n in os.listdir(store) if n.endswith(".json")):
+            with open(os.path.join(store, name)) as f:
+                record = json.load(f)
+            out[name] = (record["result"]["curve"], record["test_error"], record["result"]["samples_seen"])
+        return out
+
+    assert records(killed) == records(whole) and len(records(whole)) == 2
+    assert not any(n.endswith(".ckpt") for n in os.listdir(killed))

@@ -24,15 +24,22 @@ import traceback
 from multiprocessing import resource_tracker
 
 
-def execute(config: dict, threads: int = 1, engine: str = "local", device: str = "cpu") -> dict:
-    """Run one config in this process and return the record to store."""
+def execute(config: dict, threads: int = 1, engine: str = "local", device: str = "cpu", *,
+            checkpoint_dir: str | None = None, checkpoint_every: int = 0) -> dict:
+    """Run one config in this process and return the record to store. With checkpoint_dir and
+    checkpoint_every > 0, an end-to-end SGD run saves its state every checkpoint_every epochs to
+    checkpoint_dir/<hash>.ckpt and resumes from it when it is there (a run whose worker or sweep was
+    killed); the sweep removes it once the record is stored."""
     import torch
 
-    from rhmfast.studies.runs import run_config
+    from rhmfast.studies.runs import complete_config, config_hash, run_config
     from rhmfast.studies.store import make_record
 
     torch.set_num_threads(threads)
-    record = run_config(config, device=device)
+    checkpoint = None
+    if checkpoint_dir is not None and checkpoint_every > 0 and complete_config(config)["trainer"] == "sgd":
+        checkpoint = os.path.join(checkpoint_dir, f"{config_hash(config)}.ckpt")
+    record = run_config(config, device=device, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if record.interrupted:
         raise KeyboardInterrupt
     return make_record(config, record, execution=dict(engine=engine, pid=os.getpid(), threads=threads, device=device))

@@ -11,11 +11,15 @@ is left, and the same sweep run again does only the missing runs.
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
+import os
 import time
 
 from tqdm.auto import tqdm
 
-from rhmfast.studies.engines import ENGINES
+from rhmfast._checks import check_int
+from rhmfast.studies.engines import ENGINES, execute
 from rhmfast.studies.runs import config_hash, learner_name, varying_keys
 from rhmfast.studies.store import ResultStore, StoreLockedError, StoreWriteError  # noqa: F401 (raised by run_sweep)
 
@@ -68,13 +72,19 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 def run_sweep(configs: list[dict], out: str, *, engine: str = "local", progress: bool = True, wait: bool = False,
-              **engine_options) -> dict:
+              checkpoint_every: int = 0, **engine_options) -> dict:
     """Run every config not yet stored in ``out``; returns counts and the failures [(config, reason)].
+    checkpoint_every > 0: end-to-end SGD runs save their state every checkpoint_every epochs to
+    ``out/<hash>.ckpt`` and resume from it after a kill (the file is removed once the record is stored; with
+    Ray, the store must be on a file system the workers share).
     Holds the store's lock throughout: another process holding it raises StoreLockedError, or with wait
     the sweep waits for it. Ctrl-C raises SweepInterrupted (a KeyboardInterrupt) after the engine stopped;
     a record that cannot be written (a full disk) stops the engine and raises StoreWriteError, its
     ``outcome`` the counts (the unwritten run among those ``not_run``)."""
     store = ResultStore(out)
+    if checkpoint_every:
+        engine_options["run"] = functools.partial(execute, checkpoint_dir=os.path.abspath(store.path),
+                                                  checkpoint_every=check_int("checkpoint_every", checkpoint_every, 0))
 
     def waiting(pid):
         print(f"waiting for {'process ' + str(pid) if pid else 'another process'} to release the store {out}")
@@ -108,6 +118,8 @@ def _run_locked(store: ResultStore, configs: list[dict], engine: str, progress: 
     with tqdm(total=len(configs), initial=stored, unit="run", desc="sweep", disable=not progress) as bar:
         def on_result(config, record):
             store.write(record)
+            with contextlib.suppress(FileNotFoundError):  # a checkpoint is spent once its record is stored
+                os.remove(os.path.join(store.path, f"{record['hash']}.ckpt"))
             counts["ran"] += 1
             bar.update(1)
             bar.write(summary(record))
