@@ -105,6 +105,8 @@ def assert_same_run(distributed_record, single):
     assert [c["epoch"] for c in d["curve"]] == [c["epoch"] for c in s["curve"]]
     assert [c["samples_seen"] for c in d["curve"]] == [c["samples_seen"] for c in s["curve"]]
     assert [c["test_error"] for c in d["curve"]] == [c["test_error"] for c in s["curve"]]
+    assert [c["test_accuracy"] for c in d["curve"]] == [c["test_accuracy"] for c in s["curve"]]
+    assert [c["test_loss"] for c in d["curve"]] == pytest.approx([c["test_loss"] for c in s["curve"]], rel=RTOL)
     assert [c["train_loss"] for c in d["curve"]] == pytest.approx([c["train_loss"] for c in s["curve"]], rel=RTOL)
     assert d["final_test_error"] == s["final_test_error"]
     assert (d["samples_seen"], d["stopped_by"], d["interrupted"]) == (s["samples_seen"], s["stopped_by"],

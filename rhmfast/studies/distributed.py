@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from rhmfast.data.grammar import shard_range
 from rhmfast.models import device_of
-from rhmfast.train import RunRecord, count_errors, train_sgd
+from rhmfast.train import RunRecord, train_sgd
+from rhmfast.train.loop import evaluate_set
 from rhmfast.train.end_to_end import run_sgd, sgd_record
 from rhmfast.train.loop import minibatches
 
@@ -173,12 +174,16 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
             return torch.zeros((), device=device, requires_grad=True)
         return F.cross_entropy(model(x), y, reduction="sum")
 
-    def evaluate():
-        counts = torch.tensor([count_errors(model, x_test, y_test), x_test.shape[0]], dtype=torch.int64,
-                              device=device)
+    def evaluate():  # each rank its part of the test set; errors and loss summed over the ranks
+        n_local = x_test.shape[0]
+        local = evaluate_set(model, x_test, y_test)
+        counts = torch.tensor([round(local["error"] * n_local), n_local], dtype=torch.int64, device=device)
+        loss = torch.tensor(local["loss"] * n_local if n_local else 0.0, dtype=torch.float64, device=device)
         dist.all_reduce(counts)
+        dist.all_reduce(loss)
         wrong, n = counts.tolist()
-        return wrong / max(1, n)
+        return dict(error=wrong / max(1, n), loss=loss.item() / n if n else float("nan"),
+                    accuracy=(n - wrong) / max(1, n))
 
     def rank0_callback(point):
         try:
