@@ -252,6 +252,39 @@ def test_fcn_reference_initialisation_and_perceptron():
     assert list(perceptron.to_reference_state_dict()) == ["readout"] and perceptron.readout_norm == 6**0.5
 
 
+# ---- against the library's outputs recorded in tests/data (its commit ca0c5aa) ----------------------------
+
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference_2024.pt")
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return torch.load(VECTORS)
+
+
+def test_hcnn_against_the_library_recorded_outputs(vectors):
+    assert len(vectors["hcnn"]) == 3
+    for case in vectors["hcnn"]:
+        s, L, bias, norm = case["case"]
+        model = HierarchicalCNN.from_reference(case["state"], s=s, norm=norm)
+        with torch.no_grad():
+            torch.testing.assert_close(model(case["tokens"]), case["logits"], rtol=0, atol=1e-12)
+        assert_same_state(model.to_reference_state_dict(), case["state"])
+
+
+def test_fcn_against_the_library_recorded_outputs_and_initialisation(vectors):
+    v, d, width = 4, 9, 16
+    assert len(vectors["fcn"]) == 3
+    for case in vectors["fcn"]:
+        depth, bias = case["case"]
+        model = FullyConnected.from_reference(case["state"], v=v, norm="mf" if depth else "std")
+        with torch.no_grad():
+            torch.testing.assert_close(model(case["tokens"]), case["logits"], rtol=1e-6, atol=1e-6)
+        # the library drew these weights right after torch.manual_seed(12)
+        seeded = FullyConnected(v, d, width if depth else None, depth, 3, seed=12, norm="mf", bias=bias)
+        assert_same_state(seeded.to_reference_state_dict(), case["state"])
+
+
 # ---- against the library's own classes, where its source is at hand --------------------------------------
 
 def reference_source(name):

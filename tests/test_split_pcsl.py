@@ -129,6 +129,19 @@ def test_pcsl_order_refusals_and_the_automatic_switch_to_replacement():
         huge.split(20, 7, seed=9, order="pcsl", replacement=True)  # asked for: no warning
 
 
+def test_pcsl_order_equals_the_library_recorded_sets():
+    # The library's RandomHierarchyModel sets, recorded by tests/data/make_reference_2024_vectors.py.
+    recorded = torch.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference_2024.pt"))
+    assert len(recorded["split"]) == 6
+    for entry in recorded["split"]:
+        v, n, m, s, L, seed_rules, seed_sample, P, P_test = entry["case"]
+        g = RHM(v, m, s, L, n_classes=n, seed=seed_rules)
+        (x_train, y_train), (x_test, y_test) = g.split(P, P_test, seed=seed_sample, order="pcsl",
+                                                       replacement=entry["replacement"])
+        assert torch.equal(torch.cat([x_train, x_test]).long(), entry["tokens"].long()), entry["case"]
+        assert torch.equal(torch.cat([y_train, y_test]).long(), entry["labels"].long()), entry["case"]
+
+
 def _library_dataset_module(tmp_path):
     """The library's datasets package, read from the mirror with git show into tmp_path, imported under a
     name of its own (its modules import nothing but torch and numpy at import time)."""
