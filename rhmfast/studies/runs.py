@@ -327,8 +327,9 @@ def check_feasible(config: dict, grammar=None) -> None:
                          f"m={c['m']} s={c['s']} L={c['L']}; add replacement=true for its with-replacement draw")
 
 
-def build_model(config: dict):
-    """The learner of a config, initialised from seed_model."""
+def build_model(config: dict, hierarchy=None):
+    """The learner of a config, initialised from seed_model. hierarchy: the config's label hierarchy, if
+    already built (run_config has it; a hierarchy's construction samples to check its balance)."""
     from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP
 
     c = complete_config(config)
@@ -336,11 +337,11 @@ def build_model(config: dict):
         # layerwise: frozen random features and thresholded writes (the theory's); end to end: every block
         # trained, tanh writes so that the gradient passes
         layerwise = c["trainer"] == "layerwise"
-        return ResidualLayerwiseNet(hierarchy_of(c), width=c["width"], activation=c["activation"],
+        return ResidualLayerwiseNet(hierarchy or hierarchy_of(c), width=c["width"], activation=c["activation"],
                                     features="random" if layerwise else "trained", write="sign" if layerwise else "tanh",
                                     seed=c["seed_model"])
     if c["model"] == "mlp":
-        hierarchy = hierarchy_of(c)
+        hierarchy = hierarchy or hierarchy_of(c)
         return ShallowMLP(hierarchy.d, len(hierarchy.levels[-1]), c["width"], c["activation"], seed=c["seed_model"])
     # whiten is passed only when set: models without the option build as before
     whiten = dict(whiten=True) if c["whiten"] else {}
@@ -450,7 +451,7 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False, che
     c = complete_config(config)
     if c["data"] == "hierarchy":
         hierarchy = hierarchy_of(c)
-        model = build_model(c).to(device)
+        model = build_model(c, hierarchy).to(device)
         if c["trainer"] == "layerwise":  # P: the total of the stages' fresh samples
             return train_residual_layerwise(model, hierarchy, stage_size(c), ridge=c["ridge"], n_test=c["n_test"],
                                             seed_data=c["seed_sample"], seed_order=c["seed_sample"],
