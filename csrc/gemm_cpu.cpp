@@ -112,14 +112,18 @@ void set_cpu_gemm(const std::string& name) { choice().store(parse_cpu_gemm(name,
 
 std::string cpu_gemm_in_use() { return use_onednn(at::kFloat, -1) ? "onednn" : "blas"; }
 
-at::Tensor matmul_nt_cpu(const at::Tensor& a, const at::Tensor& b, double alpha, at::IntArrayRef size) {
-  at::Tensor out = empty_output(size, a.options());
-  at::Tensor out2 = out.view({a.size(0), b.size(0)});
+void matmul_nt_cpu_out(const at::Tensor& a, const at::Tensor& b, double alpha, at::Tensor& out2) {
   // alpha = 0 stays on BLAS: oneDNN's wrapper returns without writing the output then.
   if (alpha != 0.0 && use_onednn(a.scalar_type(), a.size(0) * a.size(1) * b.size(0)))
     onednn_matmul()(a, b.t(), out2, /*beta=*/0.0f, static_cast<float>(alpha));
   else
     at::addmm_out(out2, out2, a, b.t(), /*beta=*/0, alpha);  // beta = 0: out is never read
+}
+
+at::Tensor matmul_nt_cpu(const at::Tensor& a, const at::Tensor& b, double alpha, at::IntArrayRef size) {
+  at::Tensor out = empty_output(size, a.options());
+  at::Tensor out2 = out.view({a.size(0), b.size(0)});
+  matmul_nt_cpu_out(a, b, alpha, out2);
   return out;
 }
 

@@ -31,4 +31,8 @@ std::string cpu_gemm_in_use();
 // mappings (large_output_cpu.h).
 at::Tensor matmul_nt_cpu(const at::Tensor& a, const at::Tensor& b, double alpha, at::IntArrayRef size);
 
+// The same product written into out [M, N] (contiguous, e.g. one replica's slice of a replica-form
+// output; never read): the same library call, so the same bits as matmul_nt_cpu.
+void matmul_nt_cpu_out(const at::Tensor& a, const at::Tensor& b, double alpha, at::Tensor& out);
+
 }  // namespace rhmfast

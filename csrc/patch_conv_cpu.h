@@ -42,5 +42,16 @@ namespace cpu {
 // Rows per parallel task for row-wise passes over [rows, C]: ~16k elements per task.
 inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
 
+// Calls fn(k, local r0, local r1) for the part of global rows [r0, r1) (of K replicas of `rows` rows each,
+// rows > 0) that falls in each replica k.
+template <typename Fn>
+void for_replica_rows(int64_t r0, int64_t r1, int64_t rows, Fn&& fn) {
+  while (r0 < r1) {
+    const int64_t k = r0 / rows, end = std::min(r1, (k + 1) * rows);
+    fn(k, r0 - k * rows, end - k * rows);
+    r0 = end;
+  }
+}
+
 }  // namespace cpu
 }  // namespace rhmfast

@@ -11,6 +11,11 @@
 // never written out (for s = 2, 3), and the position sums ride along; the bias gradient is taken from
 // the table (or position) gradient when that is computed. Without the forward output, relu's mask comes
 // from the pre-activation recomputed from the (cached) table rather than from a second pass over memory.
+//
+// Replica form (tokens [K, B, T], table [K, s, v, C], bias [K, C], pos_bias [K, T/s, C], y [K, B, T/s, C]):
+// one parallel pass over all K*B*T/s rows, each replica reading its own table and offset rows; the
+// backward's blocks and partial sums are the solo plan's, per replica, so replica k equals the solo op on
+// its slices bit for bit.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -94,19 +99,35 @@ struct Embedding {
   T scale;
 };
 
-// bias + pos_bias as one [T_out, C] tensor when pos_bias is given (added once per call rather than per
+// bias + pos_bias as one [(K,) T_out, C] tensor when pos_bias is given (added once per call rather than per
 // row), else the bias itself; undefined when neither is given.
 at::Tensor offset_of(const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias) {
-  if (pos_bias) return bias ? at::add(*pos_bias, *bias).contiguous() : pos_bias->contiguous();
+  if (pos_bias) {
+    if (!bias) return pos_bias->contiguous();
+    // Replica form: bias [K, C] added to each replica's [T_out, C] rows (the same element-wise sums).
+    return (pos_bias->dim() == 3 ? at::add(*pos_bias, bias->unsqueeze(1)) : at::add(*pos_bias, *bias)).contiguous();
+  }
   return bias ? bias->contiguous() : at::Tensor();
 }
 
+// Replica k's embedding (k = 0 in the solo form).
 template <typename T>
 Embedding<T> embedding_of(const at::Tensor& table, const at::Tensor& offset, const std::vector<T>& zeros,
-                          double scale) {
-  const bool per_position = offset.defined() && offset.dim() == 2;
-  return {table.data_ptr<T>(), offset.defined() ? offset.data_ptr<T>() : zeros.data(),
-          per_position ? offset.size(1) : 0, zeros.data(), static_cast<T>(scale)};
+                          double scale, const PatchShape& g, int64_t k) {
+  const bool per_position = offset.defined() && offset.dim() == (g.replica ? 3 : 2);
+  const int64_t offset_k = per_position ? g.T_out * g.C_out : g.C_out;
+  return {table.data_ptr<T>() + k * g.s * g.C_in * g.C_out,
+          offset.defined() ? offset.data_ptr<T>() + k * offset_k : zeros.data(), per_position ? g.C_out : 0,
+          zeros.data(), static_cast<T>(scale)};
+}
+
+template <typename T>
+std::vector<Embedding<T>> embeddings_of(const at::Tensor& table, const at::Tensor& offset,
+                                        const std::vector<T>& zeros, double scale, const PatchShape& g) {
+  std::vector<Embedding<T>> e;
+  e.reserve(g.K);
+  for (int64_t k = 0; k < g.K; ++k) e.push_back(embedding_of<T>(table, offset, zeros, scale, g, k));
+  return e;
 }
 
 // Points src[k] at the table row of output row r's k-th token; a bad id is recorded and reads zeros.
@@ -204,6 +225,8 @@ struct BackwardPlan {
   int64_t blocks, rows_per_block, slices, slice_width;
 };
 
+// Per replica: the blocks are the solo form's (they fix the bits); only the column slices (which do not)
+// depend on K.
 BackwardPlan plan_backward(const PatchShape& g, int64_t partial_size) {
   constexpr int64_t kMinRowsPerBlock = 512, kMaxBlocks = 64;
   BackwardPlan p{};
@@ -214,7 +237,7 @@ BackwardPlan plan_backward(const PatchShape& g, int64_t partial_size) {
   p.rows_per_block = (g.rows() + p.blocks - 1) / p.blocks;
   // Enough tasks to balance the threads: split columns (in multiples of 16) when blocks are few. (Slices
   // narrow enough to keep a partial table in L1 measured slower: they turn the gradient reads strided.)
-  const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads() / p.blocks);
+  const int64_t want = std::max<int64_t>(1, 4 * at::get_num_threads() / (p.blocks * std::max<int64_t>(g.K, 1)));
   p.slices = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, g.C_out / 16));
   p.slice_width = ((g.C_out + p.slices - 1) / p.slices + 15) / 16 * 16;
   p.slices = (g.C_out + p.slice_width - 1) / p.slice_width;
@@ -345,17 +368,20 @@ RHMFAST_CPU_CLONES void accumulate_block(const Tok* tokens, const T* grad, const
 }
 
 // result[i] = ((result[i] + partial_1[i]) + partial_2[i]) + ... over a flat [rows, C] array: the blocks'
-// sums added in block order, whichever thread adds them.
+// sums added in block order, whichever thread adds them; for each of K replicas (result_k and partials_k
+// elements apart).
 template <typename T>
-void reduce_partials(T* result, const T* partials, int64_t n_partials, int64_t partial_stride, int64_t rows,
-                     int64_t C) {
-  if (n_partials == 0) return;
-  at::parallel_for(0, rows, cpu::row_grain(C), [&](int64_t r0, int64_t r1) {
-    for (int64_t p = 0; p < n_partials; ++p) {
-      const T* __restrict src = partials + p * partial_stride + r0 * C;
-      T* __restrict dst = result + r0 * C;
-      for (int64_t i = 0; i < (r1 - r0) * C; ++i) dst[i] += src[i];
-    }
+void reduce_partials(T* result, int64_t result_k, const T* partials, int64_t partials_k, int64_t n_partials,
+                     int64_t partial_stride, int64_t K, int64_t rows, int64_t C) {
+  if (n_partials == 0 || rows == 0) return;
+  at::parallel_for(0, K * rows, cpu::row_grain(C), [&](int64_t i0, int64_t i1) {
+    cpu::for_replica_rows(i0, i1, rows, [&](int64_t k, int64_t r0, int64_t r1) {
+      for (int64_t p = 0; p < n_partials; ++p) {
+        const T* __restrict src = partials + k * partials_k + p * partial_stride + r0 * C;
+        T* __restrict dst = result + k * result_k + r0 * C;
+        for (int64_t i = 0; i < (r1 - r0) * C; ++i) dst[i] += src[i];
+      }
+    });
   });
 }
 
@@ -375,22 +401,28 @@ at::Tensor token_patch_embed_cpu(const at::Tensor& tokens_in, const at::Tensor& 
   const PatchShape g = check_token_patch_embed(tokens_in, table_in, bias_in, pos_bias_in, patch_size);
   const at::Tensor tokens = tokens_in.contiguous(), table = table_in.contiguous();
   const at::Tensor offset = offset_of(bias_in, pos_bias_in);
-  at::Tensor y = empty_output({g.B, g.T_out, g.C_out}, table.options());
+  at::Tensor y =
+      g.replica ? empty_replicas(g.out_sizes(), table.options()) : empty_output(g.out_sizes(), table.options());
   BadToken bad;
-  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
-    const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, offset, zeros, scale);
-    dispatch_kernel(tokens.scalar_type(), act, g.s, [&](auto tok_tag, auto act_tag, auto s_tag) {
-      using Tok = decltype(tok_tag);
-      constexpr Activation A = decltype(act_tag)::value;
-      constexpr int S = decltype(s_tag)::value;
-      const Tok* tk = tokens.data_ptr<Tok>();
-      scalar_t* out = y.data_ptr<scalar_t>();
-      at::parallel_for(0, g.rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t r0, int64_t r1) {
-        embed_rows<A, S, Tok, scalar_t>(tk, e, g, r0, r1, out, bad);
+  if (g.all_rows() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_cpu", [&] {
+      const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
+      const std::vector<Embedding<scalar_t>> es = embeddings_of<scalar_t>(table, offset, zeros, scale, g);
+      dispatch_kernel(tokens.scalar_type(), act, g.s, [&](auto tok_tag, auto act_tag, auto s_tag) {
+        using Tok = decltype(tok_tag);
+        constexpr Activation A = decltype(act_tag)::value;
+        constexpr int S = decltype(s_tag)::value;
+        const Tok* tk = tokens.data_ptr<Tok>();
+        scalar_t* out = y.data_ptr<scalar_t>();
+        const int64_t rows = g.rows(), y_k = g.replica ? y.stride(0) : 0;
+        at::parallel_for(0, g.all_rows(), cpu::row_grain(g.C_out * g.s), [&](int64_t i0, int64_t i1) {
+          cpu::for_replica_rows(i0, i1, rows, [&](int64_t k, int64_t r0, int64_t r1) {
+            embed_rows<A, S, Tok, scalar_t>(tk + k * rows * g.s, es[k], g, r0, r1, out + k * y_k, bad);
+          });
+        });
       });
     });
-  });
+  }
   bad.raise_if_seen(g.C_in);
   return y;
 }
@@ -409,40 +441,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
   const bool recompute = act == Activation::kRelu && !out.has_value();
   const at::Tensor offset = recompute ? offset_of(bias_in, pos_bias_in) : at::Tensor();
   at::Tensor saved;
-  if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
+  if (act == Activation::kRelu && out.has_value()) saved = g.replica ? replica_slices_dense(*out) : out->contiguous();
   if (act == Activation::kSquare)
     saved = token_patch_embed_cpu(tokens, table, bias_in, pos_bias_in, patch_size, scale, "none");
   // An ncl layer gets its output gradient channels-first (see channels_last_cpu.h).
-  const at::Tensor grad = channels_last_rows_cpu(grad_out).contiguous();
+  const at::Tensor grad = g.replica ? replica_slices_dense(grad_out) : channels_last_rows_cpu(grad_out).contiguous();
   const auto opts = table.options();
-  at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
-  at::Tensor grad_bias = output_mask[1] ? at::zeros({g.C_out}, opts) : no_grad_placeholder(table);
-  at::Tensor grad_pos = output_mask[2] ? at::zeros({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
+  // Replica-form results: each replica slice aligned like a solo result (patch_conv.h).
+  auto zero_result = [&](const std::vector<int64_t>& dims) {
+    return g.replica ? empty_replicas(dims, opts).zero_() : at::zeros(dims, opts);
+  };
+  at::Tensor grad_table = output_mask[0] ? zero_result(table.sizes().vec()) : no_grad_placeholder(table);
+  at::Tensor grad_bias = output_mask[1] ? zero_result(g.with_k({g.C_out})) : no_grad_placeholder(table);
+  at::Tensor grad_pos = output_mask[2] ? zero_result(g.with_k({g.T_out, g.C_out})) : no_grad_placeholder(table);
+  // Elements between replicas of each (0 in the solo form: only replica 0).
+  const int64_t gt_k = g.replica ? grad_table.stride(0) : 0, gb_k = g.replica ? grad_bias.stride(0) : 0;
+  const int64_t gp_k = g.replica ? grad_pos.stride(0) : 0, grad_k = g.replica ? grad.stride(0) : 0;
+  const int64_t saved_k = g.replica && saved.defined() ? saved.stride(0) : 0;
   // Every row's d lands in exactly one k = 0 table row and one position row, so when the table (or
   // position) gradient is computed anyway, the bias gradient is the sum of those rows, and no row adds
   // into it; only a bias gradient wanted alone is summed row by row.
   const bool bias_from_table = output_mask[1] && output_mask[0];
   const bool bias_from_pos = output_mask[1] && !output_mask[0] && output_mask[2];
   const bool bias_by_row = output_mask[1] && !bias_from_table && !bias_from_pos;
-  // One block's partial sums: [table | bias | pos] of the wanted parts, end to end.
-  const int64_t table_size = output_mask[0] ? table.numel() : 0, bias_size = bias_by_row ? g.C_out : 0;
+  // One block's partial sums: [table | bias | pos] of the wanted parts (of one replica), end to end.
+  const int64_t table_k = g.s * g.C_in * g.C_out;  // one replica's table
+  const int64_t table_size = output_mask[0] ? table_k : 0, bias_size = bias_by_row ? g.C_out : 0;
   const int64_t pos_size = output_mask[2] ? g.T_out * g.C_out : 0;
   const int64_t partial_size = table_size + bias_size + pos_size;
-  if (partial_size == 0 || g.rows() == 0) return {grad_table, grad_bias, grad_pos};
+  if (partial_size == 0 || g.all_rows() == 0) return {grad_table, grad_bias, grad_pos};
   const BackwardPlan plan = plan_backward(g, partial_size);
-  at::Tensor partials = at::empty({plan.blocks - 1, partial_size}, opts);  // each task clears its part
+  const int64_t n = plan.blocks - 1;  // partials per replica
+  at::Tensor partials = at::empty({g.K * n, partial_size}, opts);  // each task clears its part
   BadToken bad;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "token_patch_embed_backward_cpu", [&] {
     const std::vector<scalar_t> zeros(g.C_out, scalar_t(0));
-    const Embedding<scalar_t> e = embedding_of<scalar_t>(table, offset, zeros, scale);
+    const std::vector<Embedding<scalar_t>> es = embeddings_of<scalar_t>(table, offset, zeros, scale, g);
     scalar_t* part = partials.data_ptr<scalar_t>();
-    auto sums_of = [&](int64_t p) {
+    auto sums_of = [&](int64_t k, int64_t p) {
       if (p == 0) {
-        return Sums<scalar_t>{output_mask[0] ? grad_table.data_ptr<scalar_t>() : nullptr,
-                              bias_by_row ? grad_bias.data_ptr<scalar_t>() : nullptr,
-                              output_mask[2] ? grad_pos.data_ptr<scalar_t>() : nullptr};
+        return Sums<scalar_t>{output_mask[0] ? grad_table.data_ptr<scalar_t>() + k * gt_k : nullptr,
+                              bias_by_row ? grad_bias.data_ptr<scalar_t>() + k * gb_k : nullptr,
+                              output_mask[2] ? grad_pos.data_ptr<scalar_t>() + k * gp_k : nullptr};
       }
-      scalar_t* base = part + (p - 1) * partial_size;
+      scalar_t* base = part + (k * n + p - 1) * partial_size;
       return Sums<scalar_t>{output_mask[0] ? base : nullptr, bias_by_row ? base + table_size : nullptr,
                             output_mask[2] ? base + table_size + bias_size : nullptr};
     };
@@ -453,29 +495,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cpu(
       const Tok* tk = tokens.data_ptr<Tok>();
       const scalar_t* gr = grad.data_ptr<scalar_t>();
       const scalar_t* sv = saved.defined() ? saved.data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, plan.blocks * plan.slices, 1, [&](int64_t task0, int64_t task1) {
+      const int64_t rows = g.rows(), tasks_k = plan.blocks * plan.slices;
+      at::parallel_for(0, g.K * tasks_k, 1, [&](int64_t task0, int64_t task1) {
         for (int64_t task = task0; task < task1; ++task) {
-          const int64_t p = task / plan.slices, c0 = (task % plan.slices) * plan.slice_width;
-          const int64_t r0 = p * plan.rows_per_block, r1 = std::min(g.rows(), r0 + plan.rows_per_block);
+          const int64_t k = task / tasks_k, p = task % tasks_k / plan.slices;
+          const int64_t c0 = (task % plan.slices) * plan.slice_width;
+          const int64_t r0 = p * plan.rows_per_block, r1 = std::min(rows, r0 + plan.rows_per_block);
           const int64_t c1 = std::min(g.C_out, c0 + plan.slice_width);
           if (p > 0) {
             // Cleared by the task that adds into it, a partial starts out in that core's cache (zeroing
             // all partials up front on the calling thread made the op 10-13% slower on warm caches).
-            scalar_t* base = part + (p - 1) * partial_size;
+            scalar_t* base = part + (k * n + p - 1) * partial_size;
             for (int64_t row = 0; row < partial_size / g.C_out; ++row)
               std::fill(base + row * g.C_out + c0, base + row * g.C_out + c1, scalar_t(0));
           }
-          accumulate_block<A, S, Tok, scalar_t>(tk, gr, sv, e, g, r0, r1, c0, c1, sums_of(p), bad);
+          accumulate_block<A, S, Tok, scalar_t>(tk + k * rows * g.s, gr + k * grad_k,
+                                                sv != nullptr ? sv + k * saved_k : nullptr, es[k], g, r0, r1, c0, c1,
+                                                sums_of(k, p), bad);
         }
       });
     });
-    const int64_t n = plan.blocks - 1;
-    if (output_mask[0]) reduce_partials(grad_table.data_ptr<scalar_t>(), part, n, partial_size, g.s * g.C_in, g.C_out);
-    if (bias_by_row) reduce_partials(grad_bias.data_ptr<scalar_t>(), part + table_size, n, partial_size, 1, g.C_out);
+    const int64_t pk = n * partial_size;  // one replica's partials
+    if (output_mask[0])
+      reduce_partials(grad_table.data_ptr<scalar_t>(), gt_k, part, pk, n, partial_size, g.K, g.s * g.C_in, g.C_out);
+    if (bias_by_row)
+      reduce_partials(grad_bias.data_ptr<scalar_t>(), gb_k, part + table_size, pk, n, partial_size, g.K, 1, g.C_out);
     if (output_mask[2])
-      reduce_partials(grad_pos.data_ptr<scalar_t>(), part + table_size + bias_size, n, partial_size, g.T_out, g.C_out);
-    if (bias_from_table) add_rows(grad_bias.data_ptr<scalar_t>(), grad_table.data_ptr<scalar_t>(), g.C_in, g.C_out);
-    if (bias_from_pos) add_rows(grad_bias.data_ptr<scalar_t>(), grad_pos.data_ptr<scalar_t>(), g.T_out, g.C_out);
+      reduce_partials(grad_pos.data_ptr<scalar_t>(), gp_k, part + table_size + bias_size, pk, n, partial_size, g.K,
+                      g.T_out, g.C_out);
+    for (int64_t k = 0; k < g.K; ++k) {
+      scalar_t* gb = output_mask[1] ? grad_bias.data_ptr<scalar_t>() + k * gb_k : nullptr;
+      if (bias_from_table) add_rows(gb, grad_table.data_ptr<scalar_t>() + k * gt_k, g.C_in, g.C_out);
+      if (bias_from_pos) add_rows(gb, grad_pos.data_ptr<scalar_t>() + k * gp_k, g.T_out, g.C_out);
+    }
   });
   bad.raise_if_seen(g.C_in);
   if (output_mask[0] && scale != 1.0) grad_table.mul_(scale);

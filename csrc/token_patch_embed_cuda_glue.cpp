@@ -1,7 +1,9 @@
 // Torch glue of token_patch_embed / token_patch_embed_backward on CUDA: checks (patch_conv.h), the token
 // range check, and the kernels of token_patch_embed_cuda.cu. For the deterministic table gradient the
 // (row, k) pairs are stable-sorted by table row k*v + t here, and the kernel sums each run of equal
-// keys in that order. Built only where torch has CUDA.
+// keys in that order. Built only where torch has CUDA. The replica form ([K, ...] on every tensor) runs
+// each kernel once over all replicas (table rows and output rows numbered globally), its results laid
+// out as the CPU's (empty_replicas, patch_conv.h).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/aminmax.h>
@@ -18,6 +20,8 @@
 
 #include "patch_conv.h"
 #include "patch_conv_cuda_glue.h"
+
+#include <vector>
 
 namespace rhmfast {
 namespace {
@@ -48,10 +52,12 @@ at::Tensor token_gather(const at::Tensor& tokens, const at::Tensor& table_in, co
   const at::Tensor table = table_in.contiguous();
   const auto bias = contiguous_or_none(bias_in);
   const auto pos_bias = contiguous_or_none(pos_bias_in);
-  at::Tensor y = at::empty({g.B, g.T_out, g.C_out}, table.options());
+  at::Tensor y = g.replica ? empty_replicas(g.out_sizes(), table.options())
+                           : at::empty({g.B, g.T_out, g.C_out}, table.options());
   check_launch(cuda::launch_token_gather(cuda_float_type(table.scalar_type()), cuda_token_type(tokens.scalar_type()),
-                                         tokens.data_ptr(), table.data_ptr(), y.data_ptr(), g.rows(), g.s, g.C_in,
-                                         g.C_out, g.T_out, scale, ptr_or_null(bias), ptr_or_null(pos_bias),
+                                         tokens.data_ptr(), table.data_ptr(), g.s * g.C_in * g.C_out, y.data_ptr(),
+                                         g.replica ? y.stride(0) : 0, g.K, g.rows(), g.s, g.C_in, g.C_out, g.T_out,
+                                         scale, ptr_or_null(bias), g.C_out, ptr_or_null(pos_bias), g.T_out * g.C_out,
                                          cuda_act(act), c10::cuda::getCurrentCUDAStream()),
                "token_gather");
   return y;
@@ -82,24 +88,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
   check_token_values(tokens, g.C_in);
   at::Tensor saved;
   // relu's mask is the sign of the output or, without it, of the recomputed pre-activation.
-  if (act == Activation::kRelu && out.has_value()) saved = out->contiguous();
+  if (act == Activation::kRelu && out.has_value()) saved = g.replica ? replica_slices_dense(*out) : out->contiguous();
   if (act == Activation::kSquare || (act == Activation::kRelu && !out.has_value()))
     saved = token_gather(tokens, table, bias, pos_bias, g, scale, Activation::kNone);
-  const at::Tensor grad = grad_out.contiguous();
+  const at::Tensor grad = g.replica ? replica_slices_dense(grad_out) : grad_out.contiguous();
   const auto opts = table.options();
-  at::Tensor grad_table = output_mask[0] ? at::zeros(table.sizes(), opts) : no_grad_placeholder(table);
-  at::Tensor grad_bias = output_mask[1] ? at::empty({g.C_out}, opts) : no_grad_placeholder(table);
-  at::Tensor grad_pos = output_mask[2] ? at::empty({g.T_out, g.C_out}, opts) : no_grad_placeholder(table);
+  auto empty_result = [&](const std::vector<int64_t>& dims) {
+    return g.replica ? empty_replicas(dims, opts) : at::empty(dims, opts);
+  };
+  at::Tensor grad_table = output_mask[0] ? empty_result(table.sizes().vec()).zero_() : no_grad_placeholder(table);
+  at::Tensor grad_bias = output_mask[1] ? empty_result(g.with_k({g.C_out})) : no_grad_placeholder(table);
+  at::Tensor grad_pos = output_mask[2] ? empty_result(g.with_k({g.T_out, g.C_out})) : no_grad_placeholder(table);
   at::Tensor d = grad;
   if (act != Activation::kNone || output_mask[1] || output_mask[2]) {
-    d = at::empty_like(grad);
+    d = g.replica ? empty_replicas(grad.sizes(), grad.options()) : at::empty_like(grad);
     activation_grad_cuda(grad, saved, d, g, act, output_mask[2] ? &grad_pos : nullptr,
                          output_mask[1] ? &grad_bias : nullptr);
   }
-  if (output_mask[0] && g.rows() > 0) {
-    // Key of pair (row r, patch position k) = its table row k*v + t; pairs are numbered r*s + k.
+  if (output_mask[0] && g.all_rows() > 0) {
+    // Key of pair (row r, patch position k) of replica q = its global table row q*s*v + k*v + t; pairs are
+    // numbered by global row (q*rows + r)*s + k.
     const at::Tensor offsets = at::arange(g.s, tokens.options().dtype(at::kLong)).mul_(g.C_in);
-    const at::Tensor keys = tokens.view({g.rows(), g.s}).to(at::kLong).add(offsets).view({-1});
+    const at::Tensor replica_offsets =
+        at::arange(g.K, tokens.options().dtype(at::kLong)).mul_(g.s * g.C_in).view({g.K, 1, 1});
+    const at::Tensor keys =
+        tokens.view({g.K, g.rows(), g.s}).to(at::kLong).add(offsets).add(replica_offsets).view({-1});
     const auto [sorted, pair] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     const auto [unique_keys, inverse, counts] = at::unique_consecutive(sorted, false, true);
     at::Tensor starts = at::zeros({counts.size(0) + 1}, counts.options());
@@ -107,8 +120,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_patch_embed_backward_cuda(
     const at::Tensor rows = pair.div(g.s, "floor");
     check_launch(cuda::launch_token_segment_sum(cuda_float_type(table.scalar_type()), rows.data_ptr<int64_t>(),
                                                 starts.data_ptr<int64_t>(), unique_keys.data_ptr<int64_t>(),
-                                                unique_keys.size(0), d.data_ptr(), grad_table.data_ptr(), g.C_out,
-                                                scale, c10::cuda::getCurrentCUDAStream()),
+                                                unique_keys.size(0), d.data_ptr(), g.replica ? d.stride(0) : 0,
+                                                g.rows(), grad_table.data_ptr(),
+                                                g.replica ? grad_table.stride(0) : 0, g.s * g.C_in, g.C_out, scale,
+                                                c10::cuda::getCurrentCUDAStream()),
                  "token_segment_sum");
   }
   return {grad_table, grad_bias, grad_pos};

@@ -21,24 +21,41 @@ def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     x [B, T, C_in] channels-last (any strides; a copy is made only when [T, C_in] is not dense),
     weight [C_out, patch_size*C_in] in (k, c) column order, bias [C_out], pos_bias [T/s, C_out],
     activation 'none', 'relu' or 'square'. Returns a contiguous [B, T/s, C_out].
+
+    Replica form (K independent layers in one call): x [K, B, T, C_in], weight [K, C_out, patch_size*C_in],
+    bias [K, C_out], pos_bias [K, T/s, C_out] -> [K, B, T/s, C_out], replica k equal (on the CPU, bit for
+    bit) to the solo call on replica k's slices. Chosen by x 4-D or weight 3-D; mixed forms and differing K
+    raise ValueError. Each replica slice of the result is contiguous and 64-byte aligned: where a replica's
+    size is not a multiple of 64 bytes, stride(0) is padded and the result is not contiguous as a whole.
     """
     if use_kernel(_REGISTERED, x):
         return torch.ops.rhmfast.patch_conv(x, weight, bias, pos_bias, patch_size, float(scale), activation)
     return reference.patch_conv(x, weight, bias, pos_bias, patch_size=patch_size, scale=scale, activation=activation)
 
 
+def _result(like, replicas, shape):
+    """A fake result: the solo form's contiguous tensor, or the replica form's layout (K in front)."""
+    if replicas is None:
+        return like.new_empty(shape)
+    return reference.new_replica_result(like, (replicas, *shape))
+
+
 def _fake(x, weight, bias, pos_bias, patch_size, scale, activation):
     reference.check_activation(activation)
-    batch, _, _, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size)
-    return x.new_empty((batch, t_out, c_out))
+    replicas, batch, _, _, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size,
+                                                                          with_replicas=True)
+    return _result(x, replicas, (batch, t_out, c_out))
 
 
 def _fake_backward(grad_out, x, weight, bias, pos_bias, out, patch_size, scale, activation, output_mask):
-    batch, length, c_in, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias, patch_size)
-    reference.check_layer_backward_args(grad_out, weight, (batch, t_out, c_out), activation, out,
+    replicas, batch, length, c_in, t_out, c_out = reference.check_patch_conv_args(x, weight, bias, pos_bias,
+                                                                                  patch_size, with_replicas=True)
+    lead = () if replicas is None else (replicas,)
+    reference.check_layer_backward_args(grad_out, weight, lead + (batch, t_out, c_out), activation, out,
                                         relu_recomputes=False, biases=(bias, pos_bias), output_mask=output_mask)
     shapes = ((batch, length, c_in), (c_out, patch_size * c_in), (c_out,), (t_out, c_out))
-    return tuple(x.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+    return tuple(_result(x, replicas, shape) if wanted else x.new_empty((0,))
+                 for shape, wanted in zip(shapes, output_mask))
 
 
 if _REGISTERED:

@@ -10,7 +10,7 @@ import torch
 
 from rhmfast.ops._kernels import op_registered, use_kernel
 from rhmfast.reference import token_patch_embed as reference
-from rhmfast.reference.patch_conv import check_activation, check_layer_backward_args
+from rhmfast.reference.patch_conv import check_activation, check_layer_backward_args, new_replica_result
 
 
 _REGISTERED = op_registered("token_patch_embed")
@@ -23,6 +23,12 @@ def token_patch_embed(tokens: torch.Tensor, table: torch.Tensor, bias: torch.Ten
     tokens [B, T] uint8/int16/int32/int64 with values in [0, v); table [patch_size, v, C_out];
     bias [C_out]; pos_bias [T/s, C_out]. Returns a contiguous [B, T/s, C_out]. Out-of-range ids raise
     ValueError (in eager mode; the compiled kernels also check under torch.compile).
+
+    Replica form (K independent layers in one call): tokens [K, B, T], table [K, patch_size, v, C_out],
+    bias [K, C_out], pos_bias [K, T/s, C_out] -> [K, B, T/s, C_out], replica k equal (on the CPU, bit for
+    bit) to the solo call on replica k's slices; gradients of the same shapes as the parameters. Chosen by
+    tokens 3-D or table 4-D; mixed forms and differing K raise ValueError. Each replica slice of a result
+    is contiguous and 64-byte aligned (stride(0) padded where a replica's size is not a multiple of 64 bytes).
     """
     if use_kernel(_REGISTERED, table):
         return torch.ops.rhmfast.token_patch_embed(tokens, table, bias, pos_bias, patch_size, float(scale), activation)
@@ -30,18 +36,27 @@ def token_patch_embed(tokens: torch.Tensor, table: torch.Tensor, bias: torch.Ten
                                        activation=activation)
 
 
+def _result(like, replicas, shape):
+    """A fake result: the solo form's contiguous tensor, or the replica form's layout (K in front)."""
+    return like.new_empty(shape) if replicas is None else new_replica_result(like, (replicas, *shape))
+
+
 def _fake(tokens, table, bias, pos_bias, patch_size, scale, activation):
     check_activation(activation)
-    batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
-    return table.new_empty((batch, t_out, c_out))
+    replicas, batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias,
+                                                                                 patch_size, with_replicas=True)
+    return _result(table, replicas, (batch, t_out, c_out))
 
 
 def _fake_backward(grad_out, tokens, table, bias, pos_bias, out, patch_size, scale, activation, output_mask):
-    batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias, patch_size)
-    check_layer_backward_args(grad_out, table, (batch, t_out, c_out), activation, out, relu_recomputes=True,
+    replicas, batch, _, _, t_out, c_out = reference.check_token_patch_embed_args(tokens, table, bias, pos_bias,
+                                                                                 patch_size, with_replicas=True)
+    lead = () if replicas is None else (replicas,)
+    check_layer_backward_args(grad_out, table, lead + (batch, t_out, c_out), activation, out, relu_recomputes=True,
                               biases=(bias, pos_bias), output_mask=output_mask)
-    shapes = (tuple(table.shape), (c_out,), (t_out, c_out))
-    return tuple(table.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
+    shapes = (tuple(table.shape[-3:]), (c_out,), (t_out, c_out))
+    return tuple(_result(table, replicas, shape) if wanted else table.new_empty((0,))
+                 for shape, wanted in zip(shapes, output_mask))
 
 
 if _REGISTERED:
