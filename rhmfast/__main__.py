@@ -196,12 +196,25 @@ def _add_run_flags(parser) -> None:
                            help=HELP.get(key, "") + default, **bare)
 
 
+def _pack(text: str) -> int:
+    """--pack: an int >= 1 (argparse turns the ValueError into exit 2, naming the flag)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def _add_pool_flags(parser) -> None:
     """--workers and --threads of the commands that run many trainings at once (demo, sweep)."""
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores / threads)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1 by default: the models are small, and runs in parallel "
                              "use the cores better)")
+    parser.add_argument("--pack", type=_pack, default=None, metavar="K",
+                        help="train up to K compatible runs (end-to-end SGD of the hCNN: same grammar, architecture "
+                             "and optimiser settings; any seeds and P) as one replica-batched model; 1: every run "
+                             "alone; default: from the device (ceil(runs / workers), at most 16 on a CPU, 64 on a "
+                             "GPU). Records are the same either way")
 
 
 def _grid_from_args(args) -> list[dict]:
@@ -349,7 +362,8 @@ def sweep(args) -> None:
         check_writable_dir(args.out, "--out")
     except ValueError as error:
         raise _stop("sweep", error) from None
-    options = dict(workers=args.workers, threads=args.threads, retries=args.retries)
+    options = dict(workers=args.workers, threads=args.threads, retries=args.retries,
+                   pack=1 if args.checkpoint_every > 0 else args.pack)  # checkpoints are unpacked runs' files
     if args.engine == "ray":
         options.update(address=args.address, gpus=args.gpus_per_run, device=args.device)
     elif args.device is not None:

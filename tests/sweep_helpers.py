@@ -37,3 +37,22 @@ def always_die(config: dict, threads: int, engine: str, device: str) -> dict:
 
 def raise_error(config: dict, threads: int, engine: str, device: str) -> dict:
     raise RuntimeError(f"deliberate failure of {config_hash(config)}")
+
+
+def pack_dies_after_first_run(configs: list, threads: int, engine: str, device: str, emit=None) -> list:
+    """A pack's first try: hand on its first finished run, then SIGKILL this worker (the runs still
+    training are lost); the retry (the unfinished runs only) runs normally. The marker is named by the hash
+    of the pack's first config and records the sizes of the packs that ran."""
+    from rhmfast.studies.engines import execute_pack
+
+    marker = os.path.join(os.environ[MARKERS], "pack-" + config_hash(configs[0]))
+    first_try = not any(name.startswith("pack-") for name in os.listdir(os.environ[MARKERS]))
+    with open(marker, "a") as f:
+        f.write(f"{len(configs)}\n")
+
+    def emit_then_die(i, record):
+        emit(i, record)
+        if first_try:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return execute_pack(configs, threads, engine, device, emit=emit_then_die)

@@ -290,7 +290,10 @@ def test_wait_queues_behind_the_holder(tmp_path):
 def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, capsys):
     store = tmp_path / "store"
     flags = dict(model="hcnn", v="8", m="2", s="2", L="3", P="200,300,400", n_test="128", max_steps="200")
-    argv = ["sweep", *[a for k, v in flags.items() for a in (f"--{k}", v)], "--workers", "1", "--out", str(store)]
+    # --pack 1: one run per task, so that a Ctrl-C after the first record finds runs not yet started
+    # (tests/test_replicas.py interrupts a pack)
+    argv = ["sweep", *[a for k, v in flags.items() for a in (f"--{k}", v)], "--workers", "1", "--pack", "1",
+            "--out", str(store)]
     expected = sorted(config_hash(c) for c in expand(flags))
     sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)

@@ -4,12 +4,12 @@ layerwise learner of label hierarchies and its shallow baseline (``residual``, o
 observables that measure what a learner has learned of the hierarchy (``observables``)."""
 from rhmfast.models._common import device_of
 from rhmfast.models.fully_connected import FullyConnected
-from rhmfast.models.hcnn import NORMS, HierarchicalCNN
+from rhmfast.models.hcnn import NORMS, HierarchicalCNN, HierarchicalCNNReplicas
 from rhmfast.models.observables import (first_patch_posterior, posterior_distance, resample_below,
                                         synonym_purity, synonymic_sensitivity)
 from rhmfast.models.ren import FEATURES, RenLayerwiseLearner
 from rhmfast.models.residual import ResidualLayerwiseNet, ShallowMLP
 
-__all__ = ["FEATURES", "NORMS", "FullyConnected", "HierarchicalCNN", "RenLayerwiseLearner", "ResidualLayerwiseNet", "ShallowMLP",
+__all__ = ["FEATURES", "NORMS", "FullyConnected", "HierarchicalCNN", "HierarchicalCNNReplicas", "RenLayerwiseLearner", "ResidualLayerwiseNet", "ShallowMLP",
            "device_of", "first_patch_posterior", "posterior_distance", "resample_below", "synonym_purity",
            "synonymic_sensitivity"]

@@ -196,3 +196,151 @@ class HierarchicalCNN(nn.Module):
                    else "readout" if key == "beta" else key)
             renamed[key] = value
         return cls.from_reference(renamed, s=s, norm=norm, activation=activation)
+
+    @classmethod
+    def replicas(cls, n_replicas: int, seeds, **arguments) -> "HierarchicalCNNReplicas":
+        """K independent hCNNs as one module (``HierarchicalCNNReplicas``): replica k has, bit for bit, the
+        initial weights of ``HierarchicalCNN(**arguments, seed=seeds[k])``. E.g.
+        ``HierarchicalCNN.replicas(4, [0, 1, 2, 3], v=8, width=64, s=2, L=4, n_classes=8, norm="mf")``."""
+        return HierarchicalCNNReplicas(n_replicas, seeds, **arguments)
+
+
+
+class HierarchicalCNNReplicas(nn.Module):
+    """K independent hCNNs of one architecture (``HierarchicalCNN``'s arguments) trained as one batched model.
+
+    Every parameter is replica k's ``HierarchicalCNN`` parameter stacked along a leading dim K: ``embed``
+    [K, s, v, H], ``weights[l]`` [K, H, s*H], ``biases[l]`` [K, H], ``beta`` [K, H, n_classes]. The trunk is one
+    replica-form ``patch_conv_stack`` call: tokens [K, B, s^L] (replica k's batch in row k) give logits
+    [K, B, n_classes], row k being what replica k's own HierarchicalCNN computes on it. Nothing couples the
+    replicas: the gradient of a sum of per-replica losses is, replica by replica, that replica's own gradient.
+    ``replica(k)`` returns replica k as an ordinary HierarchicalCNN; ``subset``/``load_subset`` take replicas
+    out and put them back (the replica trainer drops replicas that stopped).
+    """
+
+    def __init__(self, n_replicas: int, seeds, *, v: int, width: int, s: int, L: int, n_classes: int,
+                 norm: str = "std", bias: bool = False, activation: str = "relu", whiten: bool = False):
+        super().__init__()
+        check_positive_int("n_replicas", n_replicas)
+        seeds = None if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") else list(seeds)
+        if seeds is None or len(seeds) != n_replicas:
+            raise ValueError(f"rhmfast: seeds must be a list of n_replicas={n_replicas} seeds (one per replica: "
+                             f"ints >= 0, or None), got {seeds!r}")
+        models = [HierarchicalCNN(v, width, s, L, n_classes, norm=norm, bias=bias, activation=activation, seed=seed,
+                                  whiten=whiten) for seed in seeds]
+        self.arguments = dict(v=v, width=width, s=s, L=L, n_classes=n_classes, norm=norm, bias=bias,
+                              activation=activation, whiten=whiten)
+        self.v, self.width, self.s, self.L, self.n_classes = v, width, s, L, n_classes
+        self.norm, self.activation, self.whiten, self.scales = norm, activation, whiten, models[0].scales
+        self.n_replicas, self.seeds = n_replicas, [m.seed for m in models]
+        self._set_parameters([{n: p.detach() for n, p in m.named_parameters()} for m in models])
+
+    def _set_parameters(self, per_replica) -> None:
+        """The parameters from per_replica[k] = dict(replica k's HierarchicalCNN.named_parameters())."""
+        stacked = {name: torch.stack([p[name] for p in per_replica]) for name in per_replica[0]}
+        self.embed = nn.Parameter(stacked["embed"])
+        self.weights = nn.ParameterList([nn.Parameter(stacked[f"weights.{l}"]) for l in range(self.L - 1)])
+        self.biases = (nn.ParameterList([nn.Parameter(stacked[f"biases.{l}"]) for l in range(self.L)])
+                       if self.arguments["bias"] else None)
+        self.beta = nn.Parameter(stacked["beta"])
+
+    readout_norm = HierarchicalCNN.readout_norm
+    lr_scale = HierarchicalCNN.lr_scale
+
+    def input_embed(self) -> torch.Tensor:
+        """The token layer's tables [K, s, v, H] (whitened input folded in, as HierarchicalCNN.input_embed)."""
+        if not self.whiten:
+            return self.embed
+        return (self.embed - self.embed.mean(2, keepdim=True)) * (1.0 - 1.0 / self.v) ** -0.5
+
+    def _check_input(self, tokens: torch.Tensor, count: int) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or tokens.shape[0] != count:
+            got = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"rhmfast: HierarchicalCNNReplicas expects token ids [K={count}, B, "
+                             f"s^L={self.s**self.L}] (one batch per replica), got {got}")
+        check_tokens("HierarchicalCNNReplicas", tokens[0], self.v, self.s**self.L, f"s^L={self.s**self.L}",
+                     values=False)
+
+    def _parameters_of(self, rows):
+        """(table, weights, biases, beta) of all replicas, or of the replicas `rows` (a list of indices:
+        gathered, differentiably, so their gradients land in those rows)."""
+        table, weights, biases, beta = self.input_embed(), list(self.weights), self.biases, self.beta
+        biases = None if biases is None else [b * c for b, c in zip(biases, self.scales)]
+        if rows is not None:
+            index = torch.tensor(rows, device=beta.device)
+            pick = lambda t: t.index_select(0, index)  # noqa: E731
+            table, weights, beta = pick(table), [pick(w) for w in weights], pick(beta)
+            biases = None if biases is None else [pick(b) for b in biases]
+        return table, weights, biases, beta
+
+    def layer_outputs(self, tokens: torch.Tensor, rows=None) -> list[torch.Tensor]:
+        """Every layer's output [K, B, s^L/s^l, H], in one fused replica-form call; rows: of those replicas
+        only (tokens [len(rows), B, s^L])."""
+        self._check_input(tokens, self.n_replicas if rows is None else len(rows))
+        table, weights, biases, _ = self._parameters_of(rows)
+        return patch_conv_stack(tokens, table, weights, biases, patch_size=self.s, scales=self.scales,
+                                activation=self.activation, return_all=True)
+
+    def forward(self, tokens: torch.Tensor, rows=None) -> torch.Tensor:
+        """Logits [K, B, n_classes] of token ids [K, B, s^L]; rows (a list of replica indices): those replicas
+        only, on tokens [len(rows), B, s^L]."""
+        self._check_input(tokens, self.n_replicas if rows is None else len(rows))
+        table, weights, biases, beta = self._parameters_of(rows)
+        h = patch_conv_stack(tokens, table, weights, biases, patch_size=self.s, scales=self.scales,
+                             activation=self.activation).mean(2)
+        # One small GEMM per replica, as the solo readout computes it: a batched GEMM's kernels for small
+        # products differ from a single one's in the last bits (MKL, measured), and the replicas must be exact.
+        # unbind, not h[k]: its backward is one stack, where K selects would each add into a zeroed [K, ...].
+        return torch.stack([a @ b for a, b in zip(h.unbind(0), beta.unbind(0))]) / self.readout_norm
+
+    def forward_replica(self, k: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Replica k alone on token ids [B, s^L]: logits [B, n_classes] (the replica-form op with K = 1 on views
+        of its weights; nothing is copied). The replica trainer evaluates each run's test set with it."""
+        check_int("k", k, 0, self.n_replicas - 1)
+        check_tokens("HierarchicalCNNReplicas.forward_replica", tokens, self.v, self.s**self.L,
+                     f"s^L={self.s**self.L}", values=False)
+        row = slice(k, k + 1)
+        biases = None if self.biases is None else [b[row] * c for b, c in zip(self.biases, self.scales)]
+        h = patch_conv_stack(tokens.unsqueeze(0), self.input_embed()[row], [w[row] for w in self.weights], biases,
+                             patch_size=self.s, scales=self.scales, activation=self.activation)
+        return h.squeeze(0).mean(1) @ self.beta[k] / self.readout_norm
+
+    def replica(self, k: int) -> HierarchicalCNN:
+        """Replica k as an ordinary HierarchicalCNN (copies of its weights, on this module's device and dtype)."""
+        check_int("k", k, 0, self.n_replicas - 1)
+        model = HierarchicalCNN(**self.arguments, seed=0)  # a private generator: the global one does not move
+        model.seed = self.seeds[k]
+        model.to(device=self.embed.device, dtype=self.embed.dtype)
+        mine = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, theirs in model.named_parameters():
+                theirs.copy_(mine[name][k])
+        return model
+
+    def subset(self, indices) -> "HierarchicalCNNReplicas":
+        """The replicas at `indices` (ints in [0, K)) as a new module holding copies of their weights."""
+        indices = [check_int("index", k, 0, self.n_replicas - 1) for k in indices]
+        if not indices:
+            raise ValueError("rhmfast: subset needs at least one replica index")
+        new = HierarchicalCNNReplicas.__new__(HierarchicalCNNReplicas)
+        nn.Module.__init__(new)
+        new.arguments, new.scales = self.arguments, self.scales
+        new.v, new.width, new.s, new.L, new.n_classes = self.v, self.width, self.s, self.L, self.n_classes
+        new.norm, new.activation, new.whiten = self.norm, self.activation, self.whiten
+        new.n_replicas, new.seeds = len(indices), [self.seeds[k] for k in indices]
+        new._set_parameters([{n: p.detach()[k].clone() for n, p in self.named_parameters()} for k in indices])
+        new.train(self.training)
+        return new
+
+    def load_subset(self, indices, other: "HierarchicalCNNReplicas") -> None:
+        """Copy other's replicas (a subset() of this module, trained since) back into the rows `indices`."""
+        with torch.no_grad():
+            theirs_by_name = dict(other.named_parameters())
+            for name, mine in self.named_parameters():
+                theirs = theirs_by_name[name]
+                for row, k in enumerate(indices):
+                    mine[k].copy_(theirs[row])
+
+    def extra_repr(self) -> str:
+        return (f"n_replicas={self.n_replicas}, v={self.v}, width={self.width}, s={self.s}, L={self.L}, "
+                f"n_classes={self.n_classes}, norm={self.norm!r}, activation={self.activation!r}")

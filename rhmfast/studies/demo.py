@@ -70,7 +70,7 @@ def run_demo(args, checked: tuple[list[dict], float] | None = None) -> dict[str,
     started = time.perf_counter()
     interrupted = None
     try:
-        outcome = run_sweep(configs, store, workers=args.workers, threads=args.threads)
+        outcome = run_sweep(configs, store, workers=args.workers, threads=args.threads, pack=getattr(args, "pack", None))
     except SweepInterrupted as interrupt:  # the engine has stopped; every finished run is stored
         outcome, interrupted = interrupt.outcome, interrupt
     seconds = time.perf_counter() - started

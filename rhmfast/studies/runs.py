@@ -477,3 +477,55 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False, che
     return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
                                hint_weight=c["hint_weight"], progress=progress, seed_readout=c["seed_model"],
                                **sgd_arguments(c))
+
+
+# What may differ between the runs of one pack (one replica-batched training): the seeds and P. Everything
+# else (grammar, architecture, optimiser settings) is the pack's.
+PACK_FREE_KEYS = ("P", "seed_sample", "seed_model")
+
+
+def pack_key(config: dict) -> str | None:
+    """The key of the runs a config can be trained with as one replica pack (``run_pack``), or None for a run
+    that always trains alone: end-to-end SGD of the hCNN on an RHM is packed, with optimizer "sgd" and
+    without gradient accumulation (train_sgd_replicas' scope); other learners and options run one by one."""
+    c = complete_config(config)
+    if (c["data"], c["model"], c["trainer"], c["optimizer"], c["accumulation"]) != ("rhm", "hcnn", "sgd", "sgd",
+                                                                                   False):
+        return None
+    return json.dumps({k: v for k, v in c.items() if k not in PACK_FREE_KEYS}, sort_keys=True, default=str)
+
+
+def run_pack(configs: list[dict], *, device: str = "cpu", progress: bool = False, on_stop=None,
+             exact: bool = True) -> list:
+    """Train configs that share one pack_key as one replica-batched model (``train_sgd_replicas``); returns
+    their RunRecords in order, each what ``run_config`` returns for that config alone (same data, order and
+    initial weights; the same bits with exact=True, see train_sgd_replicas). on_stop(i, record) runs as soon as
+    configs[i]'s run has ended."""
+    from rhmfast.models import HierarchicalCNN
+    from rhmfast.train.replicas import train_sgd_replicas
+
+    cs = [complete_config(c) for c in configs]
+    keys = {pack_key(c) for c in cs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("rhmfast: a pack's configs must be packable (pack_key not None) and differ only in "
+                         f"{', '.join(PACK_FREE_KEYS)}")
+    c = cs[0]
+    grammar = grammar_of(c)
+    for config in cs:
+        check_feasible(config, grammar)
+    whiten = dict(whiten=True) if c["whiten"] else {}
+    replicas = HierarchicalCNN.replicas(len(cs), [config["seed_model"] for config in cs], v=c["v"], width=c["width"],
+                                        s=c["s"], L=c["L"], n_classes=c["n_classes"], norm=c["norm"], bias=c["bias"],
+                                        activation=c["activation"], **whiten).to(device)
+    arguments = [sgd_arguments(config) for config in cs]
+    shared = {key: value for key, value in arguments[0].items()
+              if key not in ("max_epochs", "eval_every", "seed_data", "seed_order")}
+    # every run's own evaluation epochs: None (max_epochs // 5 of each), an explicit eval_every, or each run's
+    # list of print checkpoints
+    eval_every = (None if c["eval_every"] is None and c["print_freq"] is None else c["eval_every"]
+                  if c["print_freq"] is None else [a["eval_every"] for a in arguments])
+    return train_sgd_replicas(replicas, grammar, [config["P"] for config in cs],
+                              seed_data=[a["seed_data"] for a in arguments],
+                              seed_order=[a["seed_order"] for a in arguments],
+                              max_epochs=[a["max_epochs"] for a in arguments], eval_every=eval_every,
+                              online=c["online"], progress=progress, on_stop=on_stop, exact=exact, **shared)

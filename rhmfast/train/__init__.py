@@ -18,10 +18,11 @@ from rhmfast.train.end_to_end import train_sgd
 from rhmfast.train.layerwise import train_layerwise_sgd
 from rhmfast.train.loop import count_errors, test_error
 from rhmfast.train.record import RunRecord
+from rhmfast.train.replicas import train_sgd_replicas
 from rhmfast.train.residual import train_residual_layerwise
 from rhmfast.train.residual_end_to_end import train_hierarchy_end_to_end
 from rhmfast.train.ren import fit_kernel_ridge, fit_ridge, ren_stage_sizes, train_ren_layerwise
 
 __all__ = ["RunRecord", "count_errors", "fit_kernel_ridge", "fit_ridge", "ren_stage_sizes", "test_error", "train_hierarchy_end_to_end",
            "train_layerwise_sgd",
-           "train_ren_layerwise", "train_residual_layerwise", "train_sgd"]
+           "train_ren_layerwise", "train_residual_layerwise", "train_sgd", "train_sgd_replicas"]
