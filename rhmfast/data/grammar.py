@@ -344,6 +344,26 @@ class RHM:
                               return_tree=return_tree)
             position += n
 
+    def posterior(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """P(label | the visible tokens), float64 [B, n_classes], by belief propagation on the tree; mask
+        [B, s^L] bool, True = hidden (see ``rhmfast.data.inference``)."""
+        from rhmfast.data import inference
+
+        return inference.posterior(self, tokens, mask)
+
+    def leaf_posterior(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """P(leaf i = t | the visible tokens), float64 [B, s^L, v] (the downward pass of belief propagation)."""
+        from rhmfast.data import inference
+
+        return inference.leaf_posterior(self, tokens, mask)
+
+    def log_prob(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log P(the visible tokens), float64 [B]: of the whole string without a mask (-inf where the grammar
+        cannot produce it)."""
+        from rhmfast.data import inference
+
+        return inference.log_prob(self, tokens, mask)
+
     def label_hierarchy(self):
         """This grammar as a label hierarchy (``rhmfast.data.RHMLabels``): one-hot leaf tokens as inputs,
         the one-hot latent symbols of every level as labels, level 1 just above the leaves and level L the
