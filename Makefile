@@ -52,6 +52,7 @@ bench: build
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_hierarchy.py
+	$(PY) benchmarks/bench_replicas.py
 
 # The kernels under pytest-benchmark, one table per op, shape, mode and device with the providers side by
 # side (benchmarks/README.md). Each run is saved, numbered, as
@@ -89,6 +90,7 @@ gpu-bench: build
 	$(PY) benchmarks/bench_generate.py --devices cuda --out $(RESULTS)
 	$(PY) benchmarks/bench_train.py --device cuda --out $(RESULTS)
 	$(PY) benchmarks/bench_patchconv.py --device cuda --out $(RESULTS)/patchconv_cuda.json
+	$(PY) benchmarks/bench_replicas.py --device cuda --steps 100 --repeats 1 --out $(RESULTS)
 
 gpu-test-slow: build
 	mkdir -p $(RESULTS)

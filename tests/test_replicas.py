@@ -303,3 +303,37 @@ def test_ctrl_c_of_a_packed_sweep_keeps_the_finished_runs_and_resumes_the_rest(t
                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert resumed.returncode == 0 and "1 already stored, 1 to run" in resumed.stdout
     assert sorted(os.listdir(store)) == sorted(f"{config_hash(c)}.json" for c in expand(flags))
+
+
+@pytest.mark.cuda
+def test_packed_runs_on_cuda_agree_with_their_solo_runs(grammar):
+    n_train, max_epochs = [40, 96], [8, 5]
+    replicas = HierarchicalCNN.replicas(2, [0, 1], **ARCH, norm="mf").cuda()
+    records = train_sgd_replicas(replicas, grammar, n_train, seed_data=[100, 101], seed_order=[200, 201],
+                                 max_epochs=max_epochs, loss_threshold=0.0, **SGD)
+    for k in range(2):
+        model = HierarchicalCNN(**ARCH, norm="mf", seed=k).cuda()
+        solo = train_sgd(model, grammar, n_train[k], seed_data=100 + k, seed_order=200 + k, max_epochs=max_epochs[k],
+                         eval_every=max(1, max_epochs[k] // 5), loss_threshold=0.0, **SGD)
+        assert [p["epoch"] for p in records[k].curve] == [p["epoch"] for p in solo.curve]
+        for a, b in zip(model.parameters(), replicas.replica(k).parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_ray_engine_packs_like_the_local_one(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    configs = expand(dict(TINY, model="hcnn", seeds="0"))
+    try:
+        run_sweep(configs, str(tmp_path / "ray"), engine="ray", progress=False, workers=2, pack=None)
+    finally:
+        ray.shutdown()
+    run_sweep(configs, str(tmp_path / "local"), progress=False, workers=2, pack=1)
+    on_ray = {r["hash"]: r for r in ResultStore(tmp_path / "ray").records()}
+    local = {r["hash"]: r for r in ResultStore(tmp_path / "local").records()}
+    assert sorted(on_ray) == sorted(local) == sorted(config_hash(c) for c in configs)
+    for name, record in on_ray.items():
+        assert record["result"]["curve"] == local[name]["result"]["curve"] and record["execution"]["engine"] == "ray"
+    assert sorted(r["execution"].get("pack", 1) for r in on_ray.values()) == [1, 2, 2]  # 3 runs, 2 workers
