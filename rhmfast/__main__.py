@@ -197,10 +197,13 @@ def _add_run_flags(parser) -> None:
 
 
 def _pack(text: str) -> int:
-    """--pack: an int >= 1 (argparse turns the ValueError into exit 2, naming the flag)."""
-    value = int(text)
+    """--pack: an int >= 1 (argparse reports the error with the flag's name and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"must be an int >= 1 (1: every run alone), got {text!r}")
     return value
 
 
@@ -213,8 +216,8 @@ def _add_pool_flags(parser) -> None:
     parser.add_argument("--pack", type=_pack, default=None, metavar="K",
                         help="train up to K compatible runs (end-to-end SGD of the hCNN: same grammar, architecture "
                              "and optimiser settings; any seeds and P) as one replica-batched model; 1: every run "
-                             "alone; default: from the device (ceil(runs / workers), at most 16 on a CPU, 64 on a "
-                             "GPU). Records are the same either way")
+                             "alone; default: about two packs per worker, at most 8 runs on a CPU, 64 on a GPU. "
+                             "Records are the same either way")
 
 
 def _grid_from_args(args) -> list[dict]:

@@ -213,16 +213,21 @@ def test_pack_keys_group_runs_that_differ_only_in_seeds_and_P():
     assert pack_key(wider) != pack_key(hcnn[0])
 
 
-def test_plan_tasks_packs_compatible_runs_sorted_by_P():
-    configs = expand(dict(TINY, model="hcnn,ren"))
+def test_plan_tasks_packs_compatible_runs_consecutive_in_P_largest_first():
+    configs = expand(dict(TINY, model="hcnn,ren", seeds="0,1,2,3"))  # 12 hCNN runs, 12 Ren runs
     tasks = plan_tasks(configs, None, workers=2)
     packed = [t for t in tasks if len(t) > 1]
-    assert len(packed) == 2 and sorted(len(t) for t in packed) == [3, 3]  # 6 hCNN runs for 2 workers
+    assert sorted(len(t) for t in packed) == [3, 3, 3, 3]  # about two packs per worker
+    wider = expand(dict(TINY, model="hcnn", width="32", seeds="0,1,2,3"))  # a second group: 24 packable runs
+    assert sorted(len(t) for t in plan_tasks(configs + wider, None, workers=2)) == [1] * 12 + [6] * 4
     assert all([configs[i]["P"] for i in t] == sorted(configs[i]["P"] for i in t) for t in packed)
     assert sorted(i for t in tasks for i in t) == list(range(len(configs)))
+    largest = [max(configs[i]["P"] for i in t) for t in tasks]
+    assert largest == sorted(largest, reverse=True)
     assert all(len(t) == 1 for t in plan_tasks(configs, 1))
-    assert [len(t) for t in plan_tasks(configs, 4) if len(t) > 1] == [3, 3]  # 6 in packs <= 4: even halves
-    assert default_pack("cpu", 100, 2) == 16 and default_pack("cuda", 1000, 1) == 64 and default_pack("cpu", 3, 2) == 2
+    assert sorted(len(t) for t in plan_tasks(configs, 5) if len(t) > 1) == [4, 4, 4]  # 12 in packs <= 5: even
+    assert default_pack("cpu", 100, 2) == 8 and default_pack("cuda", 1000, 1) == 64 and default_pack("cpu", 3, 2) == 1
+    assert default_pack("cpu", 21, 2) == 6
 
 
 def test_run_pack_gives_each_configs_solo_record(rng):
@@ -238,7 +243,7 @@ def test_run_pack_gives_each_configs_solo_record(rng):
 @pytest.mark.slow
 def test_a_packed_sweep_stores_what_an_unpacked_one_does(tmp_path):
     configs = expand(dict(TINY, model="hcnn,ren"))
-    run_sweep(configs, str(tmp_path / "packed"), progress=False, workers=2, pack=None)
+    run_sweep(configs, str(tmp_path / "packed"), progress=False, workers=1, pack=None)  # 2 packs of 3
     run_sweep(configs, str(tmp_path / "alone"), progress=False, workers=2, pack=1)
     packed = {r["hash"]: r for r in ResultStore(tmp_path / "packed").records()}
     alone = {r["hash"]: r for r in ResultStore(tmp_path / "alone").records()}
@@ -327,7 +332,7 @@ def test_the_ray_engine_packs_like_the_local_one(tmp_path):
 
     configs = expand(dict(TINY, model="hcnn", seeds="0"))
     try:
-        run_sweep(configs, str(tmp_path / "ray"), engine="ray", progress=False, workers=2, pack=None)
+        run_sweep(configs, str(tmp_path / "ray"), engine="ray", progress=False, workers=1, pack=2)
     finally:
         ray.shutdown()
     run_sweep(configs, str(tmp_path / "local"), progress=False, workers=2, pack=1)
@@ -337,3 +342,13 @@ def test_the_ray_engine_packs_like_the_local_one(tmp_path):
     for name, record in on_ray.items():
         assert record["result"]["curve"] == local[name]["result"]["curve"] and record["execution"]["engine"] == "ray"
     assert sorted(r["execution"].get("pack", 1) for r in on_ray.values()) == [1, 2, 2]  # 3 runs, 2 workers
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x", "1.5"])
+def test_a_bad_pack_flag_exits_2_naming_it(value, capsys):
+    from rhmfast import __main__ as cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["sweep", "--model", "hcnn", "--P", "12", "--pack", value, "--dry-run"])
+    assert stop.value.code == 2
+    assert "--pack: must be an int >= 1" in capsys.readouterr().err

@@ -74,37 +74,39 @@ def execute_pack(configs: list[dict], threads: int = 1, engine: str = "local", d
     return out
 
 
-# The most runs one pack holds by default: on a CPU the per-replica step cost stops falling near 16 (see
+# The most runs one pack holds by default: on a CPU the per-replica step cost stops falling near K = 8 (see
 # benchmarks/results/replicas_*.md); a GPU runs many small models for about the price of one.
-DEFAULT_PACK = {"cpu": 16, "cuda": 64}
+DEFAULT_PACK = {"cpu": 8, "cuda": 64}
 
 
 def default_pack(device: str, runs: int, workers: int) -> int:
-    """The pack size `--pack` defaults to: enough to give every worker a pack (ceil(runs / workers)), at most
-    DEFAULT_PACK of the device."""
+    """The pack size `--pack` defaults to for a sweep of `runs` packable runs: about two packs per worker
+    (ceil(runs / (2 workers))), so that the pool can still balance packs that end at different times, and at
+    most DEFAULT_PACK of the device."""
     cap = DEFAULT_PACK["cuda" if str(device).startswith("cuda") else "cpu"]
-    return max(1, min(cap, -(-runs // max(1, workers))))
+    return max(1, min(cap, -(-runs // (2 * max(1, workers)))))
 
 
 def plan_tasks(configs: list[dict], pack: int | None, workers: int = 1, device: str = "cpu") -> list[list[int]]:
     """The configs (by index) grouped into tasks: runs with one pack_key in packs of up to `pack` runs (None:
-    default_pack per group), sorted by P within a group so that a pack's minibatches have similar sizes;
-    every other run (and every run with pack=1) a task of its own. Tasks keep the configs' order of first
-    appearance."""
+    default_pack of all the packable runs), consecutive in P so that a pack's minibatches have similar sizes; every other run
+    (and every run with pack=1) a task of its own. The tasks come largest P first: a run's length grows with
+    its P, so the longest tasks start first and the pool's last tasks are short ones."""
     from rhmfast.studies.runs import pack_key
 
     groups = collections.OrderedDict()
     for i, config in enumerate(configs):
         key = pack_key(config) if pack != 1 else None
         groups.setdefault(i if key is None else key, []).append(i)
+    packable = sum(len(members) for key, members in groups.items() if isinstance(key, str))
+    size = pack if pack is not None else default_pack(device, packable, workers)
     tasks = []
     for members in groups.values():
-        size = pack if pack is not None else default_pack(device, len(members), workers)
-        members = sorted(members, key=lambda i: (configs[i]["P"], i)) if len(members) > 1 else members
-        count = -(-len(members) // size)  # packs as even as possible: 21 runs in packs of <= 16 are 11 and 10
+        members = sorted(members, key=lambda i: (configs[i]["P"], i))
+        count = -(-len(members) // size)  # packs as even as possible: 21 runs in packs of <= 8 are 7, 7, 7
         for j in range(count):
             tasks.append(members[j * len(members) // count:(j + 1) * len(members) // count])
-    return tasks
+    return sorted(tasks, key=lambda task: -max(configs[i]["P"] for i in task))  # stable: ties keep their order
 
 
 def _run_task(configs: list[dict], threads: int, engine: str, device: str, run, run_pack, emit) -> None:
