@@ -289,7 +289,9 @@ def test_wait_queues_behind_the_holder(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, capsys):
     store = tmp_path / "store"
-    flags = dict(model="hcnn", v="8", m="2", s="2", L="3", P="200,300,400", n_test="128", max_steps="200")
+    # every run trains its whole budget (no loss threshold), so runs are still to do when the first is stored
+    flags = dict(model="hcnn", v="8", m="2", s="2", L="3", P="200,300,400", n_test="128", max_steps="1500",
+                 loss_threshold="0")
     # --pack 1: one run per task, so that a Ctrl-C after the first record finds runs not yet started
     # (tests/test_replicas.py interrupts a pack)
     argv = ["sweep", *[a for k, v in flags.items() for a in (f"--{k}", v)], "--workers", "1", "--pack", "1",

@@ -288,7 +288,8 @@ def test_ctrl_c_of_a_packed_sweep_keeps_the_finished_runs_and_resumes_the_rest(t
     store = tmp_path / "store"
     # one pack of two runs: P = 24 fits in a few hundred steps, P = 4000 trains for 3000 steps
     flags = dict(model="hcnn", v="8", m="4", s="2", L="3", P="24,4000", n_test="128", width="16", max_steps="3000")
-    argv = [a for k, v in flags.items() for a in (f"--{k}", v)] + ["--workers", "1", "--out", str(store)]
+    argv = [a for k, v in flags.items() for a in (f"--{k}", v)] + ["--workers", "1", "--pack", "2", "--out",
+                                                                   str(store)]
     sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", "sweep", *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))
