@@ -56,3 +56,10 @@ def pack_dies_after_first_run(configs: list, threads: int, engine: str, device: 
             os.kill(os.getpid(), signal.SIGKILL)
 
     return execute_pack(configs, threads, engine, device, emit=emit_then_die)
+
+
+def ctrl_c_enabled() -> None:
+    """preexec_fn of a subprocess a test sends Ctrl-C: SIGINT back to its default disposition. A shell starts
+    background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a test run
+    from such a job (some CI runners) would see the Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+import sweep_helpers
+
 import rhmfast
 import rhmfast.__main__ as cli
 from rhmfast._files import check_writable_dir
@@ -298,7 +300,8 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, cap
             "--out", str(store)]
     expected = sorted(config_hash(c) for c in expand(flags))
     sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+                             preexec_fn=sweep_helpers.ctrl_c_enabled)
     deadline = time.monotonic() + 120
     while sweep.poll() is None and time.monotonic() < deadline:
         if store.is_dir() and any(name.endswith(".json") for name in os.listdir(store)):

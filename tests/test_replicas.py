@@ -292,6 +292,7 @@ def test_ctrl_c_of_a_packed_sweep_keeps_the_finished_runs_and_resumes_the_rest(t
                                                                    str(store)]
     sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", "sweep", *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=sweep_helpers.ctrl_c_enabled,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.monotonic() + 120
     while sweep.poll() is None and time.monotonic() < deadline:
