@@ -63,3 +63,24 @@ def ctrl_c_enabled() -> None:
     background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a test run
     from such a job (some CI runners) would see the Ctrl-C ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_after_first_record(argv: list, store, env: dict, what: str = "sweep") -> tuple[int, str, str]:
+    """Run `rhmfast *argv` (a sweep into `store`) in its own session, send it Ctrl-C (SIGINT to the sweep and
+    its workers, as a terminal does) as soon as its first record is stored, and return (exit status, stdout,
+    stderr). Asserts it was still running then: otherwise there was nothing to interrupt."""
+    import subprocess
+    import sys
+    import time
+
+    sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, start_new_session=True, preexec_fn=ctrl_c_enabled)
+    deadline = time.monotonic() + 120
+    while sweep.poll() is None and time.monotonic() < deadline:
+        if os.path.isdir(store) and any(name.endswith(".json") for name in os.listdir(store)):
+            break
+        time.sleep(0.02)
+    assert sweep.poll() is None, f"the {what} ended before its first record: nothing to interrupt"
+    os.killpg(sweep.pid, signal.SIGINT)
+    out, err = sweep.communicate(timeout=60)
+    return sweep.returncode, out, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -299,18 +298,8 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, cap
     argv = ["sweep", *[a for k, v in flags.items() for a in (f"--{k}", v)], "--workers", "1", "--pack", "1",
             "--out", str(store)]
     expected = sorted(config_hash(c) for c in expand(flags))
-    sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
-                             preexec_fn=sweep_helpers.ctrl_c_enabled)
-    deadline = time.monotonic() + 120
-    while sweep.poll() is None and time.monotonic() < deadline:
-        if store.is_dir() and any(name.endswith(".json") for name in os.listdir(store)):
-            break
-        time.sleep(0.02)
-    assert sweep.poll() is None, "the sweep ended before its first record: nothing to interrupt"
-    os.killpg(sweep.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the sweep and its workers
-    out, err = sweep.communicate(timeout=60)
-    assert sweep.returncode == cli.EXIT_INTERRUPTED == 130, err
+    code, out, err = sweep_helpers.interrupt_after_first_record(argv, store, ENV)
+    assert code == cli.EXIT_INTERRUPTED == 130, err
     assert "Traceback" not in err and "leaked" not in err and "KeyboardInterrupt" not in err
     assert "Resume with the same command" in err and f"rhmfast sweep --model hcnn" in err
     assert "sweep interrupted" in out and "not run" in out

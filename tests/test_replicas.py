@@ -278,10 +278,8 @@ def test_a_killed_pack_loses_only_its_unfinished_runs(tmp_path, markers):
 @pytest.mark.slow
 def test_ctrl_c_of_a_packed_sweep_keeps_the_finished_runs_and_resumes_the_rest(tmp_path):
     import json
-    import signal
     import subprocess
     import sys
-    import time
 
     from rhmfast.studies.store import check_record
 
@@ -290,19 +288,9 @@ def test_ctrl_c_of_a_packed_sweep_keeps_the_finished_runs_and_resumes_the_rest(t
     flags = dict(model="hcnn", v="8", m="4", s="2", L="3", P="24,4000", n_test="128", width="16", max_steps="3000")
     argv = [a for k, v in flags.items() for a in (f"--{k}", v)] + ["--workers", "1", "--pack", "2", "--out",
                                                                    str(store)]
-    sweep = subprocess.Popen([sys.executable, "-m", "rhmfast", "sweep", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                             preexec_fn=sweep_helpers.ctrl_c_enabled,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.monotonic() + 120
-    while sweep.poll() is None and time.monotonic() < deadline:
-        if store.is_dir() and any(name.endswith(".json") for name in os.listdir(store)):
-            break
-        time.sleep(0.02)
-    assert sweep.poll() is None, "the pack ended before its first record: nothing to interrupt"
-    os.killpg(sweep.pid, signal.SIGINT)
-    out, err = sweep.communicate(timeout=60)
-    assert sweep.returncode == 130 and "Traceback" not in err and "Resume with the same command" in err
+    code, out, err = sweep_helpers.interrupt_after_first_record(["sweep", *argv], store,
+                                                                dict(os.environ, OMP_NUM_THREADS="1"), "pack")
+    assert code == 130 and "Traceback" not in err and "Resume with the same command" in err
     names = os.listdir(store)
     assert len(names) == 1 and check_record(json.load(open(store / names[0])), names[0][:-5]) is None
     assert json.load(open(store / names[0]))["config"]["P"] == 24
