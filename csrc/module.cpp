@@ -18,8 +18,8 @@ TORCH_LIBRARY(rhmfast, m) {
         "-> (Tensor, Tensor, Tensor[])");
   // Exact inference by belief propagation on the RHM tree (rhm_posterior_cpu.cpp, rhm_posterior_cuda.cu;
   // reference rhmfast/reference/rhm_posterior.py; layout contract in rhm_posterior.h).
-  m.def("rhm_posterior(Tensor rules, Tensor owned, Tensor tokens, Tensor? mask, int n_classes, int v, bool leaves) "
-        "-> (Tensor, Tensor, Tensor)");
+  m.def("rhm_posterior(Tensor rules, Tensor owned, Tensor tokens, Tensor? mask, int n_classes, int v, bool leaves, "
+        "Tensor? weights=None) -> (Tensor, Tensor, Tensor)");
   // Counter-based random numbers (philox_uniform_cpu.cpp; reference rhmfast/reference/philox.py).
   m.def("philox_uniform(Tensor counter, int seed, int bound) -> Tensor");
   // Patchwise layers (patch_conv*.cpp/.cu, token_patch_embed*.cpp/.cu, patch_conv_stack.cpp; reference

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "large_output_cpu.h"
 
@@ -30,7 +31,8 @@ std::pair<int64_t, int64_t> rules_range(const at::Tensor& rules) {
 }  // namespace
 
 PosteriorShape check_posterior_args(const at::Tensor& rules, const at::Tensor& owned, const at::Tensor& tokens,
-                                    const std::optional<at::Tensor>& mask, int64_t n_classes, int64_t v) {
+                                    const std::optional<at::Tensor>& mask, int64_t n_classes, int64_t v,
+                                    const std::optional<at::Tensor>& weights) {
   TORCH_CHECK_TYPE(rules.scalar_type() == at::kInt, "rhmfast: rules must be int32, got ", rules.scalar_type());
   TORCH_CHECK_VALUE(rules.dim() == 4, "rhmfast: rules must have shape [L, R, m, s], got ", rules.sizes());
   PosteriorShape g{};
@@ -73,6 +75,22 @@ PosteriorShape check_posterior_args(const at::Tensor& rules, const at::Tensor& o
                       ", got ", mask->sizes());
     TORCH_CHECK_VALUE(mask->device() == device, "rhmfast: mask must be on the rules' device ", device, ", got ",
                       mask->device());
+  }
+  if (weights.has_value()) {
+    TORCH_CHECK_TYPE(weights->scalar_type() == at::kDouble, "rhmfast: weights must be float64, got ",
+                     weights->scalar_type());
+    TORCH_CHECK_VALUE(weights->dim() == 3 && weights->size(0) == g.L && weights->size(1) == g.R &&
+                          weights->size(2) == g.m,
+                      "rhmfast: weights must have shape [L, R, m] = [", g.L, ", ", g.R, ", ", g.m, "], got ",
+                      weights->sizes());
+    TORCH_CHECK_VALUE(weights->device() == device, "rhmfast: weights must be on the rules' device ", device,
+                      ", got ", weights->device());
+    if (weights->numel() > 0) {
+      const auto [lo, hi] = at::aminmax(*weights);
+      const double min_w = lo.item<double>(), max_w = hi.item<double>();
+      TORCH_CHECK_VALUE(min_w >= 0 && std::isfinite(max_w), "rhmfast: weights must be finite and >= 0, found values in [",
+                        min_w, ", ", max_w, "]");
+    }
   }
   const auto [lo, hi] = rules_range(rules);
   TORCH_CHECK_VALUE(lo >= 0 && hi < v, "rhmfast: rules entries must be in [0, v=", v, "), found values in [", lo,

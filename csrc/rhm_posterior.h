@@ -8,6 +8,8 @@
 //   owned   bool [L][R]: owned[l][a] says level-l symbol a owns rules (its row of rules is meaningful);
 //           a symbol that owns none cannot occur at that level. Level 0 has n_classes symbols, the
 //           levels below v; R >= max(n_classes, v).
+//   weights float64 [L][R][m] or none: weights[l][a][c] = P(rule c | level-l symbol a), each owned row
+//           summing to 1 (Zipf productions); none = uniform, 1/m. The label prior is always uniform.
 //   tokens  [B][s^L] uint8/int16/int32/int64; mask bool [B][s^L] or none, true = hidden (marginalised).
 //           Visible tokens must lie in [0, v); hidden ones are never read.
 //   outputs posterior float64 [B][n_classes] = P(label | visible leaves);
@@ -46,7 +48,8 @@ using PosteriorResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // Checks dtypes, shapes, devices and the rule entries (in [0, v)); token values are checked where they
 // are read (CPU kernel) or just before the launch (CUDA glue).
 PosteriorShape check_posterior_args(const at::Tensor& rules, const at::Tensor& owned, const at::Tensor& tokens,
-                                    const std::optional<at::Tensor>& mask, int64_t n_classes, int64_t v);
+                                    const std::optional<at::Tensor>& mask, int64_t n_classes, int64_t v,
+                                    const std::optional<at::Tensor>& weights);
 
 // Throws the ValueError of a visible token outside [0, v) (the same words on every device).
 [[noreturn]] void fail_visible_token(int64_t value, int64_t v);

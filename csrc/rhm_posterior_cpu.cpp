@@ -7,9 +7,9 @@
 //
 // Samples are independent: at::parallel_for splits the batch and each thread runs one sample at a time
 // through its own buffers. Upward, level L-1 to 0: a node's message for symbol a is the sum over a's m
-// rules of the product of its children's messages at the rule's s symbols (the 1/m of each rule choice
-// is added to log_prob once at the end); every node below the root is normalised to sum 1 and the log
-// of the sum accumulated. Downward, level 0 to L-1: each rule of each symbol of a node
+// rules of the product of its children's messages at the rule's s symbols, times the rule's weight when
+// the grammar has weights (uniform ones: the 1/m of each rule choice is added to log_prob once at the end);
+// every node below the root is normalised to sum 1 and the log of the sum accumulated. Downward, level 0 to L-1: each rule of each symbol of a node
 // sends to child k its weight times the product of the other children's upward messages (prefix and
 // suffix products, O(s) per rule), and each child's message is normalised. Work per sample is
 // O(n_internal * max(n_classes, v) * m * s), about s^L * v * m.
@@ -32,9 +32,14 @@ namespace {
 struct Grammar {
   PosteriorShape g;
   const int32_t* rules;                      // [L][R][m][s]
+  const double* weights;                     // [L][R][m], or null: uniform
   std::vector<std::vector<int32_t>> owners;  // owners[l]: the level-l symbols (< width(l)) that own rules
   int64_t width(int64_t level) const { return level == 0 ? g.n_classes : g.v; }
   const int32_t* rows(int64_t level, int64_t symbol) const { return rules + ((level * g.R + symbol) * g.m) * g.s; }
+  // The row P(rule c | symbol), c < m, of a symbol; null for a uniform grammar (every rule counts 1).
+  const double* weight_row(int64_t level, int64_t symbol) const {
+    return weights == nullptr ? nullptr : weights + (level * g.R + symbol) * g.m;
+  }
 };
 
 // Per-thread buffers of one sample.
@@ -93,17 +98,20 @@ double upward(const Grammar& gr, Work& w) {
         const int64_t* leaf = w.leaf.data() + j * s;
         for (const int32_t a : gr.owners[level]) {
           const int32_t* r = gr.rows(level, a);
-          int64_t matches = 0;
-          for (int64_t c = 0; c < m; ++c, r += s) matches += rule_matches(leaf, r, s);
-          out[a] = static_cast<double>(matches);
+          const double* p = gr.weight_row(level, a);
+          double matches = 0;
+          for (int64_t c = 0; c < m; ++c, r += s)
+            if (rule_matches(leaf, r, s)) matches += p == nullptr ? 1.0 : p[c];
+          out[a] = matches;
         }
       } else {
         const double* child = w.up.data() + node_offset(g, child_first + j * s);  // s messages of v
         for (const int32_t a : gr.owners[level]) {
           const int32_t* r = gr.rows(level, a);
+          const double* p = gr.weight_row(level, a);
           double sum = 0;
           for (int64_t c = 0; c < m; ++c, r += s) {
-            double product = child[r[0]];
+            double product = p == nullptr ? child[r[0]] : p[c] * child[r[0]];
             for (int64_t k = 1; k < s; ++k) product *= child[k * v + r[k]];
             sum += product;
           }
@@ -122,9 +130,11 @@ double upward(const Grammar& gr, Work& w) {
     count /= s;
     first -= count;
   }
-  // Each internal node picked one of m rules, and the root one of n_classes labels.
-  return sums.log() - static_cast<double>(g.n_internal) * std::log(static_cast<double>(m)) -
-         std::log(static_cast<double>(g.n_classes));
+  // Each internal node picked one of m rules (weighted grammars: already in the sums), the root one of
+  // n_classes labels.
+  const double rule_choices =
+      gr.weights == nullptr ? static_cast<double>(g.n_internal) * std::log(static_cast<double>(m)) : 0.0;
+  return sums.log() - rule_choices - std::log(static_cast<double>(g.n_classes));
 }
 
 // Downward pass into leaf_out [d][v] (the sample's leaf_posterior row), after an upward pass that found
@@ -150,10 +160,12 @@ void downward(const Grammar& gr, Work& w, double* leaf_out) {
         for (const int32_t a : gr.owners[level]) {
           if (weight[a] == 0) continue;
           const int32_t* r = gr.rows(level, a);
+          const double* p = gr.weight_row(level, a);
           for (int64_t c = 0; c < m; ++c, r += s) {
             if (!rule_matches(leaf, r, s)) continue;
+            const double sent = p == nullptr ? weight[a] : weight[a] * p[c];
             for (int64_t k = 0; k < s; ++k)
-              if (leaf[k] < 0) target[k * v + r[k]] += weight[a];
+              if (leaf[k] < 0) target[k * v + r[k]] += sent;
           }
         }
         for (int64_t k = 0; k < s; ++k) {
@@ -165,8 +177,9 @@ void downward(const Grammar& gr, Work& w, double* leaf_out) {
         for (const int32_t a : gr.owners[level]) {
           if (weight[a] == 0) continue;
           const int32_t* r = gr.rows(level, a);
+          const double* p = gr.weight_row(level, a);
           for (int64_t c = 0; c < m; ++c, r += s) {
-            prefix[0] = weight[a];
+            prefix[0] = p == nullptr ? weight[a] : weight[a] * p[c];
             for (int64_t k = 0; k < s; ++k) prefix[k + 1] = prefix[k] * child[k * v + r[k]];
             double suffix = 1;  // product of the messages of children k+1 .. s-1
             for (int64_t k = s - 1; k >= 0; --k) {
@@ -228,14 +241,16 @@ void posterior_rows(const Grammar& gr, const Token* tokens, const bool* mask, do
 
 PosteriorResult rhm_posterior_cpu(const at::Tensor& rules_in, const at::Tensor& owned_in, const at::Tensor& tokens_in,
                                   const std::optional<at::Tensor>& mask_in, int64_t n_classes, int64_t v,
-                                  bool leaves) {
+                                  bool leaves, const std::optional<at::Tensor>& weights_in) {
   TORCH_CHECK_VALUE(rules_in.is_cpu(), "rhmfast: rules must be a CPU tensor here, got ", rules_in.device());
   Grammar gr;
-  gr.g = check_posterior_args(rules_in, owned_in, tokens_in, mask_in, n_classes, v);
+  gr.g = check_posterior_args(rules_in, owned_in, tokens_in, mask_in, n_classes, v, weights_in);
   const PosteriorShape& g = gr.g;
   const at::Tensor rules = rules_in.contiguous(), owned = owned_in.contiguous(), tokens = tokens_in.contiguous();
   const at::Tensor mask = mask_in.has_value() ? mask_in->contiguous() : at::Tensor();
+  const at::Tensor weights = weights_in.has_value() ? weights_in->contiguous() : at::Tensor();
   gr.rules = rules.data_ptr<int32_t>();
+  gr.weights = weights.defined() ? weights.data_ptr<double>() : nullptr;
   const bool* own = owned.data_ptr<bool>();
   gr.owners.resize(g.L);
   for (int64_t level = 0; level < g.L; ++level)

@@ -2,7 +2,8 @@
 // as the CPU kernel (rhm_posterior_cpu.cpp), equal to it up to float64 rounding.
 //
 // Data layout contract (in full in csrc/rhm_posterior.h)
-//   rules    int32 [L][R][m][s], entries in [0, v); owned bool [L][R].
+//   rules    int32 [L][R][m][s], entries in [0, v); owned bool [L][R]; weights float64 [L][R][m]
+//            (P(rule | symbol)) or null (uniform).
 //   tokens   [batch][s^L] of 1, 2, 4 or 8-byte integers, visible ones in [0, v) (checked by the glue);
 //            mask bool [batch][s^L] (true = hidden) or null.
 //   outputs  posterior [batch][n_classes], log_prob [batch], leaf_posterior [batch][s^L][v] or null.
@@ -35,6 +36,7 @@ constexpr unsigned kFullMask = 0xffffffffu;
 struct Args {
   const int32_t* rules;
   const bool* owned;
+  const double* weights;  // null: uniform
   const bool* mask;
   int64_t batch, L, R, m, s, v, n_classes, d, n_internal;
   double* posterior;
@@ -66,6 +68,12 @@ __device__ __forceinline__ bool rule_matches(const Args& a, const Token* __restr
   return true;
 }
 
+// The weight of rule c of a level's symbol: P(rule c | symbol), or 1 for a uniform grammar (its 1/m per node
+// is taken out of log_prob at the end).
+__device__ __forceinline__ double rule_weight(const Args& a, int64_t level, int64_t symbol, int64_t c) {
+  return a.weights == nullptr ? 1.0 : a.weights[(level * a.R + symbol) * a.m + c];
+}
+
 __device__ __forceinline__ double warp_sum(double x) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(kFullMask, x, offset);
   return x;
@@ -87,11 +95,12 @@ __device__ __forceinline__ double upward(const Args& a, const Token* __restrict_
       if (a.owned[level * a.R + symbol]) {
         const int32_t* r = a.rules + (level * a.R + symbol) * a.m * a.s;
         if (level == a.L - 1) {
-          for (int64_t c = 0; c < a.m; ++c, r += a.s) sum += rule_matches(a, tokens, b, j * a.s, r) ? 1.0 : 0.0;
+          for (int64_t c = 0; c < a.m; ++c, r += a.s)
+            if (rule_matches(a, tokens, b, j * a.s, r)) sum += rule_weight(a, level, symbol, c);
         } else {
           const double* child = up + node_offset(a, child_first + j * a.s);
           for (int64_t c = 0; c < a.m; ++c, r += a.s) {
-            double product = child[r[0]];
+            double product = rule_weight(a, level, symbol, c) * child[r[0]];
             for (int64_t k = 1; k < a.s; ++k) product *= child[k * a.v + r[k]];
             sum += product;
           }
@@ -152,7 +161,7 @@ __device__ __forceinline__ void downward(const Args& a, const Token* __restrict_
         if (!a.owned[level * a.R + symbol] || weight[symbol] == 0) continue;
         const int32_t* r = a.rules + (level * a.R + symbol) * a.m * a.s;
         for (int64_t c = 0; c < a.m; ++c, r += a.s) {
-          double others = weight[symbol];
+          double others = weight[symbol] * rule_weight(a, level, symbol, c);
           if (leaves) {
             // Leaf messages are 0/1 and this leaf is hidden: all or nothing, as the rule agrees or not.
             if (!rule_matches(a, tokens, b, j * a.s, r)) continue;
@@ -195,10 +204,11 @@ __global__ void posterior_kernel(Args a, const Token* __restrict__ tokens) {
     }
     root_total = __shfl_sync(kFullMask, root_total, 0);
     for (int64_t t = lane; t < a.n_classes; t += kWarp) post[t] = up[t] / root_total;
-    // Each internal node picked one of m rules, and the root one of n_classes labels.
-    if (lane == 0)
-      a.log_prob[b] = log_sum - static_cast<double>(a.n_internal) * log(static_cast<double>(a.m)) -
-                      log(static_cast<double>(a.n_classes));
+    // Each internal node picked one of m rules (weighted grammars: already in the sums), the root one of
+    // n_classes labels.
+    const double rule_choices =
+        a.weights == nullptr ? static_cast<double>(a.n_internal) * log(static_cast<double>(a.m)) : 0.0;
+    if (lane == 0) a.log_prob[b] = log_sum - rule_choices - log(static_cast<double>(a.n_classes));
     if (a.leaf_posterior != nullptr) downward(a, tokens, b, up, down, lane);
     __syncwarp();
   }
@@ -243,6 +253,7 @@ cudaError_t rhm_posterior_cuda_launch(const RhmPosteriorLaunch& p, cudaStream_t 
   Args a;
   a.rules = p.rules;
   a.owned = p.owned;
+  a.weights = p.weights;
   a.mask = p.mask;
   a.batch = p.batch;
   a.L = p.L;

@@ -28,19 +28,21 @@ void check_visible_tokens(const at::Tensor& tokens, const std::optional<at::Tens
 
 PosteriorResult rhm_posterior_cuda(const at::Tensor& rules_in, const at::Tensor& owned_in, const at::Tensor& tokens_in,
                                    const std::optional<at::Tensor>& mask_in, int64_t n_classes, int64_t v,
-                                   bool leaves) {
+                                   bool leaves, const std::optional<at::Tensor>& weights_in) {
   TORCH_CHECK_VALUE(rules_in.is_cuda(), "rhmfast: rules must be a CUDA tensor here, got ", rules_in.device());
-  const PosteriorShape g = check_posterior_args(rules_in, owned_in, tokens_in, mask_in, n_classes, v);
+  const PosteriorShape g = check_posterior_args(rules_in, owned_in, tokens_in, mask_in, n_classes, v, weights_in);
   const c10::cuda::CUDAGuard guard(rules_in.device());
   const at::Tensor rules = rules_in.contiguous(), owned = owned_in.contiguous(), tokens = tokens_in.contiguous();
   const std::optional<at::Tensor> mask =
       mask_in.has_value() ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  const at::Tensor weights = weights_in.has_value() ? weights_in->contiguous() : at::Tensor();
   check_visible_tokens(tokens, mask, v);
   auto [posterior, log_prob, leaf_posterior] = allocate_posterior_outputs(g, leaves, rules.options());
 
   RhmPosteriorLaunch job{};
   job.rules = rules.data_ptr<int32_t>();
   job.owned = owned.data_ptr<bool>();
+  job.weights = weights.defined() ? weights.data_ptr<double>() : nullptr;
   job.tokens = tokens.data_ptr();
   job.token_bytes = static_cast<int32_t>(tokens.element_size());
   job.mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;

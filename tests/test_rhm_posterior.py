@@ -107,6 +107,69 @@ def test_matches_brute_force(case, impl, rng):
             assert_close_with_nan(a, e, f"{case} mask={name} {what}")
 
 
+def random_weights(g, gen, zeros: bool = False) -> torch.Tensor:
+    """Rule probabilities [L, R, m] for g's table: random rows summing to 1 (with ``zeros``, some rules never
+    chosen, as Zipf with exponent inf does)."""
+    L, R, m, _ = g.table().shape
+    w = torch.rand(L, R, m, generator=gen, dtype=torch.float64) + 0.05
+    if zeros:
+        w[..., 1:] *= torch.rand(L, R, m - 1, generator=gen, dtype=torch.float64) < 0.5
+    return w / w.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] > 1][::3], ids=lambda c: "-".join(map(str, c)))
+def test_weighted_rules_match_brute_force(case, impl, rng):
+    """With rule probabilities (Zipf productions), posterior, log_prob and leaf_posterior equal the exact sums
+    of derivation probabilities (label 1/n_classes times the weight of every rule choice), some rules of
+    weight 0 included, under every mask."""
+    sampler, v, m, s, L, n_classes = case
+    g = rhmfast.RHM(v, m, s, L, n_classes=n_classes, seed=rng.randrange(1000), rules=sampler)
+    gen = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    n_internal = (s**L - 1) // (s - 1)
+    table = g.table().long()
+    op = torch.ops.rhmfast.rhm_posterior if impl == "kernel" else reference.rhm_posterior
+    for zeros in (False, True):
+        w = random_weights(g, gen, zeros)
+        leaves, labels, probs = [], [], []
+        for label in range(n_classes):
+            for choices in itertools.product(range(m), repeat=n_internal):
+                tree = expand_py(g, label, choices)
+                p = 1.0 / n_classes
+                node = 0
+                for level in range(L):
+                    for symbol in tree[level]:
+                        p *= float(w[level, symbol, choices[node]])
+                        node += 1
+                leaves.append(tree[-1])
+                labels.append(label)
+                probs.append(p)
+        all_leaves, prob = torch.tensor(leaves), torch.tensor(probs, dtype=torch.float64)
+        tokens = torch.cat([all_leaves.unique(dim=0), torch.randint(0, v, (16, g.input_dim))])
+        for name, mask in masks(rng, tokens.shape[0], g.input_dim).items():
+            hidden = torch.zeros(tokens.shape, dtype=torch.bool) if mask is None else mask
+            agree = ((all_leaves.unsqueeze(0) == tokens.unsqueeze(1)) | hidden.unsqueeze(1)).all(-1).double() * prob
+            total = agree.sum(1)
+            expected = (agree @ torch.nn.functional.one_hot(torch.tensor(labels), n_classes).double() / total[:, None],
+                        total.log(),
+                        torch.einsum("bn,nit->bit", agree, torch.nn.functional.one_hot(all_leaves, v).double())
+                        / total.view(-1, 1, 1))
+            actual = op(table.int(), inference._owned(g, CPU), tokens, mask, n_classes, v, True, w)
+            for what, a, e in zip(("posterior", "log_prob", "leaf_posterior"), actual, expected):
+                assert_close_with_nan(a, e, f"{case} zeros={zeros} mask={name} {what}")
+
+
+def test_uniform_weights_equal_no_weights(rng):
+    """Weights 1/m everywhere give the uniform grammar's results (to rounding)."""
+    g = rhmfast.RHM(6, 3, 2, 4, seed=rng.randrange(1000))
+    tokens, _ = g.sample(50, seed=1)
+    mask = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    uniform = torch.full((*g.table().shape[:3],), 1 / 3, dtype=torch.float64)
+    for a, e in zip(run("kernel", g, tokens, mask), torch.ops.rhmfast.rhm_posterior(
+            g.table(), inference._owned(g, CPU), tokens, mask, g.n_classes, g.v, True, uniform)):
+        assert torch.allclose(a, e, rtol=0, atol=1e-12, equal_nan=True)
+
+
 def test_pcsl_2023_case_has_symbols_without_rules():
     """The last brute-force case exercises partial rule ownership, and _owned marks exactly the parents."""
     sampler, v, m, s, L, n_classes = CASES[-1]
@@ -306,10 +369,11 @@ def _opcheck_cases():
         (*args(g), tokens.long(), mask, 5, 5, False),
         (*args(g), tokens[:0], None, 5, 5, True),
         (*args(g23), tokens23.to(torch.int16), torch.ones(5, 8, dtype=torch.bool), 1, 4, True),
+        (*args(g), tokens, mask, 5, 5, True, random_weights(g, torch.Generator().manual_seed(0))),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_opcheck(case):
     """torch.library.opcheck passes its default checks (schema, fake tensor, autograd registration: float64
     outputs of integer data with no autograd formula, and AOT dispatch)."""
@@ -422,6 +486,15 @@ def test_op_argument_checks(impl):
     for error, words, args in cases:
         with pytest.raises(error, match=words):
             op(*args, True)
+    weights = torch.full((3, 4, 2), 0.5, dtype=torch.float64)
+    negative = weights.clone()
+    negative[0, 1, 1] = -0.5
+    for error, words, w in [(TypeError, "weights must be float64", weights.float()),
+                            (ValueError, r"weights must have shape \[L, R, m\] = \[3, 4, 2\]", weights[:, :, :1]),
+                            (ValueError, r"weights must be finite and >= 0", negative),
+                            (ValueError, r"weights must be finite and >= 0", weights * math.nan)]:
+        with pytest.raises(error, match=words):
+            op(table, owned, tokens, None, 4, 4, True, w)
 
 
 # ---- CUDA -------------------------------------------------------------------------------------------
@@ -444,6 +517,13 @@ def test_cuda_matches_cpu(sampler, rng):
                         assert a.is_cuda and a.shape == e.shape
                         assert torch.equal(a.cpu().isnan(), e.isnan())
                         assert torch.allclose(a.cpu(), e, rtol=1e-12, atol=1e-12, equal_nan=True)
+        w = random_weights(g, torch.Generator().manual_seed(rng.randrange(1 << 30)), zeros=True)
+        table, owned = g.table(), inference._owned(g, CPU)
+        cpu = torch.ops.rhmfast.rhm_posterior(table, owned, tokens, None, g.n_classes, v, True, w)
+        gpu = torch.ops.rhmfast.rhm_posterior(table.cuda(), owned.cuda(), tokens.cuda(), None, g.n_classes, v, True,
+                                              w.cuda())
+        for a, e in zip(gpu, cpu):
+            assert torch.allclose(a.cpu(), e, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 @pytest.mark.cuda

@@ -2,7 +2,8 @@
 by belief propagation on the fixed s-ary tree (the ``rhm_posterior`` op).
 
 The model is the grammar's generative law: a uniform label, then every node of every level picks one of
-its symbol's m rules uniformly and independently. The grammar is unambiguous, so with every leaf visible
+its symbol's m rules independently, uniformly or with the grammar's rule probabilities (Zipf productions:
+``RHM.rule_probs``). The grammar is unambiguous, so with every leaf visible
 the posterior is one-hot on the string's only label; hiding leaves (``mask`` True) marginalises them.
 One upward pass (and for ``leaf_posterior`` one downward pass) per sample, about s^L * v * m operations,
 with messages normalised at every node so nothing underflows however deep the tree.
@@ -58,8 +59,9 @@ def infer(grammar, tokens: torch.Tensor, mask: torch.Tensor | None = None, *, le
     if not isinstance(leaves, bool):
         raise TypeError(f"rhmfast: leaves must be a bool, got {type(leaves).__name__}")
     table = grammar.table(tokens.device)
+    weights = grammar.rule_probs(table.device) if hasattr(grammar, "rule_probs") else None
     return Inference(*rhm_posterior(table, _owned(grammar, table.device), tokens, mask, grammar.n_classes,
-                                    grammar.v, leaves))
+                                    grammar.v, leaves, weights))
 
 
 def _check_grammar(grammar) -> None:

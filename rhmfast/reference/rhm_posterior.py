@@ -16,7 +16,7 @@ import torch
 from rhmfast.reference.token_patch_embed import TOKEN_DTYPES
 
 
-def check_args(rules, owned, tokens, mask, n_classes: int, v: int, values: bool = True) -> None:
+def check_args(rules, owned, tokens, mask, n_classes: int, v: int, weights=None, values: bool = True) -> None:
     """The checks of csrc/rhm_posterior.cpp, with the same words; with ``values`` also those that read the
     data (rule entries, visible tokens), which the fake kernel cannot."""
     if rules.dtype != torch.int32:
@@ -60,8 +60,19 @@ def check_args(rules, owned, tokens, mask, n_classes: int, v: int, values: bool 
                              f"got {list(mask.shape)}")
         if mask.device != device:
             raise ValueError(f"rhmfast: mask must be on the rules' device {device}, got {mask.device}")
+    if weights is not None:
+        if weights.dtype != torch.float64:
+            raise TypeError(f"rhmfast: weights must be float64, got {weights.dtype}")
+        if tuple(weights.shape) != (L, R, m):
+            raise ValueError(f"rhmfast: weights must have shape [L, R, m] = [{L}, {R}, {m}], got {list(weights.shape)}")
+        if weights.device != device:
+            raise ValueError(f"rhmfast: weights must be on the rules' device {device}, got {weights.device}")
     if not values:
         return
+    if weights is not None and weights.numel() > 0:
+        lo, hi = (float(w) for w in torch.aminmax(weights))
+        if not (lo >= 0 and math.isfinite(hi)):
+            raise ValueError(f"rhmfast: weights must be finite and >= 0, found values in [{lo:g}, {hi:g}]")
     lo, hi = int(rules.min()), int(rules.max())
     if lo < 0 or hi >= v:
         raise ValueError(f"rhmfast: rules entries must be in [0, v={v}), found values in [{lo}, {hi}]")
@@ -79,9 +90,10 @@ def _normalise(messages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rhm_posterior(rules: torch.Tensor, owned: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
-                  n_classes: int, v: int, leaves: bool):
-    """(posterior [B, n_classes], log_prob [B], leaf_posterior [B, s^L, v] or [0] without leaves), float64."""
-    check_args(rules, owned, tokens, mask, n_classes, v)
+                  n_classes: int, v: int, leaves: bool, weights: torch.Tensor | None = None):
+    """(posterior [B, n_classes], log_prob [B], leaf_posterior [B, s^L, v] or [0] without leaves), float64.
+    weights: float64 [L, R, m], P(rule | symbol), or None for uniform rules."""
+    check_args(rules, owned, tokens, mask, n_classes, v, weights)
     L, _, m, s = rules.shape
     B, d = tokens.shape
     device = rules.device
@@ -91,14 +103,16 @@ def rhm_posterior(rules: torch.Tensor, owned: torch.Tensor, tokens: torch.Tensor
     one_hot = torch.nn.functional.one_hot(observed, v).to(torch.float64)
     leaf_up = torch.where(hidden.unsqueeze(-1), 1.0, one_hot)  # [B, d, v]
 
-    def level_rules(level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rule table [W, m, s] of the level's W symbols and whether each owns rules [W]."""
+    def level_rules(level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rule table [W, m, s] of the level's W symbols, whether each owns rules [W] and the rules'
+        weights [W, m] (ones for uniform rules: their 1/m per node is taken out of log_prob at the end)."""
         width = n_classes if level == 0 else v
-        return rules[level, :width].to(torch.int64), owned[level, :width]
+        weight = torch.ones(width, m, **f64) if weights is None else weights[level, :width]
+        return rules[level, :width].to(torch.int64), owned[level, :width], weight
 
     def child_values(level: int, up_below: torch.Tensor) -> list[torch.Tensor]:
         """For each position k, child k's upward message at every rule's k-th symbol: [B, nodes, W, m]."""
-        table, _ = level_rules(level)
+        table, _, _ = level_rules(level)
         children = up_below.reshape(B, s**level, s, v)
         return [children[:, :, k, :][..., table[:, :, k]] for k in range(s)]
 
@@ -107,12 +121,13 @@ def rhm_posterior(rules: torch.Tensor, owned: torch.Tensor, tokens: torch.Tensor
     log_sum = torch.zeros(B, **f64)
     possible = torch.ones(B, dtype=torch.bool, device=device)
     for level in range(L - 1, -1, -1):
-        _, is_owner = level_rules(level)
-        messages = torch.stack(child_values(level, up[level + 1])).prod(0).sum(-1) * is_owner  # [B, n, W]
+        _, is_owner, weight = level_rules(level)
+        messages = (torch.stack(child_values(level, up[level + 1])).prod(0) * weight).sum(-1) * is_owner  # [B, n, W]
         up[level], total = _normalise(messages)
         possible &= (total > 0).all(1)
         log_sum += torch.where(total > 0, total, 1.0).log().sum(1)
-    log_prob = log_sum - (d - 1) // (s - 1) * math.log(m) - math.log(n_classes)
+    rule_choices = (d - 1) // (s - 1) * math.log(m) if weights is None else 0.0
+    log_prob = log_sum - rule_choices - math.log(n_classes)
     log_prob = torch.where(possible, log_prob, -math.inf)
     posterior = torch.where(possible.unsqueeze(1), up[0][:, 0], math.nan)
     if not leaves:
@@ -120,9 +135,9 @@ def rhm_posterior(rules: torch.Tensor, owned: torch.Tensor, tokens: torch.Tensor
 
     down = torch.ones(B, 1, n_classes, **f64)  # the uniform label prior, up to a constant
     for level in range(L):
-        table, is_owner = level_rules(level)
+        table, is_owner, rule_weight = level_rules(level)
         values = child_values(level, up[level + 1])
-        weight = (down * is_owner).unsqueeze(-1)  # [B, n, W, 1]
+        weight = (down * is_owner).unsqueeze(-1) * rule_weight  # [B, n, W, m]
         nodes = s**level
         children = []
         for k in range(s):

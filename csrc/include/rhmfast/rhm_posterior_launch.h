@@ -11,6 +11,7 @@ namespace rhmfast {
 struct RhmPosteriorLaunch {
   const int32_t* rules;   // [L][R][m][s], entries in [0, v)
   const bool* owned;      // [L][R]
+  const double* weights;  // [L][R][m], P(rule | symbol); null: uniform
   const void* tokens;     // [batch][d], visible ones already checked to lie in [0, v)
   int32_t token_bytes;    // 1 (uint8), 2 (int16), 4 (int32) or 8 (int64)
   const bool* mask;       // [batch][d], true = hidden; null: all visible
