@@ -5,11 +5,16 @@ import math
 
 import torch
 
+from rhmfast.data import variants
+
 COLLISION_DISTANCE = 1e-12  # label posteriors closer than this count as identical (float64 rounding is ~1e-16)
 
 
 class ExactStatistics:
-    """Available as ``grammar.exact``. Levels count from the root: level 0 holds the label."""
+    """Available as ``grammar.exact``. Levels count from the root: level 0 holds the label. The rules are
+    weighted by their probabilities (``grammar.rule_probs()``; 1/m for uniform productions) and the label
+    is uniform. A sparse grammar's statistics are those of its dense strings (the slots are independent of
+    the symbols)."""
 
     def __init__(self, grammar):
         self._g = grammar
@@ -19,16 +24,21 @@ class ExactStatistics:
 
     def transition(self, level: int) -> torch.Tensor:
         """First-token transition matrix of level ``level`` -> ``level + 1``, float64
-        [n_symbols(level), v]: entry (a, b) = #{rules of a whose first child is b} / m. Rows of
-        symbols that own no rules (possible with pcsl-2023) are zero."""
+        [n_symbols(level), v]: entry (a, b) = the probability of the rules of a whose first child is b
+        (#{such rules} / m for uniform productions). Rows of symbols that own no rules (possible with
+        pcsl-2023) are zero."""
         g = self._g
         if not 0 <= level < g.L:
             raise ValueError(f"level must be in [0, L-1 = {g.L - 1}], got {level}")
         matrix = torch.zeros(self.n_symbols(level), g.v, dtype=torch.float64)
         rows = g.parents[level].unsqueeze(1).expand(-1, g.m)
         matrix.index_put_((rows.reshape(-1), g.rules[level][:, :, 0].reshape(-1)),
-                          torch.full((rows.numel(),), 1.0 / g.m, dtype=torch.float64), accumulate=True)
+                          self._rule_law(level).expand(rows.shape).reshape(-1), accumulate=True)
         return matrix
+
+    def _rule_law(self, level: int) -> torch.Tensor:
+        """float64 [m]: the probability of each rule index at this level (every symbol has the same law)."""
+        return variants.level_probabilities(self._g)[level]
 
     def first_symbol_law(self, level: int) -> torch.Tensor:
         """Joint law of (label, first symbol of level ``level``), float64 [n_classes, n_symbols(level)]:
@@ -73,7 +83,8 @@ class ExactStatistics:
           that can stand first (synonyms share q); ``math.inf`` with fewer than two such parents;
         - ``K_rho``: rho * m^(l/2), the constant of part (b);
         - ``collisions``: pairs of such parents whose posteriors are closer than 1e-12 (part (b) fails);
-        - ``never_first``: patches that never stand first (part (a) fails);
+        - ``never_first``: patches that never stand first (part (a) fails): those of parents that never
+          stand first and, with Zipf productions, those of rules of probability 0 (zipf_exponent = inf);
         - ``kappa``: 1 / (|P_l| * min over patches of P[first level-l patch = mu]), |P_l| = n_parents * m;
           ``math.inf`` when never_first > 0.
         """
@@ -92,8 +103,12 @@ class ExactStatistics:
             first_of_pair, second_of_pair = torch.triu_indices(len(q), len(q), offset=1)
             distances = torch.cdist(q, q, compute_mode="donot_use_mm_for_euclid_dist")[first_of_pair, second_of_pair]
             rho = float(distances.min()) if distances.numel() else math.inf
-            never_first = int((first == 0).sum()) * g.m
-            kappa = math.inf if never_first else 1.0 / (len(first) * float(first.min()))
+            rule_law = self._rule_law(level - 1)
+            never_first = int((first == 0).sum()) * g.m + int((first > 0).sum()) * int((rule_law == 0).sum())
+            # The least likely patch is the least likely rule of the least likely parent; m * (1/m) is not
+            # always exactly 1 in floating point, so the uniform case keeps its exact form.
+            least_rule = 1.0 if g.production == "uniform" else g.m * float(rule_law.min())
+            kappa = math.inf if never_first else 1.0 / (len(first) * float(first.min()) * least_rule)
             yield dict(level=level, rho=rho, K_rho=rho * g.m ** (level / 2),
                        collisions=int((distances < COLLISION_DISTANCE).sum()), never_first=never_first, kappa=kappa)
             if level < g.L:

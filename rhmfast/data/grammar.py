@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import random
@@ -11,7 +12,7 @@ from typing import Iterator
 import torch
 
 from rhmfast._checks import check_device, check_int, check_seed
-from rhmfast.data import rule_samplers
+from rhmfast.data import rule_samplers, variants
 from rhmfast.data.exact import ExactStatistics
 from rhmfast.ops.rhm_sample import rhm_decode, rhm_sample
 from rhmfast.reference import rhm_sample as sample_ref
@@ -59,15 +60,30 @@ class RHM:
     n_classes : number of labels (root symbols); default v.
     seed : seed of the rule sampler.
     rules : the rule sampler, ``"pcsl"`` (default), ``"pcsl-2023"`` or ``"first-token-uniform"``.
+    production : ``"uniform"`` (default: every rule of a symbol equally likely) or ``"zipf"``: at the levels
+        ``zipf_levels`` (None: every level 0 .. L-1) rule i of a symbol (i = 0 .. m-1, in the order of
+        ``rules``) has probability ∝ (i + 1)^-(1 + a), a = ``zipf_exponent`` (a real number >= 0, or math.inf:
+        always rule 0); the label stays uniform (Cagnetta, Kang & Wyart 2025; ``rhmfast.data.variants``).
+    sparsity : s0 >= 0; s0 > 0 makes the sparse RHM (Tomasini & Wyart 2024): every child sits in one of s0 + 1
+        slots of its own block, uniformly at random, the other slots holding the blank token v; inputs have
+        (s(s0+1))^L tokens in [0, v]. Zipf productions and sparsity combine.
 
     Attributes: ``v, m, s, L, n_classes, seed, sampler``; ``rules`` (list of L int64 tensors, level 0
     first, [n_parents, m, s]); ``parents`` (the symbol of each row of ``rules[l]``: all symbols except
-    for pcsl-2023, where only the symbols occurring in the level above own rules); ``input_dim``
-    (s**L); ``pmax`` (the number of distinct inputs, an exact Python int); ``exact`` (exact statistics).
+    for pcsl-2023, where only the symbols occurring in the level above own rules); ``production``,
+    ``zipf_exponent`` (None for uniform productions), ``zipf_levels`` (None: every level), ``sparsity``;
+    ``input_dim`` (tokens of an input: s**L, or (s(s0+1))**L when sparse); ``input_vocab`` (token ids a
+    model must embed: v, or v + 1 when sparse); ``patch_size`` (s, or s(s0+1) when sparse); ``blank`` (v when
+    sparse, else None); ``pmax`` (the number of distinct dense inputs, an exact Python int: the domain of
+    index mode and decode; a sparse grammar has pmax * (s0+1)^(number of non-root nodes) distinct inputs);
+    ``exact`` (exact statistics).
+
+    The rules do not depend on production or sparsity: the variants of a grammar share its rules.
     """
 
     def __init__(self, v: int, m: int, s: int, L: int, n_classes: int | None = None, seed: int = 0,
-                 rules: str = "pcsl"):
+                 rules: str = "pcsl", *, production: str = "uniform", zipf_exponent: float | None = None,
+                 zipf_levels=None, sparsity: int = 0):
         v = check_int("v", v, 2, _MAX_SYMBOLS)
         m = check_int("m", m, 1)
         s = check_int("s", s, 2)
@@ -76,6 +92,10 @@ class RHM:
         seed = check_int("seed", seed, 0)
         if not isinstance(rules, str) or rules not in rule_samplers.SAMPLERS:
             raise ValueError(f"rules must be one of {sorted(rule_samplers.SAMPLERS)}, got {rules!r}")
+        production = variants.check_production(production)
+        zipf_exponent = variants.check_zipf_exponent(zipf_exponent, production)
+        zipf_levels = variants.check_zipf_levels(zipf_levels, L, production)
+        sparsity = variants.check_sparsity(sparsity)
         if n_classes * m > v**s:
             raise ValueError(f"n_classes * m must be <= v^s = {v**s} (each label needs m distinct s-tuples), "
                              f"got n_classes * m = {n_classes * m}")
@@ -87,15 +107,24 @@ class RHM:
             if m > v ** (s - 1):
                 raise ValueError(f"rules='first-token-uniform' needs m <= v^(s-1) = {v ** (s - 1)}, got m = {m}")
         levels = rule_samplers.SAMPLERS[rules](v, n_classes, m, s, L, seed)
-        self._init(v, m, s, L, n_classes, seed, rules, [p for p, _ in levels], [r for _, r in levels])
+        self._init(v, m, s, L, n_classes, seed, rules, [p for p, _ in levels], [r for _, r in levels],
+                   production, zipf_exponent, zipf_levels, sparsity)
 
-    def _init(self, v, m, s, L, n_classes, seed, sampler, parents, rules):
+    def _init(self, v, m, s, L, n_classes, seed, sampler, parents, rules, production="uniform", zipf_exponent=None,
+              zipf_levels=None, sparsity=0):
         self.v, self.m, self.s, self.L, self.n_classes = v, m, s, L, n_classes
         self.seed, self.sampler = seed, sampler
         self.parents = [p.to(torch.int64) for p in parents]
         self.rules = [r.to(torch.int64) for r in rules]
-        self.input_dim = s**L
+        self.production, self.zipf_exponent, self.zipf_levels = production, zipf_exponent, zipf_levels
+        self.sparsity = sparsity
+        self.blank = v if sparsity else None
+        self.input_vocab = v + 1 if sparsity else v
+        self.patch_size = s * (sparsity + 1)
+        self.input_dim = self.patch_size**L
         self.pmax = n_classes * sample_ref.per_class_count(m, s, L)
+        self._rule_probs = {}  # per device; empty for uniform productions
+        self._dense = None  # the dense grammar of a sparse one (same rules and productions), made when needed
         # Kernel table: int32 [L, R, m, s], rows indexed by symbol id (rows of symbols without rules stay 0
         # and are never read).
         table = torch.zeros(L, max(v, n_classes), m, s, dtype=torch.int32)
@@ -105,8 +134,16 @@ class RHM:
         self.exact = ExactStatistics(self)
 
     def __repr__(self) -> str:
+        options = ""
+        if self.production != "uniform":
+            exponent = "math.inf" if math.isinf(self.zipf_exponent) else repr(self.zipf_exponent)
+            options += f", production={self.production!r}, zipf_exponent={exponent}"
+            if self.zipf_levels is not None:
+                options += f", zipf_levels={self.zipf_levels!r}"
+        if self.sparsity:
+            options += f", sparsity={self.sparsity}"
         return (f"RHM(v={self.v}, m={self.m}, s={self.s}, L={self.L}, n_classes={self.n_classes}, "
-                f"seed={self.seed}, rules={self.sampler!r})")
+                f"seed={self.seed}, rules={self.sampler!r}{options})")
 
     @staticmethod
     def _device(device) -> torch.device:
@@ -124,8 +161,43 @@ class RHM:
             self._tables[device] = self._tables[torch.device("cpu")].to(device)
         return self._tables[device]
 
+    def rule_probs(self, device="cpu") -> torch.Tensor | None:
+        """The probability of every rule of every symbol at every level, float64 [L, R, m] (R = the rows of
+        ``table()``; rows of symbols that own no rules are zero) on ``device`` (cached), or None for uniform
+        productions."""
+        if self.production == "uniform":
+            return None
+        device = self._device(device)
+        cpu = torch.device("cpu")
+        if cpu not in self._rule_probs:
+            probs = torch.zeros(self.table().shape[:3], dtype=torch.float64)
+            for level, (parents, law) in enumerate(zip(self.parents, variants.level_probabilities(self))):
+                probs[level, parents] = law
+            self._rule_probs[cpu] = probs
+        if device not in self._rule_probs:
+            self._rule_probs[device] = self._rule_probs[cpu].to(device)
+        return self._rule_probs[device]
+
+    def dense_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The dense strings [B, s^L] of inputs [B, input_dim] (tokens' dtype): for a sparse grammar their
+        non-blank tokens in order, after checking that every string is well-formed (ids in [0, v], exactly one
+        informative token in each child's block of s0 + 1 slots below an informative position, only blanks
+        below a blank: a ValueError names the first sample and patch that is not); a dense grammar's inputs
+        are returned as they are, once their shape and ids are checked."""
+        return variants.dense_strings(self, tokens, self.L)
+
+    def _dense_grammar(self) -> "RHM":
+        """This grammar without sparsity (the same rules and productions): the law of the dense strings."""
+        if not self.sparsity:
+            return self
+        if self._dense is None:
+            self._dense = RHM.__new__(RHM)
+            self._dense._init(self.v, self.m, self.s, self.L, self.n_classes, self.seed, self.sampler, self.parents,
+                              self.rules, self.production, self.zipf_exponent, self.zipf_levels)
+        return self._dense
+
     def _dtype(self, dtype, return_tree: bool) -> torch.dtype:
-        top = max(self.v, self.n_classes if return_tree else 0) - 1
+        top = max(self.input_vocab, self.n_classes if return_tree else 0) - 1
         if dtype is None:
             for candidate in _TOKEN_DTYPES:
                 if top <= torch.iinfo(candidate).max:
@@ -142,7 +214,7 @@ class RHM:
         memory of the device: the physical memory for the CPU, the GPU's total memory for CUDA."""
         per_sample = self.input_dim * dtype.itemsize + 8  # tokens, and the int64 label
         if return_tree:
-            per_sample += (self.input_dim - 1) // (self.s - 1) * dtype.itemsize  # levels 0 .. L-1
+            per_sample += (self.input_dim - 1) // (self.patch_size - 1) * dtype.itemsize  # levels 0 .. L-1
         need = n * per_sample
         if device.type == "cpu":
             try:
@@ -169,18 +241,23 @@ class RHM:
                dtype: torch.dtype | None = None, return_tree: bool = False):
         """Draw samples ``start .. start+n-1`` of the stream ``(seed, mode)``.
 
-        Returns ``(tokens [n, s^L], labels [n] int64)``, and with ``return_tree=True`` also the latent
+        Returns ``(tokens [n, input_dim], labels [n] int64)``, and with ``return_tree=True`` also the latent
         tree: a list of L+1 tensors, level l of shape [n, s^l] (level 0 the label, level L the tokens).
         Sample number i depends only on (grammar, seed, mode, i): never on n, chunking, threads, backend
-        or device. ``mode="iid"``: uniform label and rule choices. ``mode="index"``: sample i is datum
-        number pi(i) for a keyed pseudo-random permutation pi of [0, pmax) -- exact sampling without
-        replacement (needs pmax < 2^63; disjoint ranges of i give disjoint sets).
+        or device. ``mode="iid"``: uniform label and rule choices (Zipf productions: the label uniform, the
+        rules drawn with their probabilities, see ``rhmfast.data.variants``). ``mode="index"``: sample i is
+        datum number pi(i) for a keyed pseudo-random permutation pi of [0, pmax) -- exact sampling without
+        replacement (needs pmax < 2^63; disjoint ranges of i give disjoint sets); uniform productions only.
+
+        A sparse grammar draws the dense sample of either mode, then the slots of its nodes from their own
+        counters (so index mode keeps disjoint ranges disjoint); its tree is the tree of sparse strings:
+        level l of shape [n, (s(s0+1))^l], the level-l symbols in their slots and blanks (v) elsewhere, level
+        L the tokens (``dense_tokens`` gives back the dense strings, the slots are where the non-blanks are).
         """
         n = check_int("n", n, 0)
         start = check_int("start", start, 0)
         seed = check_seed("seed", seed, optional=False)
-        if not isinstance(mode, str) or mode not in ("iid", "index"):
-            raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+        self._check_mode(mode)
         device = self._device(device)
         if start + n >= _INT64_LIMIT:
             raise ValueError(f"start + n must be < 2^63, got {start + n}")
@@ -192,14 +269,29 @@ class RHM:
                                  f"got {start + n}")
         dtype = self._dtype(dtype, return_tree)
         self._check_memory(n, device, dtype, return_tree)
-        out = rhm_sample(self.table(device), self.n_classes, n, seed, start, mode, dtype, return_tree)
+        if self.production == "uniform" and not self.sparsity:
+            out = rhm_sample(self.table(device), self.n_classes, n, seed, start, mode, dtype, return_tree)
+        else:
+            out = variants.sample(self, n, seed, start, mode, device, dtype, return_tree)
         return self._result(*out, return_tree)
+
+    def _check_mode(self, mode) -> None:
+        if not isinstance(mode, str) or mode not in ("iid", "index"):
+            raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+        if mode == "index" and self.production == "zipf":
+            raise ValueError("rhmfast: Zipf productions are not uniform: mode='index' (a permutation of equally "
+                             "likely data) cannot sample them; use mode='iid'")
 
     def decode(self, indices, *, device="cpu", dtype: torch.dtype | None = None, return_tree: bool = False):
         """Datum numbers in [0, pmax) (an int, a sequence of ints, or an int64 tensor) to samples, with the
         reference codes' convention: label = i // (pmax / n_classes), then the remainder's base-m digits,
         root first and then each level's nodes, are the rule choices. Python ints of any size are
-        accepted (pmax may exceed 2^64)."""
+        accepted (pmax may exceed 2^64). With Zipf productions the data are those of the rule table, but
+        decoding uniform datum numbers is not drawing from the grammar's law. A sparse grammar refuses:
+        its inputs also hold the slots of their nodes, which no datum number names (use ``sample``)."""
+        if self.sparsity:
+            raise ValueError(f"rhmfast: decode() maps datum numbers to dense strings; the inputs of this sparse "
+                             f"grammar (sparsity = {self.sparsity}) also hold random slots: use sample()")
         dtype = self._dtype(dtype, return_tree)
         device = self._device(device)
         if isinstance(indices, torch.Tensor):
@@ -263,6 +355,12 @@ class RHM:
         ``shard=(rank, world_size)`` returns only that rank's contiguous part of each set (its
         ``shard_range`` of the training and of the test samples); for order "rhmfast" it generates nothing
         else. The parts of ranks 0 .. world_size-1, concatenated, are the unsharded sets.
+
+        Zipf productions have no index mode: they need ``replacement=True`` (iid draws from the grammar's law,
+        so the training and test sets may share samples, the more so the larger zipf_exponent), and
+        ``replacement=False`` is refused rather than silently switched. A sparse grammar splits its dense
+        samples as above (disjoint without replacement), each with its own slots. ``order="pcsl"`` refuses
+        both variants: the library it reproduces has neither.
         """
         n_train = check_int("n_train", n_train, 0)
         n_test = check_int("n_test", n_test, 0)
@@ -271,6 +369,13 @@ class RHM:
             raise ValueError(f"rhmfast: order must be one of {SPLIT_ORDERS}, got {order!r}")
         if not isinstance(replacement, bool):
             raise TypeError(f"rhmfast: replacement must be a bool, got {type(replacement).__name__}")
+        if order == "pcsl" and (self.production != "uniform" or self.sparsity):
+            raise ValueError("rhmfast: order='pcsl' draws the sets of the 2024 random-hierarchy-model library, which "
+                             "has neither Zipf productions nor sparse inputs; use order='rhmfast'")
+        if self.production == "zipf" and not replacement:
+            raise ValueError("rhmfast: split(replacement=False) draws distinct, equally likely data (index mode), "
+                             "which Zipf productions are not; pass replacement=True for iid draws from the "
+                             "grammar's law (the training and test sets may then share samples)")
         if order == "pcsl" and not replacement and self.pmax > _PCSL_REPLACEMENT_ABOVE:
             warnings.warn(f"rhmfast: pmax = {self.pmax:.3e} > 1e19: order='pcsl' samples with replacement here, "
                           "as the random-hierarchy-model library does", RuntimeWarning, stacklevel=2)
@@ -329,8 +434,7 @@ class RHM:
         start = check_int("start", start, 0)
         seed = check_seed("seed", seed, optional=False)
         device = self._device(device)  # checked now, not at the first batch
-        if not isinstance(mode, str) or mode not in ("iid", "index"):
-            raise ValueError(f"mode must be 'iid' or 'index', got {mode!r}")
+        self._check_mode(mode)
         end = self.pmax if mode == "index" else _INT64_LIMIT - 1
         self._dtype(dtype, return_tree)
         if start >= end:  # checked now, not at the first batch: batches() is not itself a generator
@@ -344,30 +448,57 @@ class RHM:
                               return_tree=return_tree)
             position += n
 
+    def _inference_input(self, tokens, mask):
+        """The dense strings inference reads: a sparse grammar's own inputs [B, input_dim] are compacted with
+        ``dense_tokens`` (their slots tell nothing about the label: every placement is equally likely);
+        dense strings [B, s^L] pass. Hidden leaves of sparse inputs are refused: a mask applies to dense
+        strings."""
+        if self.sparsity and isinstance(tokens, torch.Tensor) and tokens.dim() == 2 \
+                and tokens.shape[1] == self.input_dim:
+            if mask is not None:
+                raise ValueError(f"rhmfast: mask must have the dense strings' shape [B, s^L = {self.s**self.L}]: "
+                                 "hide leaves of dense_tokens(inputs), not of sparse inputs")
+            return self.dense_tokens(tokens), True
+        return tokens, False
+
     def posterior(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """P(label | the visible tokens), float64 [B, n_classes], by belief propagation on the tree; mask
-        [B, s^L] bool, True = hidden (see ``rhmfast.data.inference``)."""
+        [B, s^L] bool, True = hidden (see ``rhmfast.data.inference``). A sparse grammar takes its own inputs
+        [B, input_dim] (no mask) or dense strings [B, s^L] (``dense_tokens`` of its inputs, any mask)."""
         from rhmfast.data import inference
 
-        return inference.posterior(self, tokens, mask)
+        tokens, _ = self._inference_input(tokens, mask)
+        return inference.posterior(self._dense_grammar(), tokens, mask)
 
     def leaf_posterior(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """P(leaf i = t | the visible tokens), float64 [B, s^L, v] (the downward pass of belief propagation)."""
+        """P(leaf i = t | the visible tokens), float64 [B, s^L, v] (the downward pass of belief propagation);
+        for a sparse grammar the dense leaves, of its inputs or of dense strings, as ``posterior``."""
         from rhmfast.data import inference
 
-        return inference.leaf_posterior(self, tokens, mask)
+        tokens, _ = self._inference_input(tokens, mask)
+        return inference.leaf_posterior(self._dense_grammar(), tokens, mask)
 
     def log_prob(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """log P(the visible tokens), float64 [B]: of the whole string without a mask (-inf where the grammar
-        cannot produce it)."""
+        cannot produce it). A sparse grammar's own inputs [B, input_dim] get their full log probability, the
+        dense string's plus log(1 / (s0 + 1)) for the slot of each non-root node; dense strings [B, s^L] get
+        the dense string's."""
         from rhmfast.data import inference
 
-        return inference.log_prob(self, tokens, mask)
+        tokens, sparse = self._inference_input(tokens, mask)
+        log_p = inference.log_prob(self._dense_grammar(), tokens, mask)
+        if sparse:
+            non_root = (self.s ** (self.L + 1) - 1) // (self.s - 1) - 1
+            log_p = log_p - non_root * math.log(self.sparsity + 1)
+        return log_p
 
     def label_hierarchy(self):
         """This grammar as a label hierarchy (``rhmfast.data.RHMLabels``): one-hot leaf tokens as inputs,
         the one-hot latent symbols of every level as labels, level 1 just above the leaves and level L the
-        root class; for the learners of Daniely's label hierarchies."""
+        root class; for the learners of Daniely's label hierarchies. Dense grammars only."""
+        if self.sparsity:
+            raise ValueError(f"rhmfast: label_hierarchy() needs a dense grammar, this one has sparsity = "
+                             f"{self.sparsity}")
         from rhmfast.data.rhm_labels import RHMLabels  # here, not at the top: rhm_labels imports RHM
         return RHMLabels(self)
 
@@ -375,11 +506,18 @@ class RHM:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the grammar as JSON (format "rhmfast.RHM", version 1): the parameters, and per level the
-        parent symbols and the rule table as nested lists. Written to a temporary file, then renamed."""
+        parent symbols and the rule table as nested lists; the variant as production, zipf_exponent (null
+        for uniform productions, the string "inf" for math.inf: JSON has no infinity), zipf_levels (null:
+        every level) and sparsity. Written to a temporary file, then renamed."""
+        exponent = self.zipf_exponent
         record = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION,
             "v": self.v, "m": self.m, "s": self.s, "L": self.L, "n_classes": self.n_classes,
             "seed": self.seed, "rules_sampler": self.sampler,
+            "production": self.production,
+            "zipf_exponent": "inf" if exponent is not None and math.isinf(exponent) else exponent,
+            "zipf_levels": None if self.zipf_levels is None else list(self.zipf_levels),
+            "sparsity": self.sparsity,
             "parents": [p.tolist() for p in self.parents],
             "rules": [r.tolist() for r in self.rules],
         }
@@ -400,8 +538,11 @@ class RHM:
         0 .. n_classes-1, those of a deeper level the symbols 0 .. v-1 (pcsl, first-token-uniform) or, for
         pcsl-2023, the symbols that occur in the rules of the level above, in increasing order; no s-tuple
         twice in a level (the grammar is unambiguous); for first-token-uniform, n_classes == v and every
-        symbol starting exactly m rules of each level. A file that cannot be read (missing, unreadable)
-        raises the OSError of open()."""
+        symbol starting exactly m rules of each level; production, zipf_exponent (a number >= 0 or "inf" for
+        Zipf productions, null otherwise), zipf_levels (null or a list of levels in [0, L-1]) and sparsity (an
+        int >= 0) as the constructor checks them -- a file without them (written before they existed) holds a
+        uniform, dense grammar. A file that cannot be read (missing, unreadable) raises the OSError of
+        open()."""
         path = os.fspath(path)
         with open(path, "rb") as f:
             data = f.read()
@@ -429,6 +570,15 @@ class RHM:
         if sampler == "first-token-uniform" and n_classes != v:
             raise field.error("n_classes", f"must equal v = {v} for rules_sampler 'first-token-uniform', "
                                            f"got {n_classes}")
+        production = field.checked("production", variants.check_production, record.get("production", "uniform"))
+        exponent = record.get("zipf_exponent")
+        exponent = field.checked("zipf_exponent", variants.check_zipf_exponent,
+                                 math.inf if exponent == "inf" else exponent, production)
+        zipf_levels = record.get("zipf_levels")
+        if zipf_levels is not None and type(zipf_levels) is not list:
+            raise field.error("zipf_levels", f"must be null or a list of levels, got {_short(zipf_levels)}")
+        zipf_levels = field.checked("zipf_levels", variants.check_zipf_levels, zipf_levels, L, production)
+        sparsity = field.integer("sparsity", 0) if "sparsity" in record else 0
         for key in ("parents", "rules"):
             levels = field.get(key)
             if not isinstance(levels, list) or len(levels) != L:
@@ -461,7 +611,8 @@ class RHM:
             parents.append(p)
             rules.append(r)
         grammar = cls.__new__(cls)
-        grammar._init(v, m, s, L, n_classes, seed, sampler, parents, rules)
+        grammar._init(v, m, s, L, n_classes, seed, sampler, parents, rules, production, exponent, zipf_levels,
+                      sparsity)
         return grammar
 
 
@@ -483,6 +634,13 @@ class _FileFields:
         if name not in self.record:
             raise self.error(name, "is missing")
         return self.record[name]
+
+    def checked(self, name: str, check, *args):
+        """check(*args), its error rewritten to name the file and the field."""
+        try:
+            return check(*args)
+        except (TypeError, ValueError) as error:
+            raise self.error(name, str(error).removeprefix(f"rhmfast: {name} ")) from None
 
     def integer(self, name: str, low: int, high: int | None = None) -> int:
         value = self.get(name)
