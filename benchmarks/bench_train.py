@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_tag, ieee_float32_on_gpu, machine, write_results  # noqa: E402
+from common import device_tag, ieee_float32_on_gpu, interleaved_steps, machine, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import HierarchicalCNN  # noqa: E402
@@ -91,30 +89,6 @@ def rhmfast_batches(grammar, batch, device):
     return next_batch
 
 
-def measure(candidates: dict, rounds: int, steps: int, device: str) -> dict:
-    # Steps run back to back, as in training; a GPU is synchronised only around each round.
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    wall = {name: [] for name in candidates}
-    cpu = {name: [] for name in candidates}
-    for step in candidates.values():  # warm-up
-        for _ in range(3):
-            step()
-    names = list(candidates)
-    for r in range(rounds):
-        # Each round starts one candidate further on: with two candidates, each goes first in turn.
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            step = candidates[name]
-            sync()
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                step()
-            sync()
-            wall[name].append((time.perf_counter() - w0) / steps)
-            cpu[name].append((time.process_time() - c0) / steps)
-    return {name: dict(wall_s=statistics.median(wall[name]), cpu_s=statistics.median(cpu[name]),
-                       wall_all_s=wall[name]) for name in candidates}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 10 steps instead of 9 of 30")
@@ -141,7 +115,7 @@ def main(argv=None):
         library = LibraryHCNN(cfg["v"], args.width, cfg["s"], cfg["L"], grammar.n_classes).to(device)
         candidates = {"library formulation": make_step(library, LibraryData(grammar, args.batch, 1, device)),
                       "rhmfast": make_step(ours, rhmfast_batches(grammar, args.batch, device))}
-        result = measure(candidates, rounds, steps, device)
+        result = interleaved_steps(candidates, rounds, steps, device)
         lib, fast = result["library formulation"], result["rhmfast"]
         row = dict(config=f"v={cfg['v']} m={cfg['m']} s={cfg['s']} L={cfg['L']}", device=device,
                    width=args.width, batch=args.batch,

@@ -111,3 +111,30 @@ def write_results(name: str, payload: dict, markdown: str, out_dir: str) -> tupl
     with open(md_path, "w") as f:
         f.write(markdown)
     return json_path, md_path
+
+
+def interleaved_steps(candidates: dict, rounds: int, steps: int, device: str, warmup: int = 3) -> dict:
+    """Per-step times of training-step callables, in interleaved rounds (each runs `steps` steps per round;
+    which goes first rotates), so neither a load change on the machine nor the order favours one: per
+    candidate the median wall and process-CPU time per step and every round's wall time."""
+    # Steps run back to back, as in training; a GPU is synchronised only around each round.
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    wall = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
+    for step in candidates.values():  # warm-up
+        for _ in range(warmup):
+            step()
+    names = list(candidates)
+    for r in range(rounds):
+        # Each round starts one candidate further on: with two candidates, each goes first in turn.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = candidates[name]
+            sync()
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                step()
+            sync()
+            wall[name].append((time.perf_counter() - w0) / steps)
+            cpu[name].append((time.process_time() - c0) / steps)
+    return {name: dict(wall_s=statistics.median(wall[name]), cpu_s=statistics.median(cpu[name]),
+                       wall_all_s=wall[name]) for name in candidates}

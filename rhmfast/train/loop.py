@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from rhmfast._checks import check_choice, check_positive_int
 
 EVAL_BATCH = 8192
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = (None, "cosine", "warmup")
 STOP_CHECKS = ("epoch", "eval")
 
@@ -64,9 +64,12 @@ def reference_checkpoints(step: int, end: int, fill: bool = False) -> list[int]:
 
 
 def check_fits(model, grammar, what: str = "model") -> None:
-    """The model's shape attributes (those it has of v, s, L, d = s^L, n_classes) equal the grammar's; a
-    model without them (any user module) is taken as it is."""
-    want = dict(v=grammar.v, s=grammar.s, L=grammar.L, d=grammar.input_dim, n_classes=grammar.n_classes)
+    """The model's shape attributes (those it has of v, s, L, d, n_classes) equal the data's: v its input
+    vocabulary (``input_vocab``: the grammar's v, plus a blank or mask token where the data has one), s its
+    patch size (``patch_size``: s, or s(s0+1) for the sparse RHM), d its input length, n_classes its number
+    of targets. A model without them (any user module) is taken as it is."""
+    want = dict(v=getattr(grammar, "input_vocab", grammar.v), s=getattr(grammar, "patch_size", grammar.s),
+                L=grammar.L, d=grammar.input_dim, n_classes=grammar.n_classes)
     have = {k: getattr(model, k) for k in want if isinstance(getattr(model, k, None), int)}
     if any(have[k] != want[k] for k in have):
         keys = ", ".join(have)
@@ -128,10 +131,13 @@ def whole_batch(loss, inputs):
 def make_optimizer(params, name: str, *, lr: float, momentum: float, weight_decay: float):
     """"sgd": torch SGD (lr, momentum, weight_decay); "adam": torch Adam (lr, weight_decay as Adam's L2
     term; momentum unused), as the 2024 reference's init.py ``init_training`` builds them (it has no weight
-    decay: 0 here gives its optimizers exactly)."""
+    decay: 0 here gives its optimizers exactly); "adamw": torch AdamW (lr, weight_decay decoupled from the
+    gradient; torch's default betas (0.9, 0.999) and eps; momentum unused)."""
     check_choice("optimizer", name, OPTIMIZERS)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
