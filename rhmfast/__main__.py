@@ -177,6 +177,8 @@ HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
             seeds="replicate seeds: replicate k uses seed k as seed_sample and seed_model",
             model="hcnn (deep CNN), fc (fully connected on one-hot), ren (Ren et al. layerwise)",
             trainer="auto (sgd for hcnn and fc, ren for ren), sgd, layerwise, layerwise_hints",
+            task="classify (the root label is the target) or last-token (the hidden last leaf is the target)",
+            context="last-token: the input keeps the last CONTEXT leaves, the hidden one included (default: all)",
             require="assumption6: use the first rules seed >= seed_rules whose grammar satisfies Ren et al.'s "
                     "Assumption 6 (at most 1000 seeds tried; the run records the seed used)")
 
@@ -425,7 +427,7 @@ def train(args) -> None:
 
     from rhmfast._files import check_writable_dir
     from rhmfast.studies.distributed import init_from_env, launch_torchrun, shutdown, train_sgd_distributed
-    from rhmfast.studies.runs import build_model, config_hash, grammar_of, run_config, sgd_arguments
+    from rhmfast.studies.runs import build_model, config_hash, data_of, run_config, sgd_arguments
     from rhmfast.studies.store import ResultStore, make_record
     from rhmfast.studies.sweep import summary
 
@@ -475,8 +477,9 @@ def train(args) -> None:
     if "LOCAL_RANK" in os.environ:
         rank, world = init_from_env(args.device)
         device = f"cuda:{torch.cuda.current_device()}" if args.device.startswith("cuda") else args.device
-        model = build_model(config).to(device)
-        record = train_sgd_distributed(model, grammar_of(config), config["P"], progress=rank == 0,
+        data = data_of(config)  # the task on the grammar
+        model = build_model(config, data).to(device)
+        record = train_sgd_distributed(model, data, config["P"], progress=rank == 0,
                                        **sgd_arguments(config))
         shutdown()
         execution = dict(engine="torchrun", world_size=world, threads=args.threads, device=args.device)
@@ -549,11 +552,11 @@ def _train_outname(args, config: dict):
     """train_sgd with the OutnameWriter callback: the record, and the library's output file --outname."""
     from tqdm.auto import tqdm
 
-    from rhmfast.studies.runs import build_model, grammar_of, print_checkpoints, sgd_arguments, sgd_epochs
+    from rhmfast.studies.runs import build_model, data_of, print_checkpoints, sgd_arguments, sgd_epochs
     from rhmfast.train import train_sgd
 
-    grammar = grammar_of(config)
-    model = build_model(config).to(args.device)
+    grammar = data_of(config)  # the task on the grammar
+    model = build_model(config, grammar).to(args.device)
     arguments = sgd_arguments(config)  # eval_at_start: the library's epoch-0 entry
     if config["print_freq"] is None:  # evaluations every eval_every epochs stand for its print checkpoints
         print_epochs = arguments["eval_every"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import rhmfast
+from rhmfast.data import LastToken
 from rhmfast.studies import distributed
 from rhmfast.data.grammar import shard_range
 from rhmfast.models import HierarchicalCNN
@@ -27,7 +28,10 @@ RUNS = {
     "callback_interrupt": dict(n_train=250, n_test=101, batch_size=32, lr=4.0, max_epochs=50, eval_every=1),
     "sigint_on_rank1": dict(n_train=64, n_test=16, batch_size=16, max_epochs=10**6, eval_every=10**6,
                             loss_threshold=0.0),
+    # the last-token task: inputs with a mask token (the model embeds v + 1 ids), a Bayes-optimal error > 0
+    "last_token": dict(n_train=250, n_test=101, batch_size=32, lr=4.0, max_epochs=4, eval_every=1, seed_data=3),
 }
+LAST_TOKEN_MODEL = dict(MODEL, v=9)
 # Float32 sums of the same per-sample gradients in another order (two partial sums added by the all-reduce,
 # sum then divide instead of mean) differ by a few ulps per step; a few epochs of SGD amplify that to
 # ~1e-7..1e-6 relative. A wrong shard, a lost or doubled sample or a wrong scale changes losses by >1e-3.
@@ -39,6 +43,7 @@ WORKER = textwrap.dedent("""
     import rhmfast
     from rhmfast.studies.distributed import init_from_env, shutdown, train_sgd_distributed
     from rhmfast.models import HierarchicalCNN
+    from rhmfast.data import LastToken
 
     torch.set_num_threads(1)
     grammar_args, model_args, runs = json.loads(sys.argv[1])
@@ -47,7 +52,8 @@ WORKER = textwrap.dedent("""
     g = rhmfast.RHM(**grammar_args)
     records = {}
     for name, kwargs in runs.items():
-        model = HierarchicalCNN(**model_args)
+        data = LastToken(g) if name == "last_token" else g
+        model = HierarchicalCNN(**dict(model_args, v=data.input_vocab))
         with torch.no_grad():  # rank 1 starts elsewhere: the broadcast from rank 0 must make them equal
             for p in model.parameters():
                 p.add_(rank)
@@ -63,7 +69,7 @@ WORKER = textwrap.dedent("""
                 time.sleep(0.3)
                 os.kill(os.getpid(), signal.SIGINT)
             threading.Thread(target=interrupt_once_training, daemon=True).start()
-        record = train_sgd_distributed(model, g, progress=False, callback=callback, **kwargs)
+        record = train_sgd_distributed(model, data, progress=False, callback=callback, **kwargs)
         records[name] = dict(record.to_dict(), state={k: v.tolist() for k, v in model.state_dict().items()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(records, f)
@@ -93,8 +99,10 @@ def two_ranks(tmp_path_factory):
 
 
 def single_process(name, **extra):
-    model = HierarchicalCNN(**MODEL)
-    record = train_sgd(model, rhmfast.RHM(**GRAMMAR), progress=False, **RUNS[name], **extra)
+    data = rhmfast.RHM(**GRAMMAR)
+    data = LastToken(data) if name == "last_token" else data
+    model = HierarchicalCNN(**(LAST_TOKEN_MODEL if name == "last_token" else MODEL))
+    record = train_sgd(model, data, progress=False, **RUNS[name], **extra)
     return record, model
 
 
@@ -109,6 +117,7 @@ def assert_same_run(distributed_record, single):
     assert [c["test_loss"] for c in d["curve"]] == pytest.approx([c["test_loss"] for c in s["curve"]], rel=RTOL)
     assert [c["train_loss"] for c in d["curve"]] == pytest.approx([c["train_loss"] for c in s["curve"]], rel=RTOL)
     assert d["final_test_error"] == s["final_test_error"]
+    assert d["bayes_error"] == pytest.approx(s["bayes_error"], rel=1e-12, abs=0)
     assert (d["samples_seen"], d["stopped_by"], d["interrupted"]) == (s["samples_seen"], s["stopped_by"],
                                                                       s["interrupted"])
 
@@ -119,7 +128,7 @@ def assert_ranks_agree(records):
     assert a == b
 
 
-@pytest.mark.parametrize("name", ["offline", "online"])
+@pytest.mark.parametrize("name", ["offline", "online", "last_token"])
 def test_two_ranks_follow_the_single_process_trajectory(two_ranks, name):
     single, model = single_process(name)
     assert len(single.curve) >= 3 and single.curve[-1]["train_loss"] < 0.8 * single.curve[0]["train_loss"]

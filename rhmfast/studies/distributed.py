@@ -32,7 +32,7 @@ from rhmfast.data.grammar import shard_range
 from rhmfast.models import device_of
 from rhmfast.train import RunRecord, train_sgd
 from rhmfast.train.loop import evaluate_set
-from rhmfast.train.end_to_end import run_sgd, sgd_record
+from rhmfast.train.end_to_end import bayes_error_of, run_sgd, sgd_record
 from rhmfast.train.loop import minibatches
 
 _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -168,6 +168,13 @@ def train_sgd_distributed(model, grammar, n_train: int, **kwargs) -> RunRecord:
             for idx in minibatches(n_train, batch_size, order, device):  # the same global order on every rank
                 mine = idx[(idx >= lo) & (idx < hi)] - lo
                 yield x_train[mine], y_train[mine]
+
+    # The Bayes-optimal error of the whole test set: each rank's mean over its part, weighted by its size.
+    n_local = x_test.shape[0]
+    bayes = bayes_error_of(grammar, x_test) if n_local else 0.0
+    bayes = torch.tensor([bayes * n_local, n_local], dtype=torch.float64, device=device)
+    dist.all_reduce(bayes)
+    record.bayes_error = (bayes[0] / bayes[1]).item() if bayes[1] > 0 else math.nan
 
     def loss_sum(x, y):
         if x.shape[0] == 0:  # no member of this minibatch here: a zero loss, still part of the all-reduce

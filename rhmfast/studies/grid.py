@@ -34,11 +34,12 @@ from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_conf
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
 TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str,
              model=str, width=int, activation=str, lr=float, d=int, level_size=int, scheduler=str, scheduler_time=int,
-             eval_every=int, print_freq=int)
+             eval_every=int, print_freq=int, context=int, zipf_exponent=float)
 NONE_VALUES = {"scheduler": ("none", "None")}  # the word for None of a choice whose default is None
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
-GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules")
-DATA_MODEL_KEYS = GRAMMAR_KEYS + ("data", "gate", "wiring", "fan_in", "d", "level_size")
+GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules", "production", "zipf_exponent", "zipf_levels",
+                "sparsity")
+DATA_MODEL_KEYS = GRAMMAR_KEYS + ("data", "gate", "wiring", "fan_in", "d", "level_size", "task", "context")
 MAX_SEED_SEARCH = 1000  # rules seeds a require may try per grammar
 MAX_RANGE_POINTS = 10_000  # points of one lo:hi:n range
 MAX_GRID_CONFIGS = 1_000_000  # configs of one sweep (all its grids), counted before they are built
@@ -203,7 +204,7 @@ def expand(common: dict, grids: list[dict] | None = None) -> list[dict]:
     if not configs:
         raise ValueError("rhmfast: the grid is empty")
     for config in configs:
-        gkey = tuple(config[k] for k in DATA_MODEL_KEYS)
+        gkey = repr(tuple(config[k] for k in DATA_MODEL_KEYS))  # repr: zipf_levels may be a list
         if gkey not in grammars:
             grammars[gkey] = data_of(config)
         check_feasible(config, grammars[gkey])
@@ -215,7 +216,7 @@ def _required_seed(config: dict, searched: dict) -> dict:
     searched caches the seed found per grammar."""
     if config["require"] is None:
         return config
-    key = tuple(config[k] for k in GRAMMAR_KEYS)
+    key = repr(tuple(config[k] for k in GRAMMAR_KEYS))
     if key not in searched:
         searched[key] = find_assumption_seed(config["v"], config["m"], config["s"], config["L"], config["n_classes"],
                                              rules=config["rules"], start=config["seed_rules"],

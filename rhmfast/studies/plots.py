@@ -137,7 +137,11 @@ def _plot_errors(rows: Iterable[Mapping], path: str, eps: float | str, rescale: 
             scale = x.n_c_m_L if rescale else 1.0
             drawn |= _draw_curve(ax, x.ps / scale, x.floored(), label=_label(x, varies),
                                  color=colors[x.v, x.n_classes, x.s, x.m, x.L])
-        _eps_lines(ax, [threshold(x.n_classes, eps) for x in mine])
+        _eps_lines(ax, [threshold(x.n_classes, eps, x.floor) for x in mine])
+        for x in mine:
+            if x.floor > 0:  # the Bayes-optimal error, in the setting's colour
+                ax.axhline(x.floor, color=colors[x.v, x.n_classes, x.s, x.m, x.L], ls="--", lw=1.0,
+                           label=f"Bayes floor {x.floor:.3g} ({_label(x, varies)})")
         if drawn:
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -157,7 +161,8 @@ def _plot_errors(rows: Iterable[Mapping], path: str, eps: float | str, rescale: 
 
 def plot_error_vs_p(rows: Iterable[Mapping], path: str, eps: float | str = 0.1, *, title: str = "") -> list[str]:
     """Test error against P, one panel per learner, a curve per setting: mean over seeds with a min–max band,
-    log-log, zero errors floored at 1/n_test, dashed line at ε. title: put before the figure's own title
+    log-log, zero errors floored at 1/n_test, dashed lines at ε (gray) and at a setting's non-zero floor, its
+    Bayes-optimal error (its colour). title: put before the figure's own title
     (say the grammar). Writes path as .png and .pdf (path with or without the extension); returns both paths."""
     return _plot_errors(rows, path, eps, False, title)
 

@@ -6,7 +6,9 @@ with n_c·m^L.
     pstar_table(rows, eps)                 P*(ε) per setting with its bootstrap interval over seeds
     fit_scaling(rows, eps, learner=...)    least-squares power law P* = c (n_c m^L)^a over one learner's settings
 
-Rows as in ``rhmfast.studies.curves``; figures are ``plots``' and files ``report``'s.
+Rows as in ``rhmfast.studies.curves``; figures are ``plots``' and files ``report``'s. Where a setting has a
+floor (its runs' Bayes-optimal error, e.g. last-token prediction), P*(ε) is where the excess error over the
+floor falls below ε of the room above it (``curves.threshold``); without one, where the error falls below ε.
 """
 from __future__ import annotations
 
@@ -95,22 +97,24 @@ def pstar_table(rows: Iterable[Mapping], eps: float | str, *, n_boot: int = 1000
                 seed: int = 0) -> list[dict]:
     """P*(ε) of every setting (learner, v, n_classes, s, m, L) with its bootstrap interval over seeds.
 
-    eps: a float in (0, 1) or "rand/10" (see threshold; then per setting from its n_classes). One dict per
+    eps: a float in (0, 1) or "rand/10" (see threshold; per setting from its n_classes and floor). One dict per
     setting, learners in order of first appearance, then by (v, n_classes, s, n_c m^L, m, L): learner, v,
-    n_classes, s, m, L, n_c_m_L (= n_classes·m^L), n_seeds, grid (the P values run, ascending), eps (the number
-    used), level, pstar, low, high, reached (as estimate_pstar; inf: not reached within the grid), upper_bound
+    n_classes, s, m, L, n_c_m_L (= n_classes·m^L), n_seeds, grid (the P values run, ascending), floor (the
+    setting's Bayes-optimal error, 0 where none is known), eps (the test error threshold used), level, pstar,
+    low, high, reached (as estimate_pstar; inf: not reached within the grid), upper_bound
     (True when the mean error at the first grid point is already below ε: pstar is then grid[0], an upper
     bound), ratio (= pstar / n_c_m_L), and per grid point mean_error, min_error, max_error over the finished
     runs and n_runs (how many finished). Raises ValueError on malformed rows."""
     _check_boot(n_boot, level)
     table = []
     for x in settings_of(rows):
-        e = threshold(x.n_classes, eps)
+        e = threshold(x.n_classes, eps, x.floor)
         est = estimate_pstar(x.ps, x.errors, e, n_boot=n_boot, seed=seed, level=level)
         mean, low, high, count = x.stats()
         observed = mean[~np.isnan(mean)]
         table.append(dict(learner=x.learner, v=x.v, n_classes=x.n_classes, s=x.s, m=x.m, L=x.L, n_c_m_L=x.n_c_m_L,
-                          n_seeds=len(x.seeds), grid=[int(p) for p in x.ps], eps=e, level=level, **est,
+                          n_seeds=len(x.seeds), grid=[int(p) for p in x.ps], floor=x.floor, eps=e, level=level,
+                          **est,
                           upper_bound=bool(observed.size and observed[0] < e),
                           ratio=est["pstar"] / x.n_c_m_L, mean_error=mean.tolist(), min_error=low.tolist(),
                           max_error=high.tolist(), n_runs=count.tolist()))
@@ -134,8 +138,8 @@ def _masked_slopes(x: np.ndarray, y: np.ndarray, use: np.ndarray) -> tuple[np.nd
 
 def fit_scaling(rows: Iterable[Mapping], eps: float | str, *, learner: str, n_boot: int = 1000, level: float = 0.9,
                 seed: int = 0) -> dict:
-    """Least-squares fit of log P* against log(n_c·m^L) over the settings of one learner that reach P*(ε):
-    P* = prefactor · (n_c m^L)^slope.
+    """Least-squares fit of log P* against log(n_c·m^L) over the settings of one learner that reach P*(ε)
+    (each setting's threshold as in pstar_table): P* = prefactor · (n_c m^L)^slope.
 
     The interval of the slope: each of n_boot resamples draws the seeds of every setting with replacement,
     independently per setting, recomputes every setting's P*, and refits over the settings that reach it;
@@ -154,7 +158,7 @@ def fit_scaling(rows: Iterable[Mapping], eps: float | str, *, learner: str, n_bo
         known = sorted({r["learner"] for r in rows})
         raise ValueError(f"rhmfast: no runs of learner {learner!r}; the rows hold {known}")
     x = np.log([float(s.n_c_m_L) for s in settings])
-    eps_values = [threshold(s.n_classes, eps) for s in settings]
+    eps_values = [threshold(s.n_classes, eps, s.floor) for s in settings]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         point = np.array([crossing(s.ps, np.nanmean(s.errors, axis=0), e) for s, e in zip(settings, eps_values)])

@@ -15,8 +15,8 @@ from rhmfast.studies.plots import plot_collapse, plot_error_vs_p, plot_pstar_sca
 from rhmfast.studies.pstar import fit_scaling, pstar_table
 
 
-_PSTAR_COLUMNS = ("learner", "v", "n_classes", "s", "m", "L", "n_c_m_L", "n_seeds", "eps", "level", "pstar", "low",
-                  "high", "reached", "upper_bound", "ratio", "grid")
+_PSTAR_COLUMNS = ("learner", "v", "n_classes", "s", "m", "L", "n_c_m_L", "n_seeds", "floor", "eps", "level", "pstar",
+                  "low", "high", "reached", "upper_bound", "ratio", "grid")
 _CURVE_COLUMNS = ("learner", "v", "n_classes", "s", "m", "L", "n_c_m_L", "P", "n_runs", "mean_error", "min_error",
                   "max_error")
 _FIT_COLUMNS = ("learner", "slope", "low", "high", "level", "intercept", "prefactor", "n_settings", "n_reached",
@@ -37,18 +37,22 @@ def _p(value: float) -> str:
 
 def _markdown(pstars: list[dict], fits: list[dict]) -> str:
     level = pstars[0]["level"] if pstars else 0.9
+    floors = any(r["floor"] > 0 for r in pstars)
     eps = ", ".join(f"{e:.4g} (n_c = {n})" for n, e in sorted({(r["n_classes"], r["eps"]) for r in pstars}))
     lines = ["# Sample complexity P*(ε)", "",
              "P*: the smallest P at which the test error averaged over seeds falls below ε, interpolated in log P "
              f"between grid points; interval: {level:.0%} bootstrap over seeds; inf: not reached within the grid; "
-             "≤: already below ε at the smallest P run.", "", f"ε = {eps}", "",
-             "| learner | v | m | L | n_c m^L | seeds | P* | interval | P* / (n_c m^L) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "≤: already below ε at the smallest P run.", "", f"ε = {eps}", ""]
+    if floors:
+        lines += ["Floor: the Bayes-optimal test error, which no learner goes below; where there is one, the "
+                  "threshold is the floor plus ε of the room above it (the ε listed above is that threshold).", ""]
+    lines += ["| learner | v | m | L | n_c m^L | seeds |" + " floor |" * floors + " P* | interval | P* / (n_c m^L) |",
+              "|---|---|---|---|---|---|" + "---|" * floors + "---|---|---|"]
     for r in pstars:
         mark = "≤ " if r["upper_bound"] else ""
         lines.append(f"| {learner_label(r['learner'])} | {r['v']} | {r['m']} | {r['L']} | {r['n_c_m_L']} | "
-                     f"{r['n_seeds']} | {mark}{_p(r['pstar'])} | [{_p(r['low'])}, {_p(r['high'])}] | "
-                     f"{mark}{r['ratio']:.3g} |")
+                     f"{r['n_seeds']} |" + f" {r['floor']:.4g} |" * floors + f" {mark}{_p(r['pstar'])} | "
+                     f"[{_p(r['low'])}, {_p(r['high'])}] | {mark}{r['ratio']:.3g} |")
     if fits:
         lines += ["", "## Scaling: P* = c (n_c m^L)^a", "",
                   "Least squares in log-log over the settings that reach P*; interval of a: bootstrap over seeds "

@@ -2,14 +2,17 @@
 dispatches, and what ``rhmfast train`` runs.
 
 A config names its data: an RHM (``data = "rhm"``: v, m, s, L, n_classes, rules, seed_rules, and require:
-a condition seed_rules was searched to meet) or a label hierarchy (``data = "hierarchy"``: gate, wiring,
-fan_in, depth L, d, level_size, seed_rules; see ``hierarchy_of``); the learner (model, trainer and their hyper-parameters), the training-set size P
-and the seeds of data (seed_sample) and model (seed_model). ``complete_config`` fills the defaults and
+a condition seed_rules was searched to meet; its variants production, zipf_exponent, zipf_levels, sparsity;
+the task, "classify" the root label or "last-token" the last leaf, and its context) or a label hierarchy
+(``data = "hierarchy"``: gate, wiring, fan_in, depth L, d, level_size, seed_rules; see ``hierarchy_of``); the
+learner (model, trainer and their hyper-parameters), the training-set size P and the seeds of data
+(seed_sample) and model (seed_model). ``complete_config`` fills the defaults and
 resolves the automatic choices, so the stored config says everything the run depended on; its hash names
 the run in the result store. The 2024 random-hierarchy-model library's options (order, replacement, optimizer,
 scheduler, scheduler_time, accumulation, whiten, print_freq, stop_check, eval_at_start; model "fcn", its
-fully-connected net) are keys too; at their defaults they stay out of the hash (``_UNHASHED_AT``) and out of
-train_sgd's arguments (``sgd_arguments``), so runs stored before them keep their names and run as they did.
+fully-connected net) are keys too; at their defaults they, like the task and the grammar's variants, stay out
+of the hash (``_UNHASHED_AT``) and out of train_sgd's arguments (``sgd_arguments``), so runs stored before them
+keep their names and run as they did.
 Where a run is executed (device, threads) is not part of the config: it must not change which experiment a
 record is.
 """
@@ -20,8 +23,10 @@ import json
 import math
 from fractions import Fraction
 
-from rhmfast._checks import check_choice, check_positive_int
+from rhmfast._checks import check_choice, check_int, check_positive_int
+from rhmfast.data import variants
 from rhmfast.data.hierarchy import GATES, WIRINGS
+from rhmfast.data.tasks import TASKS, make_task
 from rhmfast.models.hcnn import ACTIVATIONS as HCNN_ACTIVATIONS
 from rhmfast.models.hcnn import NORMS
 from rhmfast.models.ren import FEATURES as REN_FEATURES
@@ -36,6 +41,8 @@ TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "fc
             "residual": ("layerwise", "e2e_all", "e2e_top"), "mlp": ("e2e_top",)}
 SAMPLERS = ("pcsl", "pcsl-2023", "first-token-uniform")
 REQUIREMENTS = (None, "assumption6")
+# The grammar's variants with their defaults: grammar_of passes one to the RHM only where it differs.
+VARIANTS = dict(production="uniform", zipf_exponent=None, zipf_levels=None, sparsity=0)
 ORDERS = ("rhmfast", "pcsl")  # rhmfast's own draw of the training and test sets, or the 2024 library's
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = (None, "cosine", "warmup")  # the 2024 library's --scheduler (None: constant learning rate)
@@ -45,6 +52,14 @@ DEFAULTS = dict(
     # grammar; require "assumption6": seed_rules must give a grammar that satisfies Ren et al.'s Assumption 6
     # (a sweep searches the first such seed >= the one given)
     v=8, m=2, s=2, L=3, n_classes=None, rules="pcsl", seed_rules=0, require=None,
+    # the grammar's variants (RHM's options): production "zipf" (rule i of a symbol has probability proportional to
+    # (i+1)^-(1+zipf_exponent) at the levels zipf_levels, None: all; its samples are iid, so SGD needs
+    # replacement=true or online=true), sparsity s0 > 0 (the sparse RHM: every child in one of s0+1 slots, the
+    # others blank)
+    production="uniform", zipf_exponent=None, zipf_levels=None, sparsity=0,
+    # the task: "classify" (the root label is the target) or "last-token" (the last leaf, hidden, is the target;
+    # context: the window of the last context leaves the input keeps, the hidden one included; None: all)
+    task="classify", context=None,
     # label hierarchy (Daniely): L levels of gates of fan_in arguments, drawn from seed_rules; wiring "tree":
     # d inputs (default fan_in^L), level i holds d / fan_in^i labels; "random": d inputs and level_size labels
     # per level, each reading fan_in distinct labels (inputs) of the level below
@@ -98,7 +113,8 @@ MODEL_DEFAULTS = {"hcnn": dict(width=64, activation="relu", lr=0.1), "fc": dict(
                   "residual": dict(width=4096, activation="quadratic", lr=1e-3),
                   "mlp": dict(width=1024, activation="relu", lr=1e-3)}
 # The parameters each data model reads (L and seed_rules both do).
-DATA_KEYS = {"rhm": ("v", "m", "s", "n_classes", "rules", "require"),
+DATA_KEYS = {"rhm": ("v", "m", "s", "n_classes", "rules", "require", "production", "zipf_exponent", "zipf_levels",
+                     "sparsity", "task", "context"),
              "hierarchy": ("gate", "wiring", "fan_in", "d", "level_size")}
 _DATA_KEYS = {key for keys in DATA_KEYS.values() for key in keys}
 
@@ -119,7 +135,8 @@ _UNHASHED_AT = dict(require=(None,), data=("rhm",), gate=(None,), wiring=(None,)
                     level_size=(None,), ridge=(None,), order=("rhmfast", None), replacement=(False, None),
                     optimizer=("sgd", None), scheduler=(None,), scheduler_time=(None,), accumulation=(False, None),
                     whiten=(False, None), eval_every=(None,), print_freq=(None,), stop_check=("epoch", None),
-                    eval_at_start=(False, None))
+                    eval_at_start=(False, None), production=("uniform", None), zipf_exponent=(None,),
+                    zipf_levels=(None,), sparsity=(0, None), task=("classify", None), context=(None,))
 
 
 def complete_config(config: dict) -> dict:
@@ -188,6 +205,7 @@ def complete_config(config: dict) -> dict:
             raise ValueError(f"rhmfast: {key} must be an int >= 0, got {c[key]!r}")
     if c["data"] == "rhm":
         c["n_classes"] = c["v"] if c["n_classes"] is None else check_positive_int("n_classes", c["n_classes"])
+        _check_rhm(c)
     if c["max_epochs"] is not None:
         check_positive_int("max_epochs", c["max_epochs"])
     for key in ("lr", "ren_sigma", "ren_lam", "hint_weight", "ridge"):
@@ -206,6 +224,50 @@ def complete_config(config: dict) -> dict:
         if c[key] is not None and not isinstance(c[key], bool):
             raise ValueError(f"rhmfast: {key} must be true or false, got {c[key]!r}")
     return c
+
+
+def _check_rhm(c: dict) -> None:
+    """The grammar's variants and the task of an RHM config c, in place: the variants as the RHM checks them
+    (zipf_levels then a sorted list), context only for "last-token" (None resolved to the whole string, s^L);
+    and a learner that can run on them: last-token prediction is end-to-end SGD's (hcnn, fc, fcn); Zipf
+    productions draw iid samples only (replacement=true or online=true for SGD; not the layerwise trainers, whose
+    sets are drawn without replacement); the sparse RHM's inputs are neither the Ren learner's nor the hints'."""
+    c["production"] = variants.check_production(c["production"])
+    c["zipf_exponent"] = variants.check_zipf_exponent(c["zipf_exponent"], c["production"])
+    levels = variants.check_zipf_levels(c["zipf_levels"], c["L"], c["production"])
+    c["zipf_levels"] = None if levels is None else list(levels)  # as JSON stores it: one hash
+    c["sparsity"] = variants.check_sparsity(c["sparsity"])
+    zipf, sparse = c["production"] == "zipf", c["sparsity"] > 0
+    if (zipf or sparse) and c["order"] == "pcsl":
+        raise ValueError("rhmfast: order 'pcsl' draws the 2024 library's sets, and the library has neither Zipf "
+                         "productions nor sparse inputs; use order 'rhmfast'")
+    if zipf and c["require"] is not None:
+        raise ValueError(f"rhmfast: require = {c['require']!r} searches seeds of uniform grammars; it cannot be "
+                         "combined with production 'zipf'")
+    if zipf and c["trainer"] in ("layerwise", "layerwise_hints"):
+        raise ValueError(f"rhmfast: production 'zipf' draws iid samples only; trainer {c['trainer']!r} draws its "
+                         "training and test sets without replacement: use trainer 'sgd' with replacement=true")
+    if zipf and c["trainer"] == "sgd" and not c["online"] and not c["replacement"]:
+        raise ValueError("rhmfast: production 'zipf' draws iid samples only: give replacement=true (the training "
+                         "and test sets may then share samples) or online=true")
+    if sparse and (c["model"] == "ren" or c["trainer"] == "layerwise_hints"):
+        raise ValueError(f"rhmfast: the sparse RHM (sparsity = {c['sparsity']}) is learned by the hcnn, fc or fcn "
+                         f"(trainer 'sgd', or 'layerwise' for the hcnn), not by model {c['model']!r} with trainer "
+                         f"{c['trainer']!r}")
+    check_choice("task", c["task"], TASKS)
+    if c["task"] == "classify":
+        if c["context"] is not None:
+            raise ValueError(f"rhmfast: context is an option of task 'last-token', not of 'classify'; leave it out, "
+                             f"got {c['context']!r}")
+        return
+    if sparse:
+        raise ValueError(f"rhmfast: task 'last-token' is not defined for the sparse RHM (sparsity = {c['sparsity']}: "
+                         "its last leaf is mostly blank); use sparsity 0 or task 'classify'")
+    if c["trainer"] != "sgd":
+        raise ValueError(f"rhmfast: task 'last-token' is learned end to end (trainer 'sgd' of model hcnn, fc or fcn); "
+                         f"model {c['model']!r} with trainer {c['trainer']!r} learns the root label (task 'classify')")
+    length = c["s"] ** c["L"]
+    c["context"] = length if c["context"] is None else check_int("context", c["context"], 1, length)
 
 
 def _check_library_options(c: dict) -> None:
@@ -266,10 +328,13 @@ def varying_keys(configs: list[dict], exclude) -> dict[str, list[str]]:
 
 
 def grammar_of(config: dict):
+    """The RHM of a config; its variants (production, zipf_exponent, zipf_levels, sparsity) are passed only where
+    they differ from their defaults."""
     from rhmfast.data.grammar import RHM
 
     c = complete_config(config)
-    return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"])
+    variants = {key: c[key] for key, default in VARIANTS.items() if c[key] != default}
+    return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"], **variants)
 
 
 def hierarchy_of(config: dict):
@@ -297,20 +362,30 @@ def hierarchy_of(config: dict):
 
 
 def data_of(config: dict):
-    """The data model of a config: its RHM or its label hierarchy."""
-    return grammar_of(config) if complete_config(config)["data"] == "rhm" else hierarchy_of(config)
+    """The data model of a config: the task on its RHM (``rhmfast.data.make_task``: the RHM itself for task
+    "classify", a ``LastToken`` for "last-token") or its label hierarchy."""
+    c = complete_config(config)
+    return make_task(grammar_of(c), c["task"], c["context"]) if c["data"] == "rhm" else hierarchy_of(c)
+
+
+def model_shape(config: dict, data=None) -> tuple[int, int, int, int]:
+    """(input_vocab, patch_size, input_dim, n_classes) of an RHM config's data: the token ids a model embeds, its
+    patch, the input's length and the number of targets. data: the config's data model, if already built."""
+    data = data_of(config) if data is None else data
+    return data.input_vocab, data.patch_size, data.input_dim, data.n_classes
 
 
 def check_feasible(config: dict, grammar=None) -> None:
     """Refuse what cannot run, before anything runs: an impossible grammar or hierarchy, a grammar that
     does not meet the config's require, or a training plus test set larger than pmax (they are drawn
-    without replacement) for the SGD trainers. grammar: the config's data model, if already built."""
+    without replacement; Zipf productions draw iid samples, with replacement) for the SGD trainers. grammar:
+    the config's data model (its RHM, a task on it, or its label hierarchy), if already built."""
     c = complete_config(config)
     if c["data"] == "hierarchy":
         if grammar is None:
             hierarchy_of(c)
         return
-    grammar = grammar_of(c) if grammar is None else grammar
+    grammar = grammar_of(c) if grammar is None else getattr(grammar, "grammar", grammar)
     if c["require"] == "assumption6" and not grammar.exact.satisfies_assumption():
         raise ValueError(f"rhmfast: seed_rules = {c['seed_rules']} does not meet require = 'assumption6' for "
                          f"v={c['v']} m={c['m']} s={c['s']} L={c['L']} rules={c['rules']!r}: "
@@ -327,9 +402,11 @@ def check_feasible(config: dict, grammar=None) -> None:
                          f"m={c['m']} s={c['s']} L={c['L']}; add replacement=true for its with-replacement draw")
 
 
-def build_model(config: dict, hierarchy=None):
-    """The learner of a config, initialised from seed_model. hierarchy: the config's label hierarchy, if
-    already built (run_config has it; a hierarchy's construction samples to check its balance)."""
+def build_model(config: dict, data=None):
+    """The learner of a config, initialised from seed_model. data: the config's data model (``data_of``), if
+    already built (run_config has it; a hierarchy's construction samples to check its balance). The hcnn, fc
+    and fcn take their shape from the data (``model_shape``): the ids they embed, the patch, the input's length
+    and the number of targets."""
     from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP
 
     c = complete_config(config)
@@ -337,23 +414,24 @@ def build_model(config: dict, hierarchy=None):
         # layerwise: frozen random features and thresholded writes (the theory's); end to end: every block
         # trained, tanh writes so that the gradient passes
         layerwise = c["trainer"] == "layerwise"
-        return ResidualLayerwiseNet(hierarchy or hierarchy_of(c), width=c["width"], activation=c["activation"],
+        return ResidualLayerwiseNet(data or hierarchy_of(c), width=c["width"], activation=c["activation"],
                                     features="random" if layerwise else "trained", write="sign" if layerwise else "tanh",
                                     seed=c["seed_model"])
     if c["model"] == "mlp":
-        hierarchy = hierarchy or hierarchy_of(c)
+        hierarchy = data or hierarchy_of(c)
         return ShallowMLP(hierarchy.d, len(hierarchy.levels[-1]), c["width"], c["activation"], seed=c["seed_model"])
     # whiten is passed only when set: models without the option build as before
     whiten = dict(whiten=True) if c["whiten"] else {}
+    if c["model"] in ("hcnn", "fc", "fcn"):
+        vocab, patch, length, n_out = model_shape(c, data)
     if c["model"] == "hcnn":
-        return HierarchicalCNN(c["v"], c["width"], c["s"], c["L"], c["n_classes"], norm=c["norm"], bias=c["bias"],
+        return HierarchicalCNN(vocab, c["width"], patch, c["L"], n_out, norm=c["norm"], bias=c["bias"],
                                activation=c["activation"], seed=c["seed_model"], **whiten)
     if c["model"] == "fc":
-        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"],
-                              **whiten)
+        return FullyConnected(vocab, length, c["width"], c["depth"], n_out, seed=c["seed_model"], **whiten)
     if c["model"] == "fcn":  # the 2024 library's fcn: N(0,1) weights, 1/sqrt(fan_in) layers, readout / H (mf)
-        return FullyConnected(c["v"], c["s"] ** c["L"], c["width"], c["depth"], c["n_classes"], seed=c["seed_model"],
-                              norm=c["norm"], bias=c["bias"], **whiten)
+        return FullyConnected(vocab, length, c["width"], c["depth"], n_out, seed=c["seed_model"], norm=c["norm"],
+                              bias=c["bias"], **whiten)
     # Distances between label posteriors shrink like m^(-1/2) per level: the bandwidth follows them.
     sigma = 1.0 if c["ren_sigma"] is None else c["ren_sigma"]
     return RenLayerwiseLearner(c["v"], c["s"], c["L"], c["n_classes"], features=c["ren_feature_kind"],
@@ -463,7 +541,8 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False, che
                                           seed_data=c["seed_sample"], seed_order=c["seed_sample"], progress=progress)
     grammar = grammar_of(c)
     check_feasible(c, grammar)
-    model = build_model(c).to(device)
+    data = make_task(grammar, c["task"], c["context"])
+    model = build_model(c, data).to(device)
     if c["trainer"] == "ren":
         scale = Fraction(c["P"], sum(c["m"] ** l for l in range(1, c["L"] + 1)))  # exact stage sizes
         return train_ren_layerwise(model, grammar, scale, n_test=c["n_test"], lam=c["ren_lam"],
@@ -473,7 +552,7 @@ def run_config(config: dict, *, device: str = "cpu", progress: bool = False, che
         if checkpoint is not None:
             arguments.update(checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         check_trainer_takes(train_sgd, arguments)
-        return train_sgd(model, grammar, c["P"], online=c["online"], progress=progress, **arguments)
+        return train_sgd(model, data, c["P"], online=c["online"], progress=progress, **arguments)
     return train_layerwise_sgd(model, grammar, c["P"], hints=c["trainer"] == "layerwise_hints",
                                hint_weight=c["hint_weight"], progress=progress, seed_readout=c["seed_model"],
                                **sgd_arguments(c))
@@ -513,9 +592,11 @@ def run_pack(configs: list[dict], *, device: str = "cpu", progress: bool = False
     grammar = grammar_of(c)
     for config in cs:
         check_feasible(config, grammar)
+    data = make_task(grammar, c["task"], c["context"])
+    vocab, patch, _, n_out = model_shape(c, data)
     whiten = dict(whiten=True) if c["whiten"] else {}
-    replicas = HierarchicalCNN.replicas(len(cs), [config["seed_model"] for config in cs], v=c["v"], width=c["width"],
-                                        s=c["s"], L=c["L"], n_classes=c["n_classes"], norm=c["norm"], bias=c["bias"],
+    replicas = HierarchicalCNN.replicas(len(cs), [config["seed_model"] for config in cs], v=vocab, width=c["width"],
+                                        s=patch, L=c["L"], n_classes=n_out, norm=c["norm"], bias=c["bias"],
                                         activation=c["activation"], **whiten).to(device)
     arguments = [sgd_arguments(config) for config in cs]
     shared = {key: value for key, value in arguments[0].items()
@@ -524,7 +605,7 @@ def run_pack(configs: list[dict], *, device: str = "cpu", progress: bool = False
     # list of print checkpoints
     eval_every = (None if c["eval_every"] is None and c["print_freq"] is None else c["eval_every"]
                   if c["print_freq"] is None else [a["eval_every"] for a in arguments])
-    return train_sgd_replicas(replicas, grammar, [config["P"] for config in cs],
+    return train_sgd_replicas(replicas, data, [config["P"] for config in cs],
                               seed_data=[a["seed_data"] for a in arguments],
                               seed_order=[a["seed_order"] for a in arguments],
                               max_epochs=[a["max_epochs"] for a in arguments], eval_every=eval_every,

@@ -261,11 +261,15 @@ def _lock_holder(fd: int) -> int | None:
 
 
 def record_row(record: dict) -> dict:
-    """One flat table row of a record: every config key, the learner, P used, the test error, the
+    """One flat table row of a record: every config key (those added after the record was stored at their
+    defaults), the learner, P used, the test error, the Bayes-optimal test error (NaN: not known), the
     trainer's summary, and the curve and stages as JSON text."""
     result = record["result"]
-    row = dict(hash=record["hash"], learner=record["learner"], **record["config"], P_used=record["P_used"],
+    bayes = result.get("bayes_error")  # absent from records stored before it; null where it was NaN
+    row = dict(hash=record["hash"], learner=record["learner"], **complete_config(record["config"]),
+               P_used=record["P_used"],
                test_error=math.nan if record["test_error"] is None else record["test_error"],  # diverged: missing
+               bayes_error=math.nan if bayes is None else bayes,
                samples_seen=result["samples_seen"],
                wall_time_s=result["wall_time_s"], samples_per_s=result["samples_per_s"],
                stopped_by=result["stopped_by"], curve=json.dumps(result["curve"]),
@@ -368,4 +372,4 @@ def load_rows(source: str | os.PathLike, hashes=None, corrupt: list | None = Non
                  **(_hierarchy_setting(r) if r.get("data") == "hierarchy" else
                     dict(v=r["v"], n_classes=r["n_classes"], s=r["s"], m=r["m"])), L=r["L"], P=r["P_used"],
                  seed=replicates[(r["seed_rules"], r["seed_sample"], r["seed_model"])], test_error=r["test_error"],
-                 n_test=r["n_test"]) for r in runs]
+                 n_test=r["n_test"], bayes_error=r.get("bayes_error")) for r in runs]

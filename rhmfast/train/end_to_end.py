@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rhmfast._checks import check_choice
+from rhmfast.data.grammar import RHM
 from rhmfast.models import device_of
 from rhmfast.train.loop import (OPTIMIZERS, SCHEDULERS, STOP_CHECKS, check_budget, check_eval_schedule, check_fits,
                                 curve_metrics, evaluate_set, minibatches, run_epochs, whole_batch)
@@ -34,6 +35,9 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
               checkpoint_every: int = 0) -> RunRecord:
     """End-to-end training with cross-entropy (the reference recipe). The learning rate is multiplied by
     the model's lr_scale (H for a mean-field hCNN), as the reference multiplies its lr by the width.
+    grammar: the data, an RHM (the root label is the target) or a task on one (``rhmfast.data.make_task``,
+    e.g. ``LastToken``: the last leaf is the target); record.bayes_error is the Bayes-optimal error on the
+    test set (``bayes_error_of``).
 
     Data. Offline (default): a fixed training set of n_train samples and a disjoint test set of n_test,
     drawn without replacement with ``grammar.split(seed=seed_data)`` (``order`` and ``replacement=True``, the
@@ -137,11 +141,21 @@ def train_sgd(model, grammar, n_train: int, *, n_test: int = 4096, lr: float = 0
         def evaluate_train():
             return evaluate_set(model, x_train, y_train)["loss"]
 
+    record.bayes_error = bayes_error_of(grammar, x_test)
     if saver is not None:
         saver.data_state, saver.restore_data = data_state, restore_data
     return run_sgd(model, record, batches_of_epoch, lambda x, y: F.cross_entropy(model(x), y),
                     lambda: evaluate_set(model, x_test, y_test), progress=progress, callback=callback,
                     evaluate_train=evaluate_train, epoch_samples=epoch_samples, checkpoint=saver)
+
+
+def bayes_error_of(data, x_test: torch.Tensor) -> float:
+    """The Bayes-optimal error on the test inputs x_test (``RunRecord.bayes_error``): the data's own
+    ``bayes_error(x_test)`` where it has one (a task such as ``LastToken``), 0.0 for the classification of an
+    RHM (the grammar is unambiguous: every string has one derivation, hence one label), NaN for other data."""
+    if callable(getattr(data, "bayes_error", None)):
+        return float(data.bayes_error(x_test))
+    return 0.0 if isinstance(data, RHM) else math.nan
 
 
 def sgd_record(model, grammar, n_train, *, n_test, lr, momentum, weight_decay, batch_size, max_epochs, cosine,
@@ -184,7 +198,8 @@ def sgd_record(model, grammar, n_train, *, n_test, lr, momentum, weight_decay, b
                                        loss_threshold=loss_threshold, eval_every=eval_every, online=online,
                                        width=getattr(model, "width", None), norm=getattr(model, "norm", None),
                                        **{k: v for k, v in options.items() if v != REFERENCE_OPTIONS[k]}),
-                     dict(rules=grammar.seed, data=seed_data, order=seed_order, model=getattr(model, "seed", None)))
+                     dict(rules=getattr(grammar, "grammar", grammar).seed, data=seed_data, order=seed_order,
+                          model=getattr(model, "seed", None)))
 
 
 def run_sgd(model, record, batches_of_epoch, loss_fn, evaluate, *, progress, callback,

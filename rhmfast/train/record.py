@@ -12,13 +12,16 @@ import time
 class RunRecord:
     """What a training run did: its configuration and seeds, the curve of (epoch, samples seen, train
     loss, test error, and for train_sgd test loss and test accuracy), the final test error, timing, and
-    per-stage results of layerwise trainers."""
+    per-stage results of layerwise trainers. bayes_error (train_sgd's): the Bayes-optimal error on the test
+    set, the floor no learner goes below: the task's (``LastToken.bayes_error``), 0.0 for the classification
+    of an RHM (its grammar is unambiguous: a string has one label), NaN where it is not known."""
     trainer: str
     config: dict
     seeds: dict
     curve: list = dataclasses.field(default_factory=list)
     stages: list = dataclasses.field(default_factory=list)
     final_test_error: float = float("nan")
+    bayes_error: float = float("nan")
     samples_seen: int = 0
     wall_time_s: float = 0.0
     samples_per_s: float = 0.0
@@ -29,9 +32,26 @@ class RunRecord:
         return dataclasses.asdict(self)
 
 
-def grammar_config(grammar) -> dict:
+# The data's options with their defaults: a record's config names one only where it differs, so a
+# classification run on the plain RHM has the record (and the checkpoint identity) it had before them.
+DATA_OPTIONS = dict(task="classify", context=None, production="uniform", zipf_exponent=None, zipf_levels=None,
+                    sparsity=0)
+
+
+def grammar_config(data) -> dict:
+    """The grammar's parameters (of ``data.grammar`` for a task such as ``LastToken``), and where they differ
+    from DATA_OPTIONS the task and its context and the grammar's variants (Zipf productions, sparsity)."""
+    grammar = getattr(data, "grammar", data)
+    production = getattr(grammar, "production", "uniform")
+    options = dict(task=getattr(data, "task", "classify"), context=getattr(data, "context", None),
+                   production=production, sparsity=getattr(grammar, "sparsity", 0))
+    if production != "uniform":  # the Zipf law's parameters mean something only for it
+        levels = getattr(grammar, "zipf_levels", None)
+        options.update(zipf_exponent=getattr(grammar, "zipf_exponent", None),
+                       zipf_levels=None if levels is None else list(levels))  # a list, as a sweep's config
     return dict(v=grammar.v, m=grammar.m, s=grammar.s, L=grammar.L, n_classes=grammar.n_classes,
-                rules=grammar.sampler, seed_rules=grammar.seed)
+                rules=grammar.sampler, seed_rules=grammar.seed,
+                **{key: value for key, value in options.items() if value != DATA_OPTIONS[key]})
 
 
 def finish(record: RunRecord, started: float, earlier_s: float = 0.0) -> RunRecord:

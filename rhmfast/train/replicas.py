@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from rhmfast._checks import check_choice
 from rhmfast.models import device_of
 from rhmfast.models.hcnn import HierarchicalCNNReplicas
-from rhmfast.train.end_to_end import REFERENCE_OPTIONS, sgd_record
+from rhmfast.train.end_to_end import REFERENCE_OPTIONS, bayes_error_of, sgd_record
 from rhmfast.train.loop import (check_eval_schedule, check_fits, curve_metrics, evaluate_set, is_eval_epoch,
                                 make_scheduler, minibatches)
 from rhmfast.train.record import finish
@@ -75,7 +75,8 @@ def train_sgd_replicas(replicas: HierarchicalCNNReplicas, grammar, n_train, *, s
                        eval_at_start: bool = False, stop_check: str = "epoch", order: str = "rhmfast",
                        replacement: bool = False, on_stop=None, exact: bool = True) -> list:
     """Train the K replicas of ``replicas`` (``HierarchicalCNN.replicas``) end to end, in place; returns K
-    RunRecords, record k the one ``train_sgd`` returns for replica k's solo run.
+    RunRecords, record k the one ``train_sgd`` returns for replica k's solo run. grammar: the data, as
+    train_sgd's (an RHM or a task on one).
 
     Per replica (an int for all, or a list of K): n_train, seed_data, seed_order, max_epochs. eval_every: an
     int or a collection of epochs for every replica (as train_sgd's), a list of K lists of epochs (one
@@ -131,6 +132,7 @@ def train_sgd_replicas(replicas: HierarchicalCNNReplicas, grammar, n_train, *, s
                                   lr=effective_lr, max_epochs=max_epochs[k])
         data = _data(grammar, n_train[k], n_test, seed_data[k], seed_order[k], batch_size, online, order, replacement,
                      device)
+        record.bayes_error = bayes_error_of(grammar, data[2])
         runs.append(_Run(k, record, data, math.ceil(n_train[k] / batch_size), max_epochs[k], schedules[k], holder,
                          schedule))
     del models
