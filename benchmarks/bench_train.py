@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_tag, ieee_float32_on_gpu, interleaved_steps, machine, write_results  # noqa: E402
+from common import device_tag, interleaved_steps, machine, set_up_device, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import HierarchicalCNN  # noqa: E402
@@ -100,13 +100,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     rounds, steps = (3, 10) if args.quick else (9, 30)
-    device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device")
-    if device == "cuda":
-        ieee_float32_on_gpu()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    device = set_up_device(parser, args)
     rows = []
     for cfg in CONFIGS:
         grammar = rhmfast.RHM(cfg["v"], cfg["m"], cfg["s"], cfg["L"], seed=0)

@@ -62,6 +62,18 @@ def ieee_float32_on_gpu() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def set_up_device(parser, args) -> str:
+    """The benchmark's --device, refused (a parser error) where torch sees no CUDA device; on a GPU, float32 in
+    float32 (ieee_float32_on_gpu); --threads torch threads when given. Returns the device."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    if args.device == "cuda":
+        ieee_float32_on_gpu()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args.device
+
+
 def device_tag(device: str) -> str:
     """The device part of a result file's name: "cpu-avx2" / "cpu-avx512" (the vector width moves every
     CPU ratio, so runs on the two kinds of machine are kept apart), or the device type."""

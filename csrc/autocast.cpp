@@ -1,4 +1,5 @@
-// Autocast of the patchwise layers' forward ops (patch_conv, token_patch_embed, patch_conv_stack).
+// Autocast of the patchwise layers' forward ops (patch_conv, token_patch_embed, patch_conv_stack,
+// locally_connected).
 //
 // Inside torch.autocast a layer receives inputs in whatever precision the layers before it produced
 // (say float16 activations and float32 weights), which the kernels refuse as a dtype mismatch. As
@@ -12,6 +13,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 namespace rhmfast {
@@ -30,54 +32,60 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{at::autocast::get_autocast_dispatch_key_from_device_type(D)};
 };
 
-// patch_conv and token_patch_embed share their signature: (x or tokens, weight or table, bias, pos_bias,
-// patch_size, scale, activation). Token ids pass through cached_cast unchanged (it casts floats only).
-template <c10::DeviceType D, const char* Name>
-at::Tensor layer_autocast(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
-                          const OptTensor& pos_bias, int64_t patch_size, double scale, c10::string_view activation) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow(Name, "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                               const OptTensor&, int64_t, double, c10::string_view)>();
-  const NoAutocast<D> no_autocast;
-  const at::ScalarType t = autocast_type<D>();
-  using at::autocast::cached_cast;
-  return op.call(cached_cast(t, input, D), cached_cast(t, weight, D), cached_cast(t, bias, D),
-                 cached_cast(t, pos_bias, D), patch_size, scale, activation);
+// An argument as the kernels get it under autocast: floating tensors, alone, optional or in a list, cast to
+// the autocast type (cached_cast casts floats only, so token ids pass unchanged), anything else as it is.
+template <c10::DeviceType D, typename Arg>
+decltype(auto) autocast_arg(at::ScalarType t, const Arg& arg) {
+  if constexpr (std::is_same_v<Arg, at::Tensor> || std::is_same_v<Arg, OptTensor>) {
+    return at::autocast::cached_cast(t, arg, D);
+  } else if constexpr (std::is_same_v<Arg, Tensors>) {
+    return at::autocast::cached_cast(t, at::TensorList(arg), D);
+  } else {
+    return arg;
+  }
 }
+
+// The autocast kernel of op Name with C++ signature Fn: its arguments cast, then the op with autocast excluded.
+template <c10::DeviceType D, const char* Name, typename Fn>
+struct Autocast;
+
+template <c10::DeviceType D, const char* Name, typename Ret, typename... Args>
+struct Autocast<D, Name, Ret(Args...)> {
+  static Ret call(Args... args) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Name, "").typed<Ret(Args...)>();
+    const NoAutocast<D> no_autocast;
+    const at::ScalarType t = autocast_type<D>();
+    return op.call(autocast_arg<D>(t, args)...);
+  }
+};
 
 constexpr char kPatchConv[] = "rhmfast::patch_conv";
 constexpr char kTokenPatchEmbed[] = "rhmfast::token_patch_embed";
+constexpr char kPatchConvStack[] = "rhmfast::patch_conv_stack";
+constexpr char kLocallyConnected[] = "rhmfast::locally_connected";
 
-// Lists as std::vector, the C++ signature of patch_conv_stack's other kernels.
+// The forward ops' C++ signatures (lists as std::vector, as their other kernels take them). patch_conv and
+// token_patch_embed share theirs: (x or tokens, weight or table, bias, pos_bias, patch_size, scale, activation).
+using LayerFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, int64_t, double,
+                           c10::string_view);
+using StackFn = Tensors(const at::Tensor&, const at::Tensor&, const Tensors&, const Tensors&, int64_t,
+                        const std::vector<double>&, c10::string_view);
+using LocallyConnectedFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t, double,
+                                      c10::string_view);
+
 template <c10::DeviceType D>
-Tensors patch_conv_stack_autocast(const at::Tensor& tokens, const at::Tensor& table, const Tensors& weights,
-                                  const Tensors& biases, int64_t patch_size, const std::vector<double>& scales,
-                                  c10::string_view activation) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rhmfast::patch_conv_stack", "")
-                             .typed<Tensors(const at::Tensor&, const at::Tensor&, const Tensors&, const Tensors&,
-                                            int64_t, const std::vector<double>&, c10::string_view)>();
-  const NoAutocast<D> no_autocast;
-  const at::ScalarType t = autocast_type<D>();
-  using at::autocast::cached_cast;
-  return op.call(tokens, cached_cast(t, table, D), cached_cast(t, at::TensorList(weights), D),
-                 cached_cast(t, at::TensorList(biases), D), patch_size, scales, activation);
+void register_autocast(torch::Library& m) {
+  m.impl("patch_conv", &Autocast<D, kPatchConv, LayerFn>::call);
+  m.impl("token_patch_embed", &Autocast<D, kTokenPatchEmbed, LayerFn>::call);
+  m.impl("patch_conv_stack", &Autocast<D, kPatchConvStack, StackFn>::call);
+  m.impl("locally_connected", &Autocast<D, kLocallyConnected, LocallyConnectedFn>::call);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rhmfast, AutocastCPU, m) {
-  m.impl("patch_conv", &layer_autocast<c10::DeviceType::CPU, kPatchConv>);
-  m.impl("token_patch_embed", &layer_autocast<c10::DeviceType::CPU, kTokenPatchEmbed>);
-  m.impl("patch_conv_stack", &patch_conv_stack_autocast<c10::DeviceType::CPU>);
-}
+TORCH_LIBRARY_IMPL(rhmfast, AutocastCPU, m) { register_autocast<c10::DeviceType::CPU>(m); }
 
 // The dispatch key of CUDA's autocast is plain "Autocast"; registering it needs no CUDA in the build.
-TORCH_LIBRARY_IMPL(rhmfast, Autocast, m) {
-  m.impl("patch_conv", &layer_autocast<c10::DeviceType::CUDA, kPatchConv>);
-  m.impl("token_patch_embed", &layer_autocast<c10::DeviceType::CUDA, kTokenPatchEmbed>);
-  m.impl("patch_conv_stack", &patch_conv_stack_autocast<c10::DeviceType::CUDA>);
-}
+TORCH_LIBRARY_IMPL(rhmfast, Autocast, m) { register_autocast<c10::DeviceType::CUDA>(m); }
 
 }  // namespace rhmfast

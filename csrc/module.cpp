@@ -37,6 +37,12 @@ TORCH_LIBRARY(rhmfast, m) {
   m.def("patch_conv_stack_backward(Tensor?[] grad_outs, Tensor tokens, Tensor table, Tensor[] weights, "
         "Tensor[] biases, Tensor[] outs, int patch_size, float[] scales, str activation) "
         "-> (Tensor, Tensor[], Tensor[])");
+  // Locally connected layer, untied weights per patch (locally_connected*.cpp; reference
+  // rhmfast/reference/locally_connected.py; layout contract in locally_connected.h).
+  m.def("locally_connected(Tensor x, Tensor weight, Tensor? bias, int patch_size, float scale, str activation) "
+        "-> Tensor");
+  m.def("locally_connected_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, "
+        "int patch_size, float scale, str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -20,8 +20,6 @@ Activation parse_activation(c10::string_view activation) {
                     std::string(activation), "'");
 }
 
-namespace {
-
 void check_float_dtype(const at::Tensor& t, const char* name) {
   const at::ScalarType d = t.scalar_type();
   if (t.is_cuda()) {
@@ -39,6 +37,21 @@ void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, co
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "rhmfast: ", name, " has dtype ", t.scalar_type(), ", ",
                    ref_name, " ", ref.scalar_type(), ": they must have one dtype");
 }
+
+void check_patch_size(int64_t patch_size, int64_t T) {
+  TORCH_CHECK_VALUE(patch_size >= 1, "rhmfast: patch_size must be >= 1, got ", patch_size);
+  TORCH_CHECK_VALUE(T % patch_size == 0, "rhmfast: input length ", T, " is not a multiple of patch_size ",
+                    patch_size);
+}
+
+void check_weight_columns(int64_t cols, int64_t patch_size, int64_t C_in) {
+  // Compared by division: patch_size * C_in may overflow.
+  TORCH_CHECK_VALUE(cols % patch_size == 0 && cols / patch_size == C_in, "rhmfast: weight has ", cols,
+                    " columns but patch_size*C_in = ", patch_size, "*", C_in, " = ",
+                    static_cast<double>(patch_size) * static_cast<double>(C_in));
+}
+
+namespace {
 
 void check_biases(const PatchShape& g, const at::Tensor& weight, const char* weight_name,
                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& pos_bias) {
@@ -83,12 +96,6 @@ int64_t check_replica_pair(const at::Tensor& a, const char* a_name, const char* 
   return a.size(0);
 }
 
-void check_patch_size(int64_t patch_size, int64_t T) {
-  TORCH_CHECK_VALUE(patch_size >= 1, "rhmfast: patch_size must be >= 1, got ", patch_size);
-  TORCH_CHECK_VALUE(T % patch_size == 0, "rhmfast: input length ", T, " is not a multiple of patch_size ",
-                    patch_size);
-}
-
 }  // namespace
 
 PatchShape check_patch_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -110,11 +117,7 @@ PatchShape check_patch_conv(const at::Tensor& x, const at::Tensor& weight, const
   g.replica = replica;
   check_patch_size(patch_size, g.T);
   g.T_out = g.T / patch_size;
-  // Compared by division: patch_size * C_in may overflow.
-  const int64_t cols = weight.size(o + 1);
-  TORCH_CHECK_VALUE(cols % patch_size == 0 && cols / patch_size == g.C_in, "rhmfast: weight has ", cols,
-                    " columns but patch_size*C_in = ", patch_size, "*", g.C_in, " = ",
-                    static_cast<double>(patch_size) * static_cast<double>(g.C_in));
+  check_weight_columns(weight.size(o + 1), patch_size, g.C_in);
   check_biases(g, weight, "weight", bias, pos_bias);
   return g;
 }

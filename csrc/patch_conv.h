@@ -48,6 +48,14 @@ struct PatchShape {
   }
 };
 
+// The argument checks the patchwise layers share (and locally_connected.cpp): t has a floating dtype its
+// device supports (float32/float64; CUDA adds float16 and bfloat16); t is on ref's device with ref's dtype;
+// patch_size >= 1 divides the input length T; a weight has patch_size * C_in columns.
+void check_float_dtype(const at::Tensor& t, const char* name);
+void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name);
+void check_patch_size(int64_t patch_size, int64_t T);
+void check_weight_columns(int64_t cols, int64_t patch_size, int64_t C_in);
+
 // Checks x [B, T, C_in], weight [C_out, s*C_in], bias [C_out], pos_bias [T/s, C_out]: same device,
 // a floating dtype the device supports, T a multiple of s; or all of them with a leading K (replica form,
 // chosen by x 4-D or weight 3-D; one K for all).

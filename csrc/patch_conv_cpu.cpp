@@ -29,11 +29,10 @@
 #include "patch_conv_cpu.h"
 
 namespace rhmfast {
-namespace {
+namespace cpu {
 
-// y = act(scale * y + bias + pos_bias[row % T_out]) on rows [r0, r1) of one replica's y [rows, C], one pass
-// per row. zeros [C] stands in for a missing bias (adding 0 and scaling by 1 are exact), so every case is
-// the same branch-free loop and vectorises.
+// (Declared in patch_conv_cpu.h.) zeros [C] stands in for a missing bias (adding 0 and scaling by 1 are exact),
+// so every case is the same branch-free loop and vectorises.
 template <typename T>
 RHMFAST_CPU_CLONES void forward_epilogue(T* y, int64_t r0, int64_t r1, int64_t C, int64_t T_out, T scale,
                                          const T* bias, const T* pos_bias, const T* zeros, Activation act) {
@@ -57,9 +56,6 @@ RHMFAST_CPU_CLONES void forward_epilogue(T* y, int64_t r0, int64_t r1, int64_t C
   }
 }
 
-// d = grad * act'(saved) on rows `rows[0..n)` (given by their first row and stride, so a block of
-// consecutive rows and one position across the batch are the same loop), adding each row of d into acc
-// [C] in row order when acc is given.
 template <typename T>
 RHMFAST_CPU_CLONES void activation_grad_rows(const T* grad, const T* saved, T* d, int64_t first, int64_t stride,
                                              int64_t n, int64_t C, Activation act, T* acc) {
@@ -85,6 +81,20 @@ RHMFAST_CPU_CLONES void activation_grad_rows(const T* grad, const T* saved, T* d
     }
   }
 }
+
+// The dtypes of the CPU kernels (AT_DISPATCH_FLOATING_TYPES).
+template void forward_epilogue<float>(float*, int64_t, int64_t, int64_t, int64_t, float, const float*, const float*,
+                                      const float*, Activation);
+template void forward_epilogue<double>(double*, int64_t, int64_t, int64_t, int64_t, double, const double*,
+                                       const double*, const double*, Activation);
+template void activation_grad_rows<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                                          Activation, float*);
+template void activation_grad_rows<double>(const double*, const double*, double*, int64_t, int64_t, int64_t,
+                                           int64_t, Activation, double*);
+
+}  // namespace cpu
+
+namespace {
 
 // One replica's [rows, C] arrays for activation_grad: grad, saved (the output for relu, the pre-activation
 // for square, null for none) and d, each `*_k` elements after the previous replica's (any stride(0)).
@@ -119,7 +129,7 @@ void activation_grad(const ReplicaRows<T>& a, int64_t K, int64_t B, int64_t T_ou
   if (grad_pos == nullptr && grad_bias == nullptr) {
     at::parallel_for(0, K * rows, cpu::row_grain(C), [&](int64_t i0, int64_t i1) {
       cpu::for_replica_rows(i0, i1, rows, [&](int64_t k, int64_t r0, int64_t r1) {
-        activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), r0, 1, r1 - r0, C, act, nullptr);
+        cpu::activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), r0, 1, r1 - r0, C, act, nullptr);
       });
     });
     return;
@@ -133,7 +143,7 @@ void activation_grad(const ReplicaRows<T>& a, int64_t K, int64_t B, int64_t T_ou
     at::parallel_for(0, K * n_blocks, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t k = i / n_blocks, blk = i % n_blocks;
-        activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), blk * kBlock, 1,
+        cpu::activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), blk * kBlock, 1,
                                 std::min(kBlock, rows - blk * kBlock), C, act, partial.data() + i * C);
       }
     });
@@ -150,7 +160,7 @@ void activation_grad(const ReplicaRows<T>& a, int64_t K, int64_t B, int64_t T_ou
       const int64_t k = i / T_out, t = i % T_out;
       T* acc = grad_pos + k * pos_k + t * C;
       std::fill(acc, acc + C, T(0));
-      activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), t, T_out, B, C, act, acc);
+      cpu::activation_grad_rows<T>(a.grad_of(k), a.saved_of(k), a.d_of(k), t, T_out, B, C, act, acc);
     }
   });
   if (grad_bias != nullptr) {
@@ -205,7 +215,7 @@ at::Tensor patch_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const s
     const int64_t b_k = g.replica && bias ? bias->stride(0) : 0, pb_k = g.replica && pos_bias ? pos_bias->stride(0) : 0;
     at::parallel_for(0, g.all_rows(), cpu::row_grain(g.C_out), [&](int64_t i0, int64_t i1) {
       cpu::for_replica_rows(i0, i1, rows, [&](int64_t k, int64_t r0, int64_t r1) {
-        forward_epilogue<scalar_t>(out + k * y_k, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale),
+        cpu::forward_epilogue<scalar_t>(out + k * y_k, r0, r1, g.C_out, g.T_out, static_cast<scalar_t>(scale),
                                    b != nullptr ? b + k * b_k : nullptr, pb != nullptr ? pb + k * pb_k : nullptr,
                                    zeros.data(), act);
       });

@@ -1,66 +1,15 @@
-// CUDA kernels of patch_conv's epilogues; the GEMMs run in cuBLAS from the torch glue
-// (patch_conv_cuda_glue.cpp).
+// CUDA kernels of patch_conv's epilogues (the shared ones in patch_epilogue.cuh); the GEMMs run in cuBLAS
+// from the torch glue (patch_conv_cuda_glue.cpp).
 //
 // Data layout contract: y, grad, saved, d are dense row-major [rows = B*T_out, C] (channels-last, row r
 // at position r % T_out of sample r / T_out); bias [C]; pos_bias and grad_pos [T_out, C]; half types are
 // read and written as stored and computed in float (float64 in float64). Replica form: K replicas of each,
 // replica k of an array `*_k` elements after replica 0 (each replica dense); the solo form is K = 1.
-#include "rhmfast/cuda_float.cuh"
+#include "rhmfast/patch_epilogue.cuh"
 
 namespace rhmfast {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-// One thread per element of the K*rows*C elements (global row r = i / C, replica r / rows).
-template <typename T>
-__global__ void forward_epilogue_kernel(T* __restrict__ y, int64_t y_k, int64_t n, int64_t rows, int64_t C,
-                                        int64_t T_out, typename Acc<T>::type scale, const T* __restrict__ bias,
-                                        int64_t bias_k, const T* __restrict__ pos_bias, int64_t pos_k, Act act) {
-  using A = typename Acc<T>::type;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = i / C, c = i % C, k = r / rows, local = r - k * rows;
-    T* out = y + k * y_k + local * C + c;
-    A z = to_acc(*out) * scale;
-    if (bias != nullptr) z += to_acc(bias[k * bias_k + c]);
-    if (pos_bias != nullptr) z += to_acc(pos_bias[k * pos_k + (local % T_out) * C + c]);
-    *out = from_acc<T>(activate(z, act));
-  }
-}
-
-// n = K * per elements; replica k's element j of each array at k * its stride + j.
-template <typename T>
-__global__ void activation_grad_kernel(const T* __restrict__ grad, int64_t grad_k, const T* __restrict__ saved,
-                                       int64_t saved_k, T* __restrict__ d, int64_t d_k, int64_t n, int64_t per,
-                                       Act act) {
-  using A = typename Acc<T>::type;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t k = i / per, j = i - k * per;
-    const A g = to_acc(grad[k * grad_k + j]);
-    A out = g;
-    if (act == Act::kRelu) out = to_acc(saved[k * saved_k + j]) > A(0) ? g : A(0);
-    else if (act == Act::kSquare) out = A(2) * to_acc(saved[k * saved_k + j]) * g;
-    d[k * d_k + j] = from_acc<T>(out);
-  }
-}
-
-// One thread per (replica k, position t, channel c) sums d over the batch in order: coalesced along c, no
-// atomics. acc [K, T_out, C] dense.
-template <typename T>
-__global__ void position_sum_kernel(const T* __restrict__ d, int64_t d_k, int64_t K, int64_t B, int64_t T_out,
-                                    int64_t C, typename Acc<T>::type* __restrict__ acc, T* __restrict__ grad_pos,
-                                    int64_t pos_k) {
-  using A = typename Acc<T>::type;
-  const int64_t per = T_out * C;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < K * per; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t k = i / per, j = i - k * per;
-    const T* dk = d + k * d_k;
-    const A sum = ordered_sum<A>(0, B, [&](int64_t b) { return to_acc(dk[b * per + j]); });
-    acc[i] = sum;
-    if (grad_pos != nullptr) grad_pos[k * pos_k + j] = from_acc<T>(sum);
-  }
-}
 
 template <typename T>
 __global__ void bias_sum_kernel(const typename Acc<T>::type* __restrict__ acc, int64_t K, int64_t T_out, int64_t C,
@@ -84,7 +33,7 @@ cudaError_t launch_forward_epilogue(FloatType type, void* y, int64_t y_k, int64_
     using A = typename Acc<T>::type;
     const int64_t n = K * rows * C;
     if (n == 0) return cudaSuccess;
-    forward_epilogue_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+    forward_epilogue_kernel<T><<<blocks_for(n, kEpilogueThreads), kEpilogueThreads, 0, stream>>>(
         static_cast<T*>(y), y_k, n, rows, C, T_out, static_cast<A>(scale), static_cast<const T*>(bias), bias_k,
         static_cast<const T*>(pos_bias), pos_k, act);
     return cudaGetLastError();
@@ -100,17 +49,17 @@ cudaError_t launch_activation_grad(FloatType type, const void* grad, int64_t gra
     using A = typename Acc<T>::type;
     const int64_t per = B * T_out * C, n = K * per;
     if (n > 0) {
-      activation_grad_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+      activation_grad_kernel<T><<<blocks_for(n, kEpilogueThreads), kEpilogueThreads, 0, stream>>>(
           static_cast<const T*>(grad), grad_k, static_cast<const T*>(saved), saved_k, static_cast<T*>(d), d_k, n,
           per, act);
     }
     if ((grad_pos != nullptr || grad_bias != nullptr) && K * T_out * C > 0) {
       A* acc = static_cast<A*>(workspace);
-      position_sum_kernel<T><<<blocks_for(K * T_out * C, kThreads), kThreads, 0, stream>>>(
+      position_sum_kernel<T><<<blocks_for(K * T_out * C, kEpilogueThreads), kEpilogueThreads, 0, stream>>>(
           static_cast<const T*>(d), d_k, K, B, T_out, C, acc, static_cast<T*>(grad_pos), pos_k);
       if (grad_bias != nullptr) {
-        bias_sum_kernel<T><<<blocks_for(K * C, kThreads), kThreads, 0, stream>>>(acc, K, T_out, C,
-                                                                                 static_cast<T*>(grad_bias), bias_k);
+        bias_sum_kernel<T><<<blocks_for(K * C, kEpilogueThreads), kEpilogueThreads, 0, stream>>>(
+            acc, K, T_out, C, static_cast<T*>(grad_bias), bias_k);
       }
     } else if (grad_bias != nullptr && K * C > 0) {
       // No positions (an empty sequence): the bias gradient is an empty sum, all zeros (the bits of

@@ -1,5 +1,5 @@
 """Shared sample inputs, tables and fixtures of the patchwise-layer tests (test_patch_conv.py,
-test_token_patch_embed.py, test_patch_conv_stack.py, test_nn.py)."""
+test_token_patch_embed.py, test_patch_conv_stack.py, test_nn.py, test_locally_connected.py)."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +22,14 @@ ACTIVATIONS = ("none", "relu", "square")
 PATCH_SIZES = (2, 3, 4)
 
 cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and rhmfast's CUDA kernels")
+
+def cuda_cases(test):
+    """Marks a test of the CUDA kernels (skipped without them) and runs it for every dtype they take and every
+    activation (arguments dtype, activation)."""
+    test = pytest.mark.parametrize("activation", ACTIVATIONS)(test)
+    test = pytest.mark.parametrize("dtype", FLOAT_DTYPES["cuda"])(test)
+    return pytest.mark.cuda(cuda(test))
+
 
 DEVICE_DTYPES = [pytest.param("cpu", d, id=f"cpu-{str(d)[6:]}") for d in FLOAT_DTYPES["cpu"]] + [
     pytest.param("cuda", d, id=f"cuda-{str(d)[6:]}", marks=[pytest.mark.cuda, cuda]) for d in FLOAT_DTYPES["cuda"]]
@@ -96,6 +104,34 @@ def one_hot_weight(table):
     """The patch_conv weight [C_out, s*v] that the token table [s, v, C_out] stands for."""
     s, v, c_out = table.shape
     return table.reshape(s * v, c_out).t()
+
+
+def assert_grads_match_float64(op, reference_op, inputs, wanted):
+    """The gradients op(*inputs) gives the inputs whose flag in `wanted` is set (only those require grad)
+    against those of reference_op on float64 copies of the inputs, for one random output gradient."""
+    for t, flag in zip(inputs, wanted):
+        t.requires_grad_(bool(flag))
+    y = op(*inputs)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for t in inputs if t.requires_grad], grad_out)
+    doubles = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    expected_grads = torch.autograd.grad(reference_op(*doubles), [t for t in doubles if t.requires_grad],
+                                         grad_out.double())
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+
+
+def assert_refuses_mixed_dtypes_and_devices(op, x, weight, bias):
+    """op(x, weight, bias) refuses a weight or a bias of another dtype or device than x's, naming both (devices
+    are compared before anything runs, so a meta tensor stands in for a second device)."""
+    with pytest.raises(TypeError, match="weight has dtype .*: they must have one dtype"):
+        op(x, weight.double(), None)
+    with pytest.raises(TypeError, match="bias has dtype"):
+        op(x, weight, bias.double())
+    with pytest.raises(ValueError, match="weight is on meta, x on cpu: they must be on one device"):
+        op(x, weight.to("meta"), None)
+    with pytest.raises(ValueError, match="bias is on meta, weight on cpu"):
+        op(x, weight, bias.to("meta"))
 
 
 def assert_within_twice_torch_error(ours, torch_same_precision, exact):

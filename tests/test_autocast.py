@@ -1,6 +1,6 @@
-"""The patchwise layers inside torch.autocast (csrc/autocast.cpp): mixed-precision inputs are cast to one
-type before the kernels run (CPU: float32; CUDA: the autocast dtype), gradients flow back through the
-casts, float64 is left alone, and torch.compile traces it."""
+"""The patchwise layers and locally_connected inside torch.autocast (csrc/autocast.cpp): mixed-precision
+inputs are cast to one type before the kernels run (CPU: float32; CUDA: the autocast dtype), gradients flow
+back through the casts, float64 is left alone, and torch.compile traces it."""
 import pytest
 import torch
 from torch import nn
@@ -8,6 +8,7 @@ from torch import nn
 from patchconv_samples import HAVE_CUDA, conv_sample, need_extension, token_sample
 from rhmfast.models import HierarchicalCNN
 from rhmfast.nn import PatchConv1d, TokenPatchEmbedding
+from rhmfast.ops.locally_connected import locally_connected
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.patch_conv_stack import patch_conv_stack
 from rhmfast.ops.token_patch_embed import token_patch_embed
@@ -18,14 +19,25 @@ def extension():
     need_extension()
 
 
-def test_cpu_autocast_runs_patch_conv_in_float32():
+def layer_case(layer, device="cpu", seed=1):
+    """float32 inputs (x, weight, biases...) of a layer taking channels-last x, and the layer (relu) on them."""
+    if layer == "patch_conv":
+        x, w, b, pb = conv_sample(3, 5, 6, 7, 2, torch.float32, device, seed=seed)
+        return (x, w, b, pb), lambda *t: patch_conv(*t, patch_size=2, scale=0.5, activation="relu")
+    gen = torch.Generator().manual_seed(seed)  # locally_connected: x [B, P*s, C_in], weight [P, C_out, s*C_in]
+    x, w, b = (torch.randn(shape, generator=gen).to(device) for shape in ((3, 10, 6), (5, 7, 12), (5, 7)))
+    return (x, w, b), lambda *t: locally_connected(*t, patch_size=2, scale=0.5, activation="relu")
+
+
+@pytest.mark.parametrize("layer", ["patch_conv", "locally_connected"])
+def test_cpu_autocast_runs_the_layer_in_float32(layer):
     """bfloat16 activations with float32 weights: computed as the float32 op on the same (rounded) values."""
-    x, w, b, pb = conv_sample(3, 5, 6, 7, 2, torch.float32, seed=1)
+    (x, *params), op = layer_case(layer)
     x_half = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = patch_conv(x_half, w, b, pb, patch_size=2, scale=0.5, activation="relu")
+        y = op(x_half, *params)
     x_exact = x_half.detach().float().requires_grad_()
-    expected = patch_conv(x_exact, w, b, pb, patch_size=2, scale=0.5, activation="relu")
+    expected = op(x_exact, *params)
     assert y.dtype == torch.float32 and torch.equal(y, expected)
     grad = torch.randn_like(y)
     y.backward(grad)
@@ -95,10 +107,10 @@ def test_compiled_model_under_autocast_matches_eager():
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device and rhmfast's CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_autocast_computes_in_the_autocast_dtype(dtype):
-    x, w, b, pb = (t.cuda() for t in conv_sample(3, 5, 16, 8, 2, torch.float32, seed=6))
+@pytest.mark.parametrize("layer", ["patch_conv", "locally_connected"])
+def test_cuda_autocast_computes_in_the_autocast_dtype(dtype, layer):
+    inputs, op = layer_case(layer, "cuda", seed=6)
     with torch.autocast("cuda", dtype=dtype):
-        y = patch_conv(x, w, b, pb, patch_size=2, activation="relu")
+        y = op(*inputs)
     assert y.dtype == dtype
-    expected = patch_conv(x.to(dtype), w.to(dtype), b.to(dtype), pb.to(dtype), patch_size=2, activation="relu")
-    assert torch.equal(y, expected)
+    assert torch.equal(y, op(*(t.to(dtype) for t in inputs)))

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from patchconv_samples import (ACTIVATIONS, DEVICE_DTYPES, PATCH_SIZES, SHAPES, TOLERANCE,
-                               assert_cuda_matches_cpu, assert_within_twice_torch_error, backend,
-                               conv1d_reference, conv_sample, cuda,
-                               need_extension)
+                               assert_cuda_matches_cpu, assert_grads_match_float64,
+                               assert_refuses_mixed_dtypes_and_devices, assert_within_twice_torch_error, backend,
+                               conv1d_reference, conv_sample, cuda, cuda_cases, need_extension)
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.reference import patch_conv as reference
 
@@ -32,19 +32,10 @@ def test_matches_conv1d(backend, device, dtype, s):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("wanted", ["all", "x", "weight", "biases"])
 def test_backward_matches_autograd_of_conv1d(backend, activation, wanted):
-    x, w, b, pb = conv_sample(4, 6, 9, 13, 3, torch.float32, seed=11)
     flags = {"all": (1, 1, 1, 1), "x": (1, 0, 0, 0), "weight": (0, 1, 0, 0), "biases": (0, 0, 1, 1)}[wanted]
-    for t, flag in zip((x, w, b, pb), flags):
-        t.requires_grad_(bool(flag))
-    y = patch_conv(x, w, b, pb, patch_size=3, scale=0.5, activation=activation)
-    grad_out = torch.randn_like(y)
-    inputs = [t for t in (x, w, b, pb) if t.requires_grad]
-    grads = torch.autograd.grad(y, inputs, grad_out)
-    doubles = [t.detach().double().requires_grad_(t.requires_grad) for t in (x, w, b, pb)]
-    expected = conv1d_reference(*doubles, 3, 0.5, activation)
-    expected_grads = torch.autograd.grad(expected, [t for t in doubles if t.requires_grad], grad_out.double())
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+    assert_grads_match_float64(lambda *t: patch_conv(*t, patch_size=3, scale=0.5, activation=activation),
+                               lambda *t: conv1d_reference(*t, 3, 0.5, activation),
+                               conv_sample(4, 6, 9, 13, 3, torch.float32, seed=11), flags)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -102,13 +93,7 @@ def test_errors(backend):
         patch_conv(x[0], w, patch_size=2)
     with pytest.raises(TypeError, match="x must be"):
         patch_conv(x.to(torch.bfloat16), w.to(torch.bfloat16), patch_size=2)
-    with pytest.raises(TypeError, match="weight"):
-        patch_conv(x, w.double(), patch_size=2)
-    with pytest.raises(TypeError, match="bias has dtype"):
-        patch_conv(x, w, b.double(), patch_size=2)
-    # Devices are compared before anything runs (a meta tensor stands in for a second device here).
-    with pytest.raises(ValueError, match="weight is on meta, x on cpu: they must be on one device"):
-        patch_conv(x, w.to("meta"), patch_size=2)
+    assert_refuses_mixed_dtypes_and_devices(lambda *t: patch_conv(*t, patch_size=2), x, w, b)
     with pytest.raises(ValueError, match="pos_bias is on meta, weight on cpu"):
         patch_conv(x, w, b, pb.to("meta"), patch_size=2)
 
@@ -148,10 +133,7 @@ def test_backward_is_deterministic(backend):
             assert torch.equal(g, g0)
 
 
-@pytest.mark.cuda
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@cuda_cases
 def test_cuda_matches_cpu(dtype, activation):
     inputs = conv_sample(16, 32, 64, 48, 2, torch.float64, seed=4, requires_grad=True)
     cfg = dict(patch_size=2, scale=0.5, activation=activation)

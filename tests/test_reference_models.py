@@ -4,8 +4,6 @@ checked against a transcription of its forward passes written here (and, where t
 hand, against its own classes), and rhmfast.nn.convert's warning when it swaps nothing."""
 import math
 import os
-import subprocess
-import types
 import warnings
 
 import pytest
@@ -14,22 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import rhmfast
+from model_checks import assert_reference_keys_checked, assert_same_state, onehot_input, reference_source
 from rhmfast.models import FullyConnected, HierarchicalCNN
 from rhmfast.nn import convert
 
-REFERENCE_REPO = os.environ.get("RHMFAST_REFERENCE_REPO", "/work/.mirror/pcsl-epfl+random-hierarchy-model/repo")
-
 
 # ---- transcriptions of the reference's forward passes ---------------------------------------------------
-
-def onehot_input(tokens, v, whiten=False):
-    """datasets/random_hierarchy_model.py: F.one_hot(...).float(), whitened (x - 1/v) / sqrt(1 - 1/v) with
-    --whitening 1, then permuted to [B, v, T]."""
-    x = F.one_hot(tokens.long(), v).double()
-    if whiten:
-        x = (x - 1.0 / v) * (1.0 - 1.0 / v) ** -0.5
-    return x.permute(0, 2, 1)
-
 
 def reference_hcnn(x, state, norm):
     """models/cnn.py hCNN.forward: per layer relu(F.conv1d(x, filter, bias, stride=s) / sqrt(C_in*s)), mean over
@@ -73,12 +61,6 @@ def random_fcn_state(n_in, width, depth, n_classes, bias, gen, dtype=torch.float
             state[f"hidden.{l}.0.bias"] = torch.randn(width, generator=gen, dtype=dtype)
     state["readout"] = torch.randn(width if depth else n_in, n_classes, generator=gen, dtype=dtype)
     return state
-
-
-def assert_same_state(a, b):
-    assert list(a) == list(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
 # ---- the hCNN --------------------------------------------------------------------------------------------
@@ -167,18 +149,9 @@ def test_hcnn_from_reference_refuses_what_it_cannot_read():
     state = random_hcnn_state(4, 6, 2, 3, 3, True, gen)
     with pytest.raises(ValueError, match=r"s=3, but hidden.0.0.filter has shape \[6, 4, 2\]"):
         HierarchicalCNN.from_reference(state, s=3)
-    with pytest.raises(ValueError, match=r"missing \['hidden.1.0.filter'\]"):
-        HierarchicalCNN.from_reference({k: t for k, t in state.items() if k != "hidden.1.0.filter"})
-    with pytest.raises(ValueError, match=r"missing \['hidden.2.0.bias'\]"):
-        HierarchicalCNN.from_reference({k: t for k, t in state.items() if k != "hidden.2.0.bias"})
-    with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
-        HierarchicalCNN.from_reference({**state, "extra": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"hidden.2.0.filter must be a floating-point tensor of shape \[6, 6, 2\]"):
         HierarchicalCNN.from_reference({**state, "hidden.2.0.filter": torch.zeros(6, 5, 2)})
-    with pytest.raises(ValueError, match="needs the reference hCNN's keys"):
-        HierarchicalCNN.from_reference({"hier.0.weight": state["hidden.0.0.filter"], "beta": state["readout"]})
-    with pytest.raises(TypeError, match="nn.Module or its state dict"):
-        HierarchicalCNN.from_reference([state])
+    assert_reference_keys_checked(HierarchicalCNN.from_reference, state, "hCNN")
 
 
 def test_hcnn_from_reference_keeps_the_global_rng_and_old_keys_still_load():
@@ -286,17 +259,6 @@ def test_fcn_against_the_library_recorded_outputs_and_initialisation(vectors):
 
 
 # ---- against the library's own classes, where its source is at hand --------------------------------------
-
-def reference_source(name):
-    try:
-        text = subprocess.run(["git", "-C", REFERENCE_REPO, "show", f"HEAD:models/{name}.py"], capture_output=True,
-                              text=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip(f"the reference library's models/{name}.py is not at hand ({REFERENCE_REPO})")
-    module = types.ModuleType(f"reference_{name}")
-    exec(compile(text, f"random-hierarchy-model/models/{name}.py", "exec"), module.__dict__)
-    return module
-
 
 @pytest.mark.parametrize("s,L,bias,norm", [(2, 3, False, "mf"), (3, 2, True, "std"), (2, 1, True, "mf")])
 def test_hcnn_against_the_library_class(s, L, bias, norm):

@@ -1,15 +1,19 @@
 """Reading the 2024 reference library's models (random-hierarchy-model: ``models/cnn.py`` hCNN,
-``models/fcn.py`` MLP and Perceptron): their parameters, from the module or from its state dict."""
+``models/lcn.py`` hLCN, ``models/fcn.py`` MLP and Perceptron): their parameters, from the module or from its
+state dict."""
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 NORMS = ("std", "mf")
+_FILTER = re.compile(r"hidden\.(\d+)\.0\.filter")
 
 
 def reference_state(obj, owner: str) -> tuple[dict[str, torch.Tensor], float | None]:
@@ -61,3 +65,70 @@ def resolve_norm(norm: str | None, module_norm: float | None, width: int, owner:
         raise ValueError(f"rhmfast: {owner}: norm={norm!r}, but the model divides its readout by {module_norm} "
                          f"(norm={matches[0]!r})")
     return norm
+
+
+@dataclass(frozen=True)
+class HiddenLayers:
+    """A reference network of filter layers ``hidden.{l}.0`` and a ``readout`` (the hCNN, the hLCN), as
+    read_hidden_layers reads it: its state dict, the module's readout divisor (None for a state dict) and the
+    sizes read off its tensors."""
+    state: dict[str, torch.Tensor]
+    module_norm: float | None
+    L: int
+    bias: bool
+    width: int
+    v: int
+    s: int
+    n_classes: int
+
+    def build(self, cls, norm: str | None, owner: str, **arguments):
+        """cls(v, width, s, L, n_classes, norm=..., bias=..., **arguments) on the first filter's device and dtype,
+        for the caller to copy the weights into: norm resolved (resolve_norm), seed None."""
+        norm = resolve_norm(norm, self.module_norm, self.width, owner)
+        # seed=0: a private generator, so that loading never advances torch's global one.
+        model = cls(self.v, self.width, self.s, self.L, self.n_classes, norm=norm, bias=self.bias, seed=0, **arguments)
+        model.seed = None
+        first = self.state["hidden.0.0.filter"]
+        return model.to(device=first.device, dtype=first.dtype)
+
+
+def read_hidden_layers(model_or_state_dict, owner: str, network: str, first_dims: str,
+                       s: int | None) -> HiddenLayers:
+    """A reference hCNN or hLCN (``network`` names it in messages), its keys checked: ``hidden.{l}.0.filter``
+    for l = 0..L-1, ``hidden.{l}.0.bias`` for every layer or none, ``readout`` [H, n_classes]. first_dims
+    names the first filter's dims ("[H, v, s]", "[H, v, P, s]"): H, v and s (its last dim; s, if given, is
+    checked) are read off it. The other filters' shapes are the caller's to check."""
+    state, module_norm = reference_state(model_or_state_dict, owner)
+    layers = sorted(int(m.group(1)) for m in map(_FILTER.fullmatch, state) if m)
+    if not layers or "readout" not in state:
+        raise ValueError(f"rhmfast: {owner} needs the reference {network}'s keys 'hidden.{{l}}.0.filter' "
+                         f"(l = 0..L-1) and 'readout', got keys {sorted(state)}")
+    L, bias = layers[-1] + 1, "hidden.0.0.bias" in state
+    keys = [key for l in range(L) for key in ([f"hidden.{l}.0.filter"]
+                                              + ([f"hidden.{l}.0.bias"] if bias else []))] + ["readout"]
+    check_keys(state, keys, owner)
+    first = state["hidden.0.0.filter"]
+    if first.dim() != first_dims.count(",") + 1:
+        raise ValueError(f"rhmfast: {owner}: hidden.0.0.filter must have shape {first_dims}, got {list(first.shape)}")
+    if s is None:
+        s = first.shape[-1]
+    elif s != first.shape[-1]:
+        raise ValueError(f"rhmfast: {owner}: s={s}, but hidden.0.0.filter has shape {list(first.shape)} "
+                         f"({first_dims})")
+    readout = state["readout"]
+    if readout.dim() != 2:
+        raise ValueError(f"rhmfast: {owner}: readout must have shape [H, n_classes], got {list(readout.shape)}")
+    return HiddenLayers(state, module_norm, L, bias, first.shape[0], first.shape[1], s, readout.shape[1])
+
+
+def hidden_state_dict(readout: torch.Tensor, filters: list[torch.Tensor],
+                      biases: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The state dict of a reference hCNN or hLCN from its tensors, in its order: ``readout`` (the module's own
+    parameter first, as nn.Module.state_dict), then per layer ``hidden.{l}.0.filter`` and, where biases are
+    given, ``hidden.{l}.0.bias``."""
+    state = {"readout": readout}
+    for l, f in enumerate(filters):
+        state[f"hidden.{l}.0.filter"] = f
+        if biases is not None:
+            state[f"hidden.{l}.0.bias"] = biases[l]
+    return state

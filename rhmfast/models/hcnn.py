@@ -9,13 +9,11 @@ from torch import nn
 
 from rhmfast._checks import check_choice, check_int, check_positive_int, check_seed, check_tokens
 from rhmfast.models._common import seeded_generator
-from rhmfast.models._reference import NORMS, check_keys, check_shape, reference_state, resolve_norm
+from rhmfast.models._reference import NORMS, check_shape, hidden_state_dict, read_hidden_layers
 from rhmfast.ops.patch_conv import patch_conv
 from rhmfast.ops.patch_conv_stack import patch_conv_stack
 from rhmfast.ops.token_patch_embed import token_patch_embed
 from rhmfast.reference.patch_conv import ACTIVATIONS
-
-_FILTER = re.compile(r"hidden\.(\d+)\.0\.filter")
 
 
 class HierarchicalCNN(nn.Module):
@@ -125,12 +123,8 @@ class HierarchicalCNN(nn.Module):
         ``hidden.{l}.0.filter`` [H, C_in, s], ``hidden.{l}.0.bias`` [H] (bias=True). Exact copies."""
         filters = [self.embed.detach().permute(2, 1, 0)]
         filters += [w.detach().reshape(self.width, self.s, self.width).permute(0, 2, 1) for w in self.weights]
-        state = {"readout": self.beta.detach().clone()}  # own parameters first, as nn.Module.state_dict
-        for l, f in enumerate(filters):
-            state[f"hidden.{l}.0.filter"] = f.contiguous()
-            if self.biases is not None:
-                state[f"hidden.{l}.0.bias"] = self.biases[l].detach().clone()
-        return state
+        biases = None if self.biases is None else [b.detach().clone() for b in self.biases]
+        return hidden_state_dict(self.beta.detach().clone(), [f.contiguous() for f in filters], biases)
 
     @classmethod
     def from_reference(cls, model_or_state_dict, *, s: int | None = None, norm: str | None = None,
@@ -141,47 +135,23 @@ class HierarchicalCNN(nn.Module):
         module's is read off its readout divisor (H: "mf", sqrt(H): "std"; a given norm is checked); a state dict
         has none, so it defaults to "mf", what the reference's init.py builds. whiten: the data's --whitening."""
         owner = "HierarchicalCNN.from_reference"
-        state, module_norm = reference_state(model_or_state_dict, owner)
-        layers = sorted(int(m.group(1)) for m in map(_FILTER.fullmatch, state) if m)
-        if not layers or "readout" not in state:
-            raise ValueError(f"rhmfast: {owner} needs the reference hCNN's keys 'hidden.{{l}}.0.filter' "
-                             f"(l = 0..L-1) and 'readout', got keys {sorted(state)}")
-        L, bias = layers[-1] + 1, "hidden.0.0.bias" in state
-        keys = [key for l in range(L) for key in ([f"hidden.{l}.0.filter"]
-                                                  + ([f"hidden.{l}.0.bias"] if bias else []))] + ["readout"]
-        check_keys(state, keys, owner)
-        first = state["hidden.0.0.filter"]
-        if first.dim() != 3:
-            raise ValueError(f"rhmfast: {owner}: hidden.0.0.filter must have shape [H, v, s], got {list(first.shape)}")
-        width, v = first.shape[0], first.shape[1]
-        if s is None:
-            s = first.shape[2]
-        elif s != first.shape[2]:
-            raise ValueError(f"rhmfast: {owner}: s={s}, but hidden.0.0.filter has shape {list(first.shape)} "
-                             f"([H, v, s])")
-        readout = state["readout"]
-        if readout.dim() != 2:
-            raise ValueError(f"rhmfast: {owner}: readout must have shape [H, n_classes], got {list(readout.shape)}")
-        n_classes = readout.shape[1]
-        check_shape(state, "hidden.0.0.filter", (width, v, s), owner)
+        net = read_hidden_layers(model_or_state_dict, owner, "hCNN", "[H, v, s]", s)
+        state, L, width, s = net.state, net.L, net.width, net.s
+        check_shape(state, "hidden.0.0.filter", (width, net.v, s), owner)
         for l in range(1, L):
             check_shape(state, f"hidden.{l}.0.filter", (width, width, s), owner)
-        for l in range(L if bias else 0):
+        for l in range(L if net.bias else 0):
             check_shape(state, f"hidden.{l}.0.bias", (width,), owner)
-        check_shape(state, "readout", (width, n_classes), owner)
-        norm = resolve_norm(norm, module_norm, width, owner)
-        # seed=0: a private generator, so that loading never advances torch's global one.
-        model = cls(v, width, s, L, n_classes, norm=norm, bias=bias, activation=activation, seed=0, whiten=whiten)
-        model.seed = None
-        model.to(device=first.device, dtype=first.dtype)
+        check_shape(state, "readout", (width, net.n_classes), owner)
+        model = net.build(cls, norm, owner, activation=activation, whiten=whiten)
         with torch.no_grad():
-            model.embed.copy_(first.permute(2, 1, 0))
+            model.embed.copy_(state["hidden.0.0.filter"].permute(2, 1, 0))
             for l in range(1, L):
                 w = state[f"hidden.{l}.0.filter"]
                 model.weights[l - 1].copy_(w.permute(0, 2, 1).reshape(width, s * width))
-            for l in range(L if bias else 0):
+            for l in range(L if net.bias else 0):
                 model.biases[l].copy_(state[f"hidden.{l}.0.bias"])
-            model.beta.copy_(readout)
+            model.beta.copy_(state["readout"])
         return model
 
     @classmethod
