@@ -175,7 +175,11 @@ HELP = dict(P="training-set sizes: a,b,c or lo:hi:n (n log-spaced points)",
             P_scaled="training-set sizes in units of n_c m^L: a,b,c or lo:hi:n",
             settings="(m, L) pairs 'm,L m,L ...' instead of the product of --m and --L",
             seeds="replicate seeds: replicate k uses seed k as seed_sample and seed_model",
-            model="hcnn (deep CNN), fc (fully connected on one-hot), ren (Ren et al. layerwise)",
+            model="hcnn (deep CNN), hlcn (its untied-weights twin), fc/fcn (fully connected on one-hot), mla "
+                  "(attention-only transformer), encoder (pre-LayerNorm transformer), ren (Ren et al. layerwise); on "
+                  "label hierarchies residual, mlp",
+            heads="transformers (mla, encoder): attention heads, dividing the embedding dimension width",
+            depth="fc, fcn: hidden layers; mla, encoder: attention blocks (default L)",
             trainer="auto (sgd for hcnn and fc, ren for ren), sgd, layerwise, layerwise_hints",
             task="classify (the root label is the target) or last-token (the hidden last leaf is the target)",
             context="last-token: the input keeps the last CONTEXT leaves, the hidden one included (default: all)",

@@ -1,6 +1,7 @@
 """``rhmfast train`` (and ``sweep``) on the 2024 pcsl-epfl random-hierarchy-model library's command line:
-every flag of its main.py accepted with its meaning, its defaults, its training data, and its output file
-(--outname: pickle.dump(args), then pickle.dump(output)) as its notebooks read it.
+every flag of its main.py accepted with its meaning (--mode masked, --num_tokens, its hlcn and transformer
+included), its defaults, its training data, and its output file (--outname: pickle.dump(args), then
+pickle.dump(output)) as its notebooks read it.
 
 The library's README documents no command line (it is three lines long), so the command lines here are
 main.py's flags written out in full, one per model, with sizes small enough to run in seconds (the
@@ -22,7 +23,7 @@ import rhmfast.__main__ as cli
 from rhmfast import RHM
 from rhmfast.data.grammar import RHM as GrammarClass
 from rhmfast.studies import reference_cli
-from rhmfast.studies.runs import DEFAULTS, complete_config, config_hash, print_checkpoints, sgd_arguments
+from rhmfast.studies.runs import DEFAULTS, MODELS, complete_config, config_hash, print_checkpoints, sgd_arguments
 from rhmfast.studies.store import ResultStore
 
 MIRROR = "/work/.mirror/pcsl-epfl+random-hierarchy-model/repo"
@@ -33,6 +34,11 @@ HCNN_COMMAND = ("--device cpu --dataset rhm --num_features 8 --num_classes 8 --n
                 "--seed_sample 3 --input_format onehot --whitening 0 --model hcnn --depth 3 --width 8 "
                 "--filter_size 2 --bias --seed_model 4 --lr 0.1 --optim sgd --momentum 0.9 --scheduler cosine "
                 "--scheduler_time 12 --max_epochs 12 --print_freq 10 --save_freq 10 --loss_threshold 0.001")
+# The library's masked mode with its transformer: the last token of a window of 4, hidden, is the target
+MLA_COMMAND = ("--device cpu --dataset rhm --mode masked --num_features 8 --num_classes 8 --num_synonyms 2 "
+               "--tuple_size 2 --num_layers 3 --seed_rules 1 --num_tokens 4 --train_size 64 --batch_size 16 "
+               "--test_size 32 --seed_sample 3 --input_format onehot --model transformer_mla --depth 2 --num_heads 2 "
+               "--embedding_dim 16 --seed_model 4 --lr 0.1 --optim sgd --max_epochs 6 --print_freq 2")
 FCN_COMMAND = ("--device cpu --dataset rhm --num_features 4 --num_classes 4 --num_synonyms 2 --tuple_size 2 "
                "--num_layers 3 --seed_rules 0 --num_tokens 8 --train_size 32 --batch_size 8 --test_size 16 "
                "--seed_sample 1 --replacement --input_format onehot --whitening 1 --model fcn --depth 2 --width 8 "
@@ -232,27 +238,167 @@ def test_library_mode_defaults_and_their_hash():
     assert set(reference_cli.LIBRARY_DEFAULTS) <= set(DEFAULTS)
 
 
+LIBRARY_RUN = ["--num_features", "8", "--num_synonyms", "2", "--tuple_size", "2", "--num_layers", "3",
+               "--train_size", "64", "--batch_size", "16", "--test_size", "32"]
+
+
+def library_configs(*extra) -> list[dict]:
+    parser = cli.build_parser()
+    argv = ["train", *LIBRARY_RUN, *extra]
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return cli._grid_from_args(args)
+
+
+# (the library's flags, the completed run config's task, context, model, width, heads, depth)
+@pytest.mark.parametrize("extra, expected", [
+    ("--mode masked", ("last-token", 8, "hcnn", 64, None, None)),
+    ("--mode masked --num_tokens 4 --model hcnn --depth 2 --filter_size 2 --width 8",
+     ("last-token", 4, "hcnn", 8, None, None)),
+    ("--mode masked --num_tokens 3 --model fcn --depth 1 --width 8", ("last-token", 3, "fcn", 8, None, 1)),
+    ("--model hlcn --depth 3 --filter_size 2 --width 8", ("classify", None, "hlcn", 8, None, None)),
+    ("--model hlcn --mode masked --num_tokens 2 --depth 1 --filter_size 2", ("last-token", 2, "hlcn", 64, None, None)),
+    ("--model transformer_mla --num_heads 2 --embedding_dim 16 --depth 2", ("classify", None, "mla", 16, 2, 2)),
+    ("--model transformer_mla --mode masked --num_tokens 5 --input_format long",
+     ("last-token", 5, "mla", 128, 4, 3)),  # rhmfast's defaults: embedding 128, 4 heads, L layers
+    ("--model transformer_mla --mode masked --num_tokens 8 --input_format onehot --num_heads 1",
+     ("last-token", 8, "mla", 128, 1, 3)),
+    ("--model transformer_bert --num_heads 2 --embedding_dim 8 --depth 1", ("classify", None, "encoder", 8, 2, 1)),
+    ("--model transformer_mla --width 64 --embedding_dim 16", ("classify", None, "mla", 16, 4, 3)),  # as there
+    ("--model transformer_mla --width 64", ("classify", None, "mla", 64, 4, 3)),
+    ("--task last-token --context 4 --num_tokens 4", ("last-token", 4, "hcnn", 64, None, None)),
+    ("--mode masked --task last-token --context 2", ("last-token", 2, "hcnn", 64, None, None)),
+    ("--defaults rhmfast --mode masked --num_tokens 4 --model mla --num_heads 8",
+     ("last-token", 4, "mla", 128, 8, 3)),
+])
+def test_library_flags_give_the_run_config(extra, expected):
+    (c,) = library_configs(*extra.split())
+    assert (c["task"], c["context"], c["model"], c["width"], c["heads"], c["depth"]) == expected
+    assert c["order"] == ("rhmfast" if "--defaults rhmfast" in extra else "pcsl")
+    assert c == complete_config(c)
+
+
+def test_library_model_names_are_rhmfast_models_and_give_the_library_defaults():
+    (c,) = library_configs("--model", "transformer_mla")
+    assert (c["model"], c["order"], c["max_epochs"], c["print_freq"], c["eval_at_start"]) == ("mla", "pcsl", 100, 10,
+                                                                                            True)
+    argv = ["train", "--model", "transformer_bert", "--v", "8", "--m", "2", "--L", "3", "--P", "64", "--n_test", "32"]
+    args = cli.build_parser().parse_args(argv)
+    args.argv = argv  # rhmfast's spellings but the model's name
+    (c,) = cli._grid_from_args(args)
+    assert (c["model"], c["order"], c["max_epochs"]) == ("encoder", "pcsl", 100)
+    # a grid: the transformer flags reach the transformers only, --mode masked every model
+    hcnn, mla = library_configs("--model", "hcnn,transformer_mla", "--num_heads", "2", "--mode", "masked")
+    assert (hcnn["model"], hcnn["heads"], hcnn["task"]) == ("hcnn", None, "last-token")
+    assert (mla["model"], mla["heads"], mla["task"]) == ("mla", 2, "last-token")
+    # several widths become one embedding dimension: one run
+    (c,) = library_configs("--model", "transformer_mla", "--width", "32,64", "--embedding_dim", "16")
+    assert c["width"] == 16
+
+
+def test_the_flags_say_nothing_is_coming():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    helps = [action.help or "" for name in ("train", "sweep") for action in commands[name]._actions]
+    assert not [text for text in helps + [what for _, what, _ in reference_cli.FLAGS] if "coming" in text]
+    assert reference_cli.MODEL_NAMES == {"transformer_mla": "mla", "transformer_bert": "encoder"}
+    assert set(reference_cli.MODEL_NAMES.values()) <= set(MODELS)
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--mode", "masked"], "--mode masked .* is coming"),
-    (["--model", "transformer_mla", "--num_heads", "2"], "transformer"),
-    (["--model", "hlcn"], "hlcn.* is coming; use --model hcnn"),
-    (["--embedding_dim", "16"], "--embedding_dim is a transformer flag; the transformer is coming"),
-    (["--input_format", "long"], "--input_format long: the transformer's token ids"),
+    (["--mode", "unmasked"], "--mode: the library knows only 'masked'"),
+    (["--mode", "masked", "--task", "classify"], "--mode masked is the task last-token; --task classify"),
+    (["--mode", "masked", "--num_tokens", "4", "--context", "2"], "--context goes with --task last-token"),
+    (["--mode", "masked", "--num_tokens", "4", "--task", "last-token", "--context", "2"],
+     "--num_tokens 4 and --context 2 both give"),
+    (["--mode", "masked", "--num_tokens", "9"], "--num_tokens 9: .* give 1 <= num_tokens <= 8"),
+    (["--mode", "masked", "--num_tokens", "0"], "--num_tokens must be >= 1"),
+    (["--mode", "masked", "--num_tokens", "4", "--depth", "3"],
+     "--depth 3: the hcnn has one layer per level of its 4 input tokens, depth = 2 .*keeps all L = 3 levels"),
+    (["--mode", "masked", "--num_tokens", "3", "--depth", "2"], "--depth 2: .* 3 tokens is no power of s = 2"),
+    (["--mode", "masked", "--outname", "run.pkl"], "--outname with --mode masked"),
+    (["--mode", "masked", "--model", "ren"], "task 'last-token' is learned end to end"),
+    (["--model", "transformer_gpt"], "--model transformer_gpt: the library's transformer is transformer_mla"),
+    (["--model", "transformer_mla", "--defaults", "rhmfast"], "with --defaults rhmfast write --model mla"),
+    (["--model", "transformer_mla", "--num_heads", "3", "--embedding_dim", "16"],
+     "--num_heads must divide --embedding_dim .* 3 heads and embedding dimension 16"),
+    (["--model", "transformer_mla", "--embedding_dim", "10"], "--num_heads must divide --embedding_dim"),
+    (["--model", "transformer_mla", "--whitening", "1"], "whiten is an option of the hcnn, fc and fcn"),
+    (["--embedding_dim", "16"], "--embedding_dim is a transformer flag .* the run's model is hcnn"),
+    (["--model", "hlcn", "--num_heads", "2"], "--num_heads is a transformer flag .* the run's model is hlcn"),
+    (["--input_format", "long"], "--input_format long .* the transformers only; the library's hcnn reads one-hot"),
+    (["--input_format", "onehot_tuples"], "--input_format onehot_tuples: not one rhmfast has"),
     (["--dataset", "cifar10"], "--dataset must be rhm"),
-    (["--num_tokens", "4"], "--num_tokens 4: rhmfast trains on all s\\^L = 8 tokens"),
-    (["--filter_size", "4"], "--filter_size 4: .* s = 2"),
-    (["--depth", "2"], "--depth 2: the hcnn has one layer per level, depth = L = 3"),
+    (["--num_tokens", "4"], "--num_tokens 4: the root label is the target here, of all s\\^L = 8 tokens"),
+    (["--task", "last-token", "--context", "2", "--num_tokens", "4"], "--num_tokens 4: the masked window is context"),
+    (["--filter_size", "4"], "--filter_size 4: the hcnn's filters .* s = 2"),
+    (["--model", "hlcn", "--filter_size", "4"], "--filter_size 4: the hlcn's filters .* s = 2"),
+    (["--depth", "2"], "--depth 2: the hcnn has one layer per level of its 8 input tokens, depth = 3 \\(the"),
+    (["--model", "hlcn", "--depth", "2"], "--depth 2: the hlcn has one layer per level of its 8 input tokens"),
     (["--batch_size", "24"], "--batch_size 24 must divide --train_size 64"),
     (["--save_freq", "0"], "--save_freq must be >= 1"),
 ])
-def test_flags_rhmfast_has_not_yet_are_refused_with_what_to_use(tmp_path, capsys, extra, message):
-    argv = ["train", "--num_features", "8", "--num_synonyms", "2", "--num_layers", "3", "--train_size", "64",
-            "--batch_size", "16", "--test_size", "32", *extra, "--out", str(tmp_path / "store")]
+def test_flags_rhmfast_refuses_say_what_to_use(tmp_path, capsys, extra, message):
+    argv = ["train", *LIBRARY_RUN, *extra, "--out", str(tmp_path / "store")]
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "store").exists()
+
+
+def test_the_masked_transformer_command_line_trains_the_library_task(tmp_path, monkeypatch):
+    """--mode masked --num_tokens 4 --model transformer_mla: rhmfast's AttentionOnly learns the last token from
+    the library's training set, the 3 tokens before it visible (the library's crop to the last 4, hidden last)."""
+    import rhmfast.train
+    from rhmfast.models import AttentionOnly
+
+    seen = []
+    train_sgd = rhmfast.train.train_sgd
+
+    def spy(model, data, P, **kwargs):
+        seen.append((model, data, P, kwargs))
+        return train_sgd(model, data, P, **kwargs)
+
+    monkeypatch.setattr(rhmfast.train, "train_sgd", spy)
+    cli.main(["train", *MLA_COMMAND.split(), "--out", str(tmp_path / "store")])
+    ((model, data, P, kwargs),) = seen
+    assert isinstance(model, AttentionOnly) and (model.d, model.n_classes, model.embedding_dim, model.heads,
+                                                 model.layers) == (8, 8, 16, 2, 2)
+    assert (data.task, data.context, P, kwargs["order"], kwargs["seed_data"], kwargs["max_epochs"]) == (
+        "last-token", 4, 64, "pcsl", 3, 6)
+    (x_train, y_train), (x_test, y_test) = data.split(64, 32, seed=3, order="pcsl")
+    g = RHM(8, 2, 2, 3, seed=1)
+    state = random.getstate()
+    random.seed(3)  # the library's draw, then its crop to the last num_tokens and its hidden last token
+    x, _ = g.decode(random.sample(range(g.pmax), 64 + 32))
+    random.setstate(state)
+    x_in = torch.cat([x_train, x_test]).long()
+    assert torch.equal(torch.cat([y_train, y_test]), x[:, -1].long())
+    assert torch.equal(x_in[:, 4:7], x[:, 4:7].long())
+    assert bool((x_in[:, :4] == data.mask_id).all()) and bool((x_in[:, 7] == data.mask_id).all())
+    (record,) = ResultStore(tmp_path / "store").records()
+    c = record["config"]
+    assert (c["model"], c["task"], c["context"], c["width"], c["heads"], c["depth"]) == ("mla", "last-token", 4, 16,
+                                                                                          2, 2)
+    curve = record["result"]["curve"]
+    assert [p["epoch"] for p in curve] == [0, 2, 4, 6] and curve[-1]["train_loss"] < curve[0]["train_loss"]
+
+
+def test_the_masked_command_line_runs_as_it_is(tmp_path):
+    """The library's command line with --mode masked, as a process: exit 0, one record of the masked task."""
+    command = ("--device cpu --dataset rhm --mode masked --num_features 8 --num_classes 8 --num_synonyms 2 "
+               "--tuple_size 2 --num_layers 3 --seed_rules 1 --num_tokens 4 --train_size 64 --batch_size 16 "
+               "--test_size 32 --seed_sample 3 --input_format onehot --model hcnn --depth 2 --width 8 --filter_size 2 "
+               "--seed_model 4 --lr 0.1 --max_epochs 3")
+    proc = subprocess.run([sys.executable, "-m", "rhmfast", "train", *command.split(), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = ResultStore(tmp_path).records()
+    c = record["config"]
+    assert (c["model"], c["task"], c["context"], c["width"], c["max_epochs"], c["order"]) == (
+        "hcnn", "last-token", 4, 8, 3, "pcsl")
+    assert record["result"]["curve"][-1]["epoch"] == 3
 
 
 def test_outname_is_rewritten_at_the_save_checkpoints_and_at_the_stop(tmp_path, monkeypatch):

@@ -239,7 +239,12 @@ def test_configs_name_the_task_and_keep_old_names(grammar):
     (dict(production="zipf", zipf_exponent=1.0, trainer="layerwise"), "draws iid samples only"),
     (dict(production="zipf", zipf_exponent=1.0, replacement=True, order="pcsl"), "neither Zipf"),
     (dict(sparsity=-1), "sparsity must be >= 0"),
-    (dict(sparsity=1, model="ren"), "sparse RHM .* is learned by the hcnn"),
+    (dict(sparsity=1, model="ren"), "sparse RHM .* is learned by the models on token ids"),
+    (dict(production="zipf", zipf_exponent=1.0, replacement=True, require="assumption6"), "uniform grammars"),
+    (dict(model="mla", width=30, heads=4), r"heads must divide the embedding dimension width = 30"),
+    (dict(model="encoder", heads=0), "heads must be"),
+    (dict(model="hlcn", whiten=True), "whiten is an option of the hcnn"),
+    (dict(model="hlcn", trainer="layerwise"), r"trainer \(for model 'hlcn'\) must be one of"),
 ])
 def test_bad_configs_are_refused(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -262,6 +267,21 @@ def test_configs_of_grammar_variants_build_and_run_them():
     record = run_config(sparse)
     assert record.config["sparsity"] == 1 and record.bayes_error == 0.0 and "task" not in record.config
     assert run_config(dict(sparse, trainer="layerwise", max_epochs=1)).config["sparsity"] == 1
+
+
+@pytest.mark.parametrize("model", ["hlcn", "mla", "encoder"])
+def test_every_model_on_token_ids_runs_both_tasks(model):
+    """The hLCN and the transformers take their shape from the data (the mask id is one more token, the
+    targets are v symbols), train end to end and store the floor; the transformers' depth defaults to L."""
+    for task, vocab, n_out in (("classify", 4, 4), ("last-token", 5, 4)):
+        config = dict(TINY, task=task, model=model, width=16, heads=2)
+        c = complete_config(config)
+        assert c["depth"] == (3 if model != "hlcn" else None) and c["heads"] == (2 if model != "hlcn" else None)
+        net = build_model(config)
+        assert (net.v, net.n_classes) == (vocab, n_out) and getattr(net, "d", 8) == 8
+        record = run_config(config)
+        assert record.config["task"] == task if task != "classify" else "task" not in record.config
+        assert len(record.curve) >= 1 and (record.bayes_error > 0) == (task == "last-token")
 
 
 def test_run_config_and_packs_run_the_task():
@@ -293,6 +313,11 @@ def test_stored_runs_carry_the_floor_to_the_analysis(tmp_path):
     assert set(rows) == {"hcnn context=None task=classify", "hcnn context=8 task=last-token"}
     assert math.isnan(rows["hcnn context=None task=classify"]["bayes_error"])
     assert 0 < rows["hcnn context=8 task=last-token"]["bayes_error"] < 1
+    # the analysis counts the targets: v symbols for last-token prediction, even where the labels are fewer
+    fewer = dict(last, n_classes=3)
+    store.write(make_record(fewer, run_config(fewer)))
+    rows = [r for r in load_rows(tmp_path) if r["learner"].endswith("task=last-token")]
+    assert sorted(r["n_classes"] for r in rows) == [4, 4]
 
 
 def _rows(errors, bayes, learner="hcnn"):

@@ -34,7 +34,7 @@ from rhmfast.studies.runs import DEFAULTS, MODELS, check_feasible, complete_conf
 TYPES = {key: type(value) for key, value in DEFAULTS.items() if value is not None}
 TYPES.update(n_classes=int, P=int, max_epochs=int, ren_lam=float, P_scaled=float, seeds=int, require=str,
              model=str, width=int, activation=str, lr=float, d=int, level_size=int, scheduler=str, scheduler_time=int,
-             eval_every=int, print_freq=int, context=int, zipf_exponent=float)
+             eval_every=int, print_freq=int, context=int, zipf_exponent=float, depth=int, heads=int)
 NONE_VALUES = {"scheduler": ("none", "None")}  # the word for None of a choice whose default is None
 EXTRA_KEYS = ("P_scaled", "settings", "seeds")
 GRAMMAR_KEYS = ("v", "m", "s", "L", "n_classes", "rules", "seed_rules", "production", "zipf_exponent", "zipf_levels",

@@ -3,15 +3,20 @@
 
 - ``FLAGS``: every flag of its main.py, what rhmfast does with it, its default there.
 - ``library_mode``: a command line that spells a flag as only the library does (``--train_size``,
-  ``--num_synonyms``, ``--outname``, ...) gets the library's defaults (``library_defaults``): its data order,
+  ``--num_synonyms``, ``--outname``, ...) or names a model as only it does (``transformer_mla``) gets the
+  library's defaults (``library_defaults``, which also renames its models as rhmfast's): its data order,
   100 epochs, evaluations and the loss-threshold check at its print checkpoints, its epoch-0 point.
 - ``check_flags`` / ``check_configs``: the flags that have no rhmfast key are checked against the run (the
-  library's own asserts, and "coming" for what rhmfast does not have yet).
+  library's own asserts, and what rhmfast does not have) and given to it: ``--mode masked`` is the task
+  "last-token" with ``--num_tokens`` its context, ``--num_heads`` and ``--embedding_dim`` the transformers'
+  heads and width.
 - ``OutnameWriter``: a ``train_sgd`` callback that keeps the library's ``dynamics`` and ``best`` and writes
   its pickle (``pickle.dump(args)`` then ``pickle.dump(output)``) at its save checkpoints and at the stop.
 
 Facts about the library are from its main.py, init.py, training.py and measures.py (HEAD of
-github.com/pcsl-epfl/random-hierarchy-model); the code here is rhmfast's own.
+github.com/pcsl-epfl/random-hierarchy-model), and about the NeurIPS 2024 code (whose main.py has the same
+flags and adds ``--model transformer_bert``) from github.com/fracagnetta/theory-language-modelling; the code
+here is rhmfast's own.
 """
 from __future__ import annotations
 
@@ -25,30 +30,32 @@ import time
 FLAGS = [
     ("--device", "--device (train)", "cuda"),
     ("--dataset", "checked: rhm, the only data set the library has", None),
-    ("--mode", "masked: coming; leave it out (the root label is the target)", None),
+    ("--mode", "masked: --task last-token (the hidden last token is the target); leave it out for the root label",
+     None),
     ("--num_features", "--v", None),
     ("--num_classes", "--n_classes", None),
     ("--num_synonyms", "--m", None),
     ("--tuple_size", "--s", None),
     ("--num_layers", "--L", None),
     ("--seed_rules", "--seed_rules", None),
-    ("--num_tokens", "checked: must be s^L (the library's crop to the last tokens is coming)", None),
+    ("--num_tokens", "with --mode masked: --context (the window ending at the hidden token); else checked = s^L", None),
     ("--train_size", "--P", None),
     ("--batch_size", "--batch_size (clipped to P; must divide P, as there)", None),
     ("--test_size", "--n_test", None),
     ("--seed_sample", "--seed_sample", None),
     ("--replacement", "--replacement", False),
-    ("--input_format", "checked: onehot (long, the transformer's, is coming)", "onehot"),
+    ("--input_format", "checked: onehot; long too for the transformers (rhmfast's models read token ids)", "onehot"),
     ("--whitening", "--whiten", 0),
-    ("--model", "--model: hcnn, fcn (hlcn and transformer_mla are coming)", None),
-    ("--depth", "--depth (fcn); checked = L for hcnn", None),
-    ("--width", "--width", None),
-    ("--filter_size", "checked: must be s for hcnn", None),
-    ("--num_heads", "transformer: coming", None),
-    ("--embedding_dim", "transformer: coming", None),
+    ("--model", "--model: hcnn, hlcn, fcn; transformer_mla: mla (the NeurIPS code's transformer_bert: encoder)", None),
+    ("--depth", "--depth (fcn; the transformers' layers, default L); checked = log_s(num_tokens) for hcnn and hlcn",
+     None),
+    ("--width", "--width (for the transformers, where --embedding_dim is not given)", None),
+    ("--filter_size", "checked: must be s for hcnn and hlcn", None),
+    ("--num_heads", "--heads (the transformers)", None),
+    ("--embedding_dim", "--width (the transformers' embedding dimension)", None),
     ("--bias", "--bias", False),
     ("--seed_model", "--seed_model", None),
-    ("--lr", "--lr (times the width for hcnn and fcn, as there)", 0.1),
+    ("--lr", "--lr (times the width for hcnn, hlcn and fcn, as there)", 0.1),
     ("--optim", "--optimizer", "sgd"),
     ("--accumulation", "--accumulation", False),
     ("--momentum", "--momentum", 0.9),
@@ -73,8 +80,11 @@ TRIGGERS = {spelling for spellings in ALIASES.values() for spelling in spellings
 MODES = ("auto", "rhmfast", "pcsl")
 # The library's defaults where they differ from rhmfast's (and the keys that make them its recipe)
 LIBRARY_DEFAULTS = dict(order="pcsl", max_epochs=100, print_freq=10, stop_check="eval", eval_at_start=True)
-COMING_MODELS = {"hlcn": "the hierarchical locally connected network (hlcn) is coming; use --model hcnn",
-                 "transformer_mla": "the transformer (transformer_mla) is coming; use --model hcnn or fcn"}
+# The library's model names that rhmfast spells otherwise (transformer_bert: the NeurIPS 2024 code's)
+MODEL_NAMES = {"transformer_mla": "mla", "transformer_bert": "encoder"}
+# The library's transformer flags and the run keys they give
+TRANSFORMER_FLAGS = {"num_heads": "heads", "embedding_dim": "width"}
+INPUT_FORMATS = ("onehot", "long")  # long: token ids, the transformers' only
 
 
 def add_flags(parser, outputs: bool) -> None:
@@ -85,14 +95,24 @@ def add_flags(parser, outputs: bool) -> None:
                        help="whose defaults the run gets: pcsl (the library's: its data order, 100 epochs, the "
                             "loss threshold checked and the test set evaluated at its print checkpoints), rhmfast, "
                             "or auto: pcsl when a flag is spelled as only the library spells it (--train_size, "
-                            "--num_synonyms, --outname, ...)")
+                            "--num_synonyms, --outname, ...) or --model names a model as only it does "
+                            "(transformer_mla, transformer_bert)")
     group.add_argument("--dataset", default=None, help="rhm (checked)")
-    group.add_argument("--mode", default=None, help="masked is coming (leave it out)")
-    group.add_argument("--num_tokens", type=int, default=None, help="checked: must be s^L")
-    group.add_argument("--input_format", default=None, help="onehot (checked)")
-    group.add_argument("--filter_size", type=int, default=None, help="checked: must be s for the hcnn")
-    group.add_argument("--num_heads", type=int, default=None, help="transformer: coming")
-    group.add_argument("--embedding_dim", type=int, default=None, help="transformer: coming")
+    group.add_argument("--mode", default=None,
+                       help="masked: the last token, hidden, is the target (--task last-token); leave it out to "
+                            "train on the root label")
+    group.add_argument("--num_tokens", type=int, default=None,
+                       help="with --mode masked: the length of the window that ends at the hidden token (--context; "
+                            "the library crops its input to it, rhmfast keeps all s^L positions and masks those "
+                            "before it: the same information); otherwise checked: must be s^L")
+    group.add_argument("--input_format", default=None,
+                       help="onehot (checked); long too for the transformers (rhmfast's models read token ids)")
+    group.add_argument("--filter_size", type=int, default=None, help="checked: must be s for the hcnn and hlcn")
+    group.add_argument("--num_heads", type=int, default=None,
+                       help="the transformers' attention heads (--heads; default 4)")
+    group.add_argument("--embedding_dim", type=int, default=None,
+                       help="the transformers' embedding dimension (--width for them, which it replaces as there; "
+                            "default 128)")
     if outputs:
         group.add_argument("--outname", default=None,
                            help="write the library's output file: pickle.dump(args), then pickle.dump(output) with "
@@ -110,18 +130,21 @@ def spellings(argv) -> set[str]:
 
 def library_mode(args) -> bool:
     """Whether the run gets the library's defaults: --defaults pcsl, or auto and a flag spelled as only the
-    library spells it."""
+    library spells it or a model named as only it names it (MODEL_NAMES)."""
     defaults = getattr(args, "defaults", "auto")
     if defaults != "auto":
         return defaults == "pcsl"
-    return bool(spellings(getattr(args, "argv", [])) & TRIGGERS)
+    return bool(spellings(getattr(args, "argv", [])) & TRIGGERS) or bool(_library_models(args))
 
 
 def library_defaults(flags: dict, file_keys: set[str]) -> dict:
-    """flags with the library's defaults added for the keys neither they nor the --config file give (max_epochs
-    only without max_steps, print_freq only without eval_every)."""
+    """flags with the library's model names as rhmfast's (MODEL_NAMES) and the library's defaults added for
+    the keys neither they nor the --config file give (max_epochs only without max_steps, print_freq only
+    without eval_every)."""
     given = set(flags) | file_keys
     out = dict(flags)
+    if isinstance(out.get("model"), str):
+        out["model"] = ",".join(MODEL_NAMES.get(name, name) for name in _model_names(out["model"]))
     for key, value in LIBRARY_DEFAULTS.items():
         if key in given or (key == "max_epochs" and "max_steps" in given) or (key == "print_freq" and
                                                                              "eval_every" in given):
@@ -133,46 +156,55 @@ def library_defaults(flags: dict, file_keys: set[str]) -> dict:
 def check_flags(args) -> None:
     """The library's flags that rhmfast refuses or has no key for, checked before the grid is built
     (ValueError naming the flag and what to use)."""
+    library = library_mode(args)
     args = _Flags(args)
     if args.dataset is not None and args.dataset != "rhm":
         raise ValueError(f"--dataset must be rhm (the random hierarchy model, the library's only data set), got "
                          f"{args.dataset!r}")
-    if args.mode is not None:
-        if args.mode == "masked":
-            raise ValueError("--mode masked (predicting the last token from the others) is coming; leave --mode "
-                             "out to train on the root label")
-        raise ValueError(f"--mode: the library knows only 'masked' (coming), got {args.mode!r}; leave it out to "
-                         "train on the root label")
-    if args.input_format is not None and args.input_format != "onehot":
-        what = ("the transformer's token ids; the transformer is coming" if "long" in args.input_format else
-                "not one rhmfast has")
-        raise ValueError(f"--input_format {args.input_format}: {what}. rhmfast's models read token ids and compute "
-                         "what the library's do on one-hot inputs: use --input_format onehot (or leave it out)")
-    for name in ("num_heads", "embedding_dim"):
-        if getattr(args, name) is not None:
-            raise ValueError(f"--{name} is a transformer flag; the transformer is coming: use --model hcnn or fcn")
-    for name in ("num_tokens", "filter_size", "save_freq"):
+    if args.mode is not None and args.mode != "masked":
+        raise ValueError(f"--mode: the library knows only 'masked' (the last token, hidden, is the target), got "
+                         f"{args.mode!r}; leave it out to train on the root label")
+    if args.mode == "masked":
+        _check_masked_flags(args)
+    if args.input_format is not None and args.input_format not in INPUT_FORMATS:
+        raise ValueError(f"--input_format {args.input_format}: not one rhmfast has. rhmfast's models read token ids "
+                         "and compute what the library's do on one-hot inputs: use --input_format onehot (or leave "
+                         "it out; long is accepted for the transformers)")
+    for name in ("num_tokens", "filter_size", "num_heads", "embedding_dim", "save_freq"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    model = getattr(args, "model", None)
-    if isinstance(model, str):
-        for name in model.split(","):
-            name = name.strip()
-            if name in COMING_MODELS or name.startswith("transformer"):
-                raise ValueError(f"--model {name}: {COMING_MODELS.get(name, COMING_MODELS['transformer_mla'])}")
+    for name in _library_models(args):
+        if name not in MODEL_NAMES:
+            raise ValueError(f"--model {name}: the library's transformer is transformer_mla (rhmfast's mla), the "
+                             "NeurIPS 2024 code's also transformer_bert (rhmfast's encoder)")
+        if not library:  # the flags are read before --defaults rhmfast could rename it
+            raise ValueError(f"--model {name} is the 2024 library's name of rhmfast's {MODEL_NAMES[name]}: with "
+                             f"--defaults rhmfast write --model {MODEL_NAMES[name]}")
 
 
 def check_configs(configs: list[dict], args, library: bool) -> list[dict]:
-    """The complete configs checked against the library's flags that are not run keys (--num_tokens,
-    --filter_size, and in library mode --depth for the hcnn), and in library mode its batch rule: a batch
-    size >= P becomes P, and it must divide P. Returns the configs (deduplicated)."""
-    from rhmfast.studies.runs import complete_config, config_hash
+    """The complete configs given the library's flags that are not run keys (``--mode masked`` and
+    ``--num_tokens``: task "last-token" and its context; ``--num_heads``, ``--embedding_dim``: the
+    transformers' heads and width) and checked against them (--num_tokens, --input_format, --filter_size,
+    and in library mode --depth for the hcnn and hlcn), and in library mode its batch rule: a batch size
+    >= P becomes P, and it must divide P. Returns the configs (deduplicated)."""
+    from rhmfast.studies.runs import TRANSFORMERS, complete_config, config_hash
 
     args = _Flags(args)
     out, seen = [], set()
     depths = _flag_values(args, "depth") if library else None
-    checked = [name for name in ("num_tokens", "filter_size") if getattr(args, name) is not None]
+    checked = [name for name in ("mode", "num_tokens", "filter_size", "num_heads", "embedding_dim")
+               if getattr(args, name) is not None]
+    models = sorted({c["model"] for c in configs})
+    for name in TRANSFORMER_FLAGS:
+        if getattr(args, name) is not None and not set(models) & set(TRANSFORMERS):
+            raise ValueError(f"--{name} is a transformer flag (--model transformer_mla, rhmfast's mla, or "
+                             f"transformer_bert, its encoder); the run's model is {', '.join(models)}")
+    if args.input_format == "long" and set(models) - set(TRANSFORMERS):
+        raise ValueError(f"--input_format long (token ids) is accepted for the transformers only; the library's "
+                         f"{', '.join(sorted(set(models) - set(TRANSFORMERS)))} reads one-hot inputs: use "
+                         "--input_format onehot (or leave it out)")
     for c in configs:
         if c["data"] != "rhm":
             if library or checked:
@@ -180,15 +212,23 @@ def check_configs(configs: list[dict], args, library: bool) -> list[dict]:
                                  f"describe an RHM, got data = {c['data']!r}")
             out.append(c)
             continue
-        if args.num_tokens is not None and args.num_tokens != c["s"] ** c["L"]:
-            raise ValueError(f"--num_tokens {args.num_tokens}: rhmfast trains on all s^L = {c['s'] ** c['L']} tokens "
-                             f"(s={c['s']}, L={c['L']}); the library's crop to the last num_tokens is coming")
-        if c["model"] == "hcnn" and args.filter_size is not None and args.filter_size != c["s"]:
-            raise ValueError(f"--filter_size {args.filter_size}: the hcnn's filters span one patch of s = {c['s']} "
-                             "tokens (--tuple_size); they must be equal")
-        if c["model"] == "hcnn" and depths is not None and depths != [c["L"]]:
-            raise ValueError(f"--depth {','.join(map(str, depths))}: the hcnn has one layer per level, depth = L = "
-                             f"{c['L']} (the library asserts num_tokens == filter_size^depth)")
+        given = _given_keys(c, args)
+        if given:
+            c = complete_config({**c, **given})
+        window = c["context"] if c["task"] == "last-token" else c["s"] ** c["L"]
+        if args.num_tokens is not None and args.num_tokens != window:
+            if c["task"] == "last-token":
+                raise ValueError(f"--num_tokens {args.num_tokens}: the masked window is context = {window} tokens; "
+                                 "they must be equal")
+            raise ValueError(f"--num_tokens {args.num_tokens}: the root label is the target here, of all s^L = "
+                             f"{window} tokens (s={c['s']}, L={c['L']}); the library's crop to the last num_tokens "
+                             "is rhmfast's context of --mode masked only")
+        if c["model"] in ("hcnn", "hlcn"):
+            _check_tree_flags(c, args.filter_size, depths, window)
+        if getattr(args, "outname", None) is not None and c["task"] == "last-token":
+            raise ValueError("--outname with --mode masked: rhmfast's input keeps all s^L positions and has a mask "
+                             "token of its own, so its weights are not the library's model's; leave --outname out "
+                             "(the run's record goes to --out)")
         if library and c["trainer"] == "sgd" and not c["online"]:
             if c["batch_size"] >= c["P"]:
                 c = complete_config({**c, "batch_size": c["P"]})
@@ -200,6 +240,64 @@ def check_configs(configs: list[dict], args, library: bool) -> list[dict]:
             seen.add(key)
             out.append(c)
     return out
+
+
+def _check_masked_flags(args) -> None:
+    """--mode masked against rhmfast's own --task and --context, where they are given too."""
+    tasks, contexts = _flag_values(args, "task"), _flag_values(args, "context")
+    if tasks is not None and tasks != ["last-token"]:
+        raise ValueError(f"--mode masked is the task last-token; --task {','.join(tasks)} says otherwise: give one")
+    if contexts is None:
+        return
+    if tasks is None:
+        raise ValueError("--context goes with --task last-token; with --mode masked give the window as --num_tokens")
+    if args.num_tokens is not None and contexts != [args.num_tokens]:
+        raise ValueError(f"--num_tokens {args.num_tokens} and --context {','.join(map(str, contexts))} both give "
+                         "the masked window's length, differently: give one")
+
+
+def _given_keys(c: dict, args) -> dict:
+    """The run keys the library's flags give the RHM config c: task and context (--mode masked,
+    --num_tokens), and for a transformer width and heads (--embedding_dim, --num_heads)."""
+    from rhmfast.studies.runs import TRANSFORMERS
+
+    given = {}
+    if args.mode == "masked":
+        given["task"] = "last-token"
+        if args.num_tokens is not None:
+            length = c["s"] ** c["L"]
+            if args.num_tokens > length:
+                raise ValueError(f"--num_tokens {args.num_tokens}: the window of --mode masked ends at the last of the "
+                                 f"s^L = {length} tokens (s={c['s']}, L={c['L']}); give 1 <= num_tokens <= {length}")
+            given["context"] = args.num_tokens
+    if c["model"] in TRANSFORMERS:
+        given.update({key: getattr(args, name) for name, key in TRANSFORMER_FLAGS.items()
+                      if getattr(args, name) is not None})
+        width, heads = given.get("width", c["width"]), given.get("heads", c["heads"])
+        if width % heads:
+            raise ValueError(f"--num_heads must divide --embedding_dim (the library asserts it), got {heads} heads "
+                             f"and embedding dimension {width}")
+    return given
+
+
+def _check_tree_flags(c: dict, filter_size, depths, window: int) -> None:
+    """--filter_size and --depth of the hcnn or hlcn config c as the library asserts them: the filters span
+    one patch of s tokens, and its num_tokens (the window) == filter_size^depth."""
+    model, s, L = c["model"], c["s"], c["L"]
+    if filter_size is not None and filter_size != s:
+        raise ValueError(f"--filter_size {filter_size}: the {model}'s filters span one patch of s = {s} tokens "
+                         "(--tuple_size); they must be equal")
+    if depths is None or [s**depth for depth in depths] == [window]:
+        return
+    given = ",".join(map(str, depths))
+    levels = next((depth for depth in range(1, L + 1) if s**depth == window), None)
+    if levels is None:
+        raise ValueError(f"--depth {given}: the library's {model} needs num_tokens = filter_size^depth, and the "
+                         f"window of {window} tokens is no power of s = {s}; leave --depth out (rhmfast's {model} "
+                         "reads the masked window at any length)")
+    kept = "" if levels == L else f"; rhmfast's keeps all L = {L} levels, the tokens before the window masked"
+    raise ValueError(f"--depth {given}: the {model} has one layer per level of its {window} input tokens, depth = "
+                     f"{levels} (the library asserts num_tokens == filter_size^depth){kept}")
 
 
 class _Flags:
@@ -218,6 +316,17 @@ def _flag_values(args, key: str):
 
     value = getattr(args, key)
     return None if value is None else sorted(set(parse_values(key, value)))
+
+
+def _model_names(text: str) -> list[str]:
+    """The model names of a --model value (a,b,c)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _library_models(args) -> list[str]:
+    """The --model values named as only the library names them (transformer_*)."""
+    model = getattr(args, "model", None)
+    return [name for name in _model_names(model) if name.startswith("transformer")] if isinstance(model, str) else []
 
 
 # ---- the output file -----------------------------------------------------------------------------------

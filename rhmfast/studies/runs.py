@@ -35,16 +35,20 @@ from rhmfast.models.residual import ACTIVATIONS as RESIDUAL_ACTIVATIONS
 RUN_FORMAT_VERSION = 1  # part of every hash: a change of what a config means gets new run names
 
 DATA = ("rhm", "hierarchy")
-MODELS = ("hcnn", "fc", "fcn", "ren", "residual", "mlp")
-MODELS_OF = {"rhm": ("hcnn", "fc", "fcn", "ren"), "hierarchy": ("residual", "mlp")}
-TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "fc": ("sgd",), "fcn": ("sgd",), "ren": ("ren",),
-            "residual": ("layerwise", "e2e_all", "e2e_top"), "mlp": ("e2e_top",)}
+MODELS = ("hcnn", "hlcn", "fc", "fcn", "mla", "encoder", "ren", "residual", "mlp")
+MODELS_OF = {"rhm": ("hcnn", "hlcn", "fc", "fcn", "mla", "encoder", "ren"), "hierarchy": ("residual", "mlp")}
+TRAINERS = {"hcnn": ("sgd", "layerwise", "layerwise_hints"), "hlcn": ("sgd",), "fc": ("sgd",), "fcn": ("sgd",),
+            "mla": ("sgd",), "encoder": ("sgd",), "ren": ("ren",), "residual": ("layerwise", "e2e_all", "e2e_top"),
+            "mlp": ("e2e_top",)}
+# The models trained end to end on token ids by train_sgd, whose shape follows the data (model_shape).
+TOKEN_MODELS = ("hcnn", "hlcn", "fc", "fcn", "mla", "encoder")
+TRANSFORMERS = ("mla", "encoder")
 SAMPLERS = ("pcsl", "pcsl-2023", "first-token-uniform")
 REQUIREMENTS = (None, "assumption6")
 # The grammar's variants with their defaults: grammar_of passes one to the RHM only where it differs.
 VARIANTS = dict(production="uniform", zipf_exponent=None, zipf_levels=None, sparsity=0)
 ORDERS = ("rhmfast", "pcsl")  # rhmfast's own draw of the training and test sets, or the 2024 library's
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = (None, "cosine", "warmup")  # the 2024 library's --scheduler (None: constant learning rate)
 
 DEFAULTS = dict(
@@ -68,7 +72,10 @@ DEFAULTS = dict(
     P=None, n_test=2048, seed_sample=0, seed_model=0,
     # learner: model None is hcnn on an RHM, residual on a hierarchy; trainer "auto" is sgd for hcnn and fc, ren for the Ren learner, layerwise for the residual
     # learner, e2e_top for the shallow MLP; width and activation None: the model's default (MODEL_DEFAULTS)
-    model=None, trainer="auto", width=None, depth=1, norm="mf", bias=False, activation=None, hint_weight=1.0,
+    # hlcn: the hcnn's tree with untied weights (LocallyConnected); mla, encoder: the transformers (AttentionOnly,
+    # Encoder) with embedding dimension width, depth layers (None: L) and heads heads
+    model=None, trainer="auto", width=None, depth=None, norm="mf", bias=False, activation=None, hint_weight=1.0,
+    heads=None,
     # SGD (the reference recipe; the hierarchy learners' end-to-end trainers use Adam); lr None: 0.1 for SGD,
     # 1e-3 for Adam; max_epochs None: ceil(max_steps / steps per epoch) epochs
     lr=None, momentum=0.9, weight_decay=0.0, batch_size=128, max_steps=3000, max_epochs=None,
@@ -104,12 +111,16 @@ _REN = ("ren_features", "ren_sigma", "ren_feature_kind", "ren_lam")
 _ADAM = ("width", "activation", "lr", "weight_decay", "batch_size", "max_steps", "max_epochs", "loss_threshold")
 # The parameters each learner reads; complete_config sets the others to None, so that a parameter a run
 # ignores never makes two names for one run.
-USED_BY = {"hcnn": ("width", "norm", "bias", "activation", "hint_weight") + _SGD, "fc": ("width", "depth") + _SGD,
-           "fcn": ("width", "depth", "norm", "bias") + _SGD,
+USED_BY = {"hcnn": ("width", "norm", "bias", "activation", "hint_weight") + _SGD,
+           "hlcn": ("width", "norm", "bias", "activation") + _SGD, "fc": ("width", "depth") + _SGD,
+           "fcn": ("width", "depth", "norm", "bias") + _SGD, "mla": ("width", "depth", "heads") + _SGD,
+           "encoder": ("width", "depth", "heads") + _SGD,
            "ren": _REN, "residual": _ADAM + ("ridge",), "mlp": _ADAM}
 _LEARNER_KEYS = {key for keys in USED_BY.values() for key in keys}
-MODEL_DEFAULTS = {"hcnn": dict(width=64, activation="relu", lr=0.1), "fc": dict(width=64, lr=0.1),
-                  "fcn": dict(width=64, lr=0.1),
+MODEL_DEFAULTS = {"hcnn": dict(width=64, activation="relu", lr=0.1), "hlcn": dict(width=64, activation="relu", lr=0.1),
+                  "fc": dict(width=64, depth=1, lr=0.1), "fcn": dict(width=64, depth=1, lr=0.1),
+                  # the references' transformer recipe: SGD, lr 0.1 (not scaled by the width), momentum 0.9
+                  "mla": dict(width=128, heads=4, lr=0.1), "encoder": dict(width=128, heads=4, lr=0.1),
                   "residual": dict(width=4096, activation="quadratic", lr=1e-3),
                   "mlp": dict(width=1024, activation="relu", lr=1e-3)}
 # The parameters each data model reads (L and seed_rules both do).
@@ -120,14 +131,15 @@ _DATA_KEYS = {key for keys in DATA_KEYS.values() for key in keys}
 
 # The choice-valued parameters of each learner and their allowed values; a learner that does not read one
 # still refuses a value no learner allows (a typo never passes because the model at hand ignores it).
-CHOICES = {"hcnn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)), "fcn": dict(norm=tuple(NORMS)),
+CHOICES = {"hcnn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)),
+           "hlcn": dict(norm=tuple(NORMS), activation=tuple(HCNN_ACTIVATIONS)), "fcn": dict(norm=tuple(NORMS)),
            "ren": dict(ren_feature_kind=tuple(REN_FEATURES)),
            "residual": dict(activation=tuple(RESIDUAL_ACTIVATIONS)),
            "mlp": dict(activation=tuple(RESIDUAL_ACTIVATIONS))}
 _ANY_CHOICE = {key: tuple(dict.fromkeys(value for choices in CHOICES.values() for value in choices.get(key, ())))
                for key in ("norm", "activation", "ren_feature_kind")}
-POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "batch_size", "max_steps", "ren_features",
-                     "fan_in", "scheduler_time", "eval_every", "print_freq")
+POSITIVE_INT_KEYS = ("v", "m", "s", "L", "P", "n_test", "width", "depth", "heads", "batch_size", "max_steps",
+                     "ren_features", "fan_in", "scheduler_time", "eval_every", "print_freq")
 SEED_KEYS = ("seed_rules", "seed_sample", "seed_model")
 # Keys added after runs were stored: at these values they stay out of the hash, so the stored runs keep
 # their names (None too for the learner keys: a learner that does not read one has it None).
@@ -136,7 +148,8 @@ _UNHASHED_AT = dict(require=(None,), data=("rhm",), gate=(None,), wiring=(None,)
                     optimizer=("sgd", None), scheduler=(None,), scheduler_time=(None,), accumulation=(False, None),
                     whiten=(False, None), eval_every=(None,), print_freq=(None,), stop_check=("epoch", None),
                     eval_at_start=(False, None), production=("uniform", None), zipf_exponent=(None,),
-                    zipf_levels=(None,), sparsity=(0, None), task=("classify", None), context=(None,))
+                    zipf_levels=(None,), sparsity=(0, None), task=("classify", None), context=(None,),
+                    heads=(None,))
 
 
 def complete_config(config: dict) -> dict:
@@ -165,6 +178,17 @@ def complete_config(config: dict) -> dict:
     for key, value in MODEL_DEFAULTS.get(c["model"], {}).items():
         if c[key] is None:
             c[key] = value
+    if c["whiten"] and c["model"] in ("hlcn", *TRANSFORMERS):
+        raise ValueError(f"rhmfast: whiten is an option of the hcnn, fc and fcn (the 2024 library's --whitening); "
+                         f"model {c['model']!r} takes token ids as they are")
+    if c["model"] in TRANSFORMERS:
+        if c["depth"] is None:
+            c["depth"] = c["L"]  # one block per level of the tree
+        for key in ("width", "heads"):
+            check_positive_int(key, c[key])
+        if c["width"] % c["heads"]:
+            raise ValueError(f"rhmfast: heads must divide the embedding dimension width = {c['width']} (model "
+                             f"{c['model']!r}), got heads = {c['heads']}")
     if c["trainer"] == "auto":
         c["trainer"] = TRAINERS[c["model"]][0]
     check_choice(f"trainer (for model {c['model']!r})", c["trainer"], TRAINERS[c["model"]])
@@ -251,9 +275,9 @@ def _check_rhm(c: dict) -> None:
         raise ValueError("rhmfast: production 'zipf' draws iid samples only: give replacement=true (the training "
                          "and test sets may then share samples) or online=true")
     if sparse and (c["model"] == "ren" or c["trainer"] == "layerwise_hints"):
-        raise ValueError(f"rhmfast: the sparse RHM (sparsity = {c['sparsity']}) is learned by the hcnn, fc or fcn "
-                         f"(trainer 'sgd', or 'layerwise' for the hcnn), not by model {c['model']!r} with trainer "
-                         f"{c['trainer']!r}")
+        raise ValueError(f"rhmfast: the sparse RHM (sparsity = {c['sparsity']}) is learned by the models on token "
+                         f"ids {TOKEN_MODELS} (trainer 'sgd', or 'layerwise' for the hcnn), not by model "
+                         f"{c['model']!r} with trainer {c['trainer']!r}")
     check_choice("task", c["task"], TASKS)
     if c["task"] == "classify":
         if c["context"] is not None:
@@ -264,8 +288,9 @@ def _check_rhm(c: dict) -> None:
         raise ValueError(f"rhmfast: task 'last-token' is not defined for the sparse RHM (sparsity = {c['sparsity']}: "
                          "its last leaf is mostly blank); use sparsity 0 or task 'classify'")
     if c["trainer"] != "sgd":
-        raise ValueError(f"rhmfast: task 'last-token' is learned end to end (trainer 'sgd' of model hcnn, fc or fcn); "
-                         f"model {c['model']!r} with trainer {c['trainer']!r} learns the root label (task 'classify')")
+        raise ValueError(f"rhmfast: task 'last-token' is learned end to end (trainer 'sgd' of a model in "
+                         f"{TOKEN_MODELS}); model {c['model']!r} with trainer {c['trainer']!r} learns the root label "
+                         "(task 'classify')")
     length = c["s"] ** c["L"]
     c["context"] = length if c["context"] is None else check_int("context", c["context"], 1, length)
 
@@ -407,7 +432,8 @@ def build_model(config: dict, data=None):
     already built (run_config has it; a hierarchy's construction samples to check its balance). The hcnn, fc
     and fcn take their shape from the data (``model_shape``): the ids they embed, the patch, the input's length
     and the number of targets."""
-    from rhmfast.models import FullyConnected, HierarchicalCNN, RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP
+    from rhmfast.models import (AttentionOnly, Encoder, FullyConnected, HierarchicalCNN, LocallyConnected,
+                                RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP)
 
     c = complete_config(config)
     if c["model"] == "residual":
@@ -422,11 +448,17 @@ def build_model(config: dict, data=None):
         return ShallowMLP(hierarchy.d, len(hierarchy.levels[-1]), c["width"], c["activation"], seed=c["seed_model"])
     # whiten is passed only when set: models without the option build as before
     whiten = dict(whiten=True) if c["whiten"] else {}
-    if c["model"] in ("hcnn", "fc", "fcn"):
+    if c["model"] in TOKEN_MODELS:
         vocab, patch, length, n_out = model_shape(c, data)
     if c["model"] == "hcnn":
         return HierarchicalCNN(vocab, c["width"], patch, c["L"], n_out, norm=c["norm"], bias=c["bias"],
                                activation=c["activation"], seed=c["seed_model"], **whiten)
+    if c["model"] == "hlcn":
+        return LocallyConnected(vocab, c["width"], patch, c["L"], n_out, norm=c["norm"], bias=c["bias"],
+                                activation=c["activation"], seed=c["seed_model"])
+    if c["model"] in TRANSFORMERS:
+        transformer = AttentionOnly if c["model"] == "mla" else Encoder
+        return transformer(vocab, length, n_out, c["width"], c["heads"], c["depth"], seed=c["seed_model"])
     if c["model"] == "fc":
         return FullyConnected(vocab, length, c["width"], c["depth"], n_out, seed=c["seed_model"], **whiten)
     if c["model"] == "fcn":  # the 2024 library's fcn: N(0,1) weights, 1/sqrt(fan_in) layers, readout / H (mf)

@@ -370,6 +370,8 @@ def load_rows(source: str | os.PathLike, hashes=None, corrupt: list | None = Non
                                                          for r in runs}))}
     return [dict(learner=" ".join([r["learner"]] + [f"{k}={r[k]}" for k in varying[r["learner"]]]),
                  **(_hierarchy_setting(r) if r.get("data") == "hierarchy" else
-                    dict(v=r["v"], n_classes=r["n_classes"], s=r["s"], m=r["m"])), L=r["L"], P=r["P_used"],
+                    # the targets of last-token prediction are the v symbols, whatever the grammar's labels
+                    dict(v=r["v"], n_classes=r["v"] if r.get("task") == "last-token" else r["n_classes"], s=r["s"],
+                         m=r["m"])), L=r["L"], P=r["P_used"],
                  seed=replicates[(r["seed_rules"], r["seed_sample"], r["seed_model"])], test_error=r["test_error"],
                  n_test=r["n_test"], bayes_error=r.get("bayes_error")) for r in runs]
