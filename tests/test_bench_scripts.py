@@ -89,3 +89,33 @@ def test_hierarchy_study_report(tmp_path):
     assert "| parity tree, fan-in 2 | residual (quadratic) | 3 | 8 | 2 |" in table
     with open(out / "meta.json") as f:
         assert json.load(f)["runs"] == 12
+
+
+def test_tasks_and_architectures_study_reports(tmp_path):
+    # Two models on both tasks of one tiny grammar, two seeds, three sizes: the reports' labels, the floor of
+    # the last-token task in the P* table, and the files of `rhmfast plot`.
+    from rhmfast.studies.grid import expand
+    from rhmfast.studies.sweep import run_sweep
+
+    sys.path.insert(0, BENCHMARKS)
+    from sweep_architectures_report import short_label as model_label
+    from sweep_tasks_report import short_label as variant_label
+
+    assert variant_label("hcnn context=8 production=zipf replacement=True sparsity=0 task=last-token "
+                         "zipf_exponent=1.0") == "hcnn last-token, Zipf a=1"
+    assert variant_label("hcnn context=None production=uniform sparsity=1 task=classify") == \
+        "hcnn classify, sparse s0=1"
+    assert model_label("mla context=8 task=last-token") == "attention-only, last-token"
+    store = tmp_path / "store"
+    run_sweep(expand(dict(v=4, m=2, s=2, L=3, P=[32, 64, 128], n_test=64, width=16, max_epochs=2, seeds=[0, 1],
+                          model=["hcnn", "hlcn"], task=["classify", "last-token"])),
+              str(store), engine="local", workers=1, progress=False)
+    for script, labels in (("sweep_tasks_report.py", ["hcnn classify", "hcnn last-token", "hlcn classify"]),
+                           ("sweep_architectures_report.py", ["hCNN, classify", "hLCN, last-token"])):
+        out = tmp_path / script
+        subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), str(store), str(out)],
+                       check=True, capture_output=True, text=True, timeout=600)
+        assert {"pstar.md", "pstar.csv", "curves.csv", "results.parquet", "test_error_vs_P.png"} <= \
+            set(os.listdir(out))
+        table = (out / "pstar.md").read_text()
+        assert "| floor |" in table and all(f"| {label} | 4 | 2 | 3 |" in table for label in labels)
