@@ -91,6 +91,9 @@ gpu-bench: build
 	$(PY) benchmarks/bench_train.py --device cuda --out $(RESULTS)
 	$(PY) benchmarks/bench_patchconv.py --device cuda --out $(RESULTS)/patchconv_cuda.json
 	$(PY) benchmarks/bench_replicas.py --device cuda --steps 100 --repeats 1 --out $(RESULTS)
+	$(PY) benchmarks/bench_posterior.py --device cuda --out $(RESULTS)
+	$(PY) benchmarks/bench_hlcn.py --device cuda --quick --out $(RESULTS)
+	$(PY) benchmarks/bench_transformers.py --device cuda --quick --out $(RESULTS)
 
 gpu-test-slow: build
 	mkdir -p $(RESULTS)

@@ -88,8 +88,13 @@ def main(argv=None):
                         help="torch threads for every candidate (default: torch's own choice)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         help="folder of the result files")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3 quick, else 7)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per round (default 3 quick, else 10; the library's L = 6 hLCN takes ~10 s a step "
+                             "on one CPU core)")
     args = parser.parse_args(argv)
     rounds, steps = (3, 3) if args.quick else (7, 10)
+    rounds, steps = args.rounds or rounds, args.steps or steps
     device = set_up_device(parser, args)
     rows = []
     for cfg in CONFIGS:

@@ -119,8 +119,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both candidates (default 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3 quick, else 7)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per round (default 3 quick, else 5)")
     args = parser.parse_args(argv)
     rounds, steps = (3, 3) if args.quick else (7, 5)
+    rounds, steps = args.rounds or rounds, args.steps or steps
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
