@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_tag, interleaved_steps, machine, set_up_device, write_results  # noqa: E402
+from common import device_tag, interleaved_steps, machine, set_up_device, step_timings, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import HierarchicalCNN  # noqa: E402
@@ -114,11 +114,7 @@ def main(argv=None):
         row = dict(config=f"v={cfg['v']} m={cfg['m']} s={cfg['s']} L={cfg['L']}", device=device,
                    width=args.width, batch=args.batch,
                    library_samples_per_s=args.batch / lib["wall_s"], rhmfast_samples_per_s=args.batch / fast["wall_s"],
-                   library_ms_per_step=lib["wall_s"] * 1e3, rhmfast_ms_per_step=fast["wall_s"] * 1e3,
-                   library_cpu_ms_per_step=lib["cpu_s"] * 1e3, rhmfast_cpu_ms_per_step=fast["cpu_s"] * 1e3,
-                   speedup_wall=lib["wall_s"] / fast["wall_s"], speedup_cpu=lib["cpu_s"] / fast["cpu_s"],
-                   wall_rounds_ms=dict(library=[t * 1e3 for t in lib["wall_all_s"]],
-                                       rhmfast=[t * 1e3 for t in fast["wall_all_s"]]))
+                   **step_timings(lib, fast))
         rows.append(row)
         print(f"{row['config']}: library {row['library_ms_per_step']:.2f} ms/step, rhmfast "
               f"{row['rhmfast_ms_per_step']:.2f} ms/step, speedup {row['speedup_wall']:.2f}x (wall), "

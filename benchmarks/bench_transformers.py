@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_tag, ieee_float32_on_gpu, interleaved_steps, machine, write_results  # noqa: E402
+from common import device_tag, interleaved_steps, machine, set_up_device, step_timings, write_results  # noqa: E402
 
 import rhmfast  # noqa: E402
 from rhmfast.models import AttentionOnly, Encoder  # noqa: E402
@@ -124,12 +124,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds, steps = (3, 3) if args.quick else (7, 5)
     rounds, steps = args.rounds or rounds, args.steps or steps
-    device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device")
-    if device == "cuda":
-        ieee_float32_on_gpu()
-    torch.set_num_threads(args.threads)
+    device = set_up_device(parser, args)
     rows = []
     for cfg in QUICK_CONFIGS if args.quick else CONFIGS:
         grammar = rhmfast.RHM(cfg["v"], cfg["m"], cfg["s"], cfg["L"], seed=0)
@@ -148,12 +143,7 @@ def main(argv=None):
             lib, fast = result["library formulation"], result["rhmfast"]
             row = dict(model=kind, config=f"v={cfg['v']} s={cfg['s']} L={cfg['L']} (d={grammar.input_dim})",
                        embedding_dim=cfg["embedding_dim"], heads=cfg["heads"], layers=cfg["L"], device=device,
-                       batch=args.batch, library_ms_per_step=lib["wall_s"] * 1e3,
-                       rhmfast_ms_per_step=fast["wall_s"] * 1e3, library_cpu_ms_per_step=lib["cpu_s"] * 1e3,
-                       rhmfast_cpu_ms_per_step=fast["cpu_s"] * 1e3, speedup_wall=lib["wall_s"] / fast["wall_s"],
-                       speedup_cpu=lib["cpu_s"] / fast["cpu_s"],
-                       wall_rounds_ms=dict(library=[t * 1e3 for t in lib["wall_all_s"]],
-                                           rhmfast=[t * 1e3 for t in fast["wall_all_s"]]))
+                       batch=args.batch, **step_timings(lib, fast))
             rows.append(row)
             print(f"{kind} {row['config']} E={cfg['embedding_dim']}: library {row['library_ms_per_step']:.1f} ms/step, "
                   f"rhmfast {row['rhmfast_ms_per_step']:.1f} ms/step, speedup {row['speedup_wall']:.2f}x (wall), "

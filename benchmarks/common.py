@@ -150,3 +150,13 @@ def interleaved_steps(candidates: dict, rounds: int, steps: int, device: str, wa
             cpu[name].append((time.process_time() - c0) / steps)
     return {name: dict(wall_s=statistics.median(wall[name]), cpu_s=statistics.median(cpu[name]),
                        wall_all_s=wall[name]) for name in candidates}
+
+
+def step_timings(lib: dict, fast: dict) -> dict:
+    """The row fields of a library-against-rhmfast step timing (two entries of ``interleaved_steps``' result):
+    median wall and CPU milliseconds per step of each, the speedups, and every round's wall time."""
+    return dict(library_ms_per_step=lib["wall_s"] * 1e3, rhmfast_ms_per_step=fast["wall_s"] * 1e3,
+                library_cpu_ms_per_step=lib["cpu_s"] * 1e3, rhmfast_cpu_ms_per_step=fast["cpu_s"] * 1e3,
+                speedup_wall=lib["wall_s"] / fast["wall_s"], speedup_cpu=lib["cpu_s"] / fast["cpu_s"],
+                wall_rounds_ms=dict(library=[t * 1e3 for t in lib["wall_all_s"]],
+                                    rhmfast=[t * 1e3 for t in fast["wall_all_s"]]))

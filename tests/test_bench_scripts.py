@@ -119,3 +119,12 @@ def test_tasks_and_architectures_study_reports(tmp_path):
             set(os.listdir(out))
         table = (out / "pstar.md").read_text()
         assert "| floor |" in table and all(f"| {label} | 4 | 2 | 3 |" in table for label in labels)
+
+
+def test_transformer_benchmark(tmp_path):
+    run, markdown = run_script("bench_transformers.py", "transformers_cpu", tmp_path, "--rounds", "1", "--steps", "1")
+    assert [(r["model"], r["layers"]) for r in run["rows"]] == [("attention-only", 3), ("encoder", 3),
+                                                                ("attention-only", 4), ("encoder", 4)]
+    assert all(r["library_ms_per_step"] > 0 and r["rhmfast_ms_per_step"] > 0 and len(r["wall_rounds_ms"]["rhmfast"])
+               == 1 for r in run["rows"])
+    assert all(f"| {r['model']} | {r['config']} |" in markdown for r in run["rows"])
