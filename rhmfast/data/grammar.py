@@ -488,7 +488,7 @@ class RHM:
         tokens, sparse = self._inference_input(tokens, mask)
         log_p = inference.log_prob(self._dense_grammar(), tokens, mask)
         if sparse:
-            non_root = (self.s ** (self.L + 1) - 1) // (self.s - 1) - 1
+            non_root = sample_ref.n_internal_nodes(self.s, self.L + 1) - 1  # the dense nodes but the root
             log_p = log_p - non_root * math.log(self.sparsity + 1)
         return log_p
 

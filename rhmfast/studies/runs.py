@@ -253,7 +253,7 @@ def complete_config(config: dict) -> dict:
 def _check_rhm(c: dict) -> None:
     """The grammar's variants and the task of an RHM config c, in place: the variants as the RHM checks them
     (zipf_levels then a sorted list), context only for "last-token" (None resolved to the whole string, s^L);
-    and a learner that can run on them: last-token prediction is end-to-end SGD's (hcnn, fc, fcn); Zipf
+    and a learner that can run on them: last-token prediction is end-to-end SGD's (TOKEN_MODELS); Zipf
     productions draw iid samples only (replacement=true or online=true for SGD; not the layerwise trainers, whose
     sets are drawn without replacement); the sparse RHM's inputs are neither the Ren learner's nor the hints'."""
     c["production"] = variants.check_production(c["production"])
@@ -358,8 +358,8 @@ def grammar_of(config: dict):
     from rhmfast.data.grammar import RHM
 
     c = complete_config(config)
-    variants = {key: c[key] for key, default in VARIANTS.items() if c[key] != default}
-    return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"], **variants)
+    options = {key: c[key] for key, default in VARIANTS.items() if c[key] != default}
+    return RHM(c["v"], c["m"], c["s"], c["L"], c["n_classes"], seed=c["seed_rules"], rules=c["rules"], **options)
 
 
 def hierarchy_of(config: dict):
@@ -429,9 +429,9 @@ def check_feasible(config: dict, grammar=None) -> None:
 
 def build_model(config: dict, data=None):
     """The learner of a config, initialised from seed_model. data: the config's data model (``data_of``), if
-    already built (run_config has it; a hierarchy's construction samples to check its balance). The hcnn, fc
-    and fcn take their shape from the data (``model_shape``): the ids they embed, the patch, the input's length
-    and the number of targets."""
+    already built (run_config has it; a hierarchy's construction samples to check its balance). The models on
+    token ids (TOKEN_MODELS) take their shape from the data (``model_shape``): the ids they embed, the patch, the
+    input's length and the number of targets."""
     from rhmfast.models import (AttentionOnly, Encoder, FullyConnected, HierarchicalCNN, LocallyConnected,
                                 RenLayerwiseLearner, ResidualLayerwiseNet, ShallowMLP)
 
